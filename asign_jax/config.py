@@ -1,0 +1,119 @@
+"""The one config schema. ``configs/<dataset>.py`` start from ``base_config()`` and override.
+
+Every field can be overridden on the command line as ``--config.a.b=value``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # ---- data: reading and preprocessing --------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.format = "her2st"          # her2st | stnet | visium | synthetic
+    d.root = ""                  # dataset folder (synthetic: where the generator writes)
+    d.sections = ""              # comma-separated section ids to use ("" = all imaged)
+    d.n_genes = 250              # top-N genes by mean raw count (averaged over sections)
+    d.normalization = "asign"    # asign | triplex | stnet
+    d.smooth = False             # triplex only: 3x3 array-neighbourhood smoothing
+    d.spot_size = 224            # spot patch side, px
+    d.region_size = 512          # region tile side, px
+    d.global_size = 1024         # global tile side, px
+    d.min_section_spots = 1      # sections with fewer matched spots are refused
+
+    # ---- synthetic sample generator (format == "synthetic") -------------------------------
+    c.synthetic = s = ml_collections.ConfigDict()
+    s.n_samples = 3              # tissue blocks (>= 2 so sample-level folds exist)
+    s.n_sections = 4             # consecutive sections per block
+    s.n_genes = 300
+    s.n_types = 5                # tissue types
+    s.image_size = 2048          # px, square
+    s.spot_pitch = 160           # px between array-grid neighbours
+    s.max_rotation_deg = 30.0
+    s.max_translation_px = 80.0
+    s.max_scale = 0.05
+    s.elastic_px = 4.0           # amplitude of the mild elastic deformation
+
+    # ---- features ------------------------------------------------------------------------
+    c.features = f = ml_collections.ConfigDict()
+    f.encoder = "resnet50"       # resnet50 | embeddings
+    f.weights = ""               # torchvision ResNet-50 state_dict (.pth); "" = fixed-seed init
+    f.embeddings = ""            # precomputed features (.npy/.h5) when encoder == embeddings
+    f.init_seed = 0              # seed of the fixed initialisation (identical for all sections)
+    f.spot_input = 224           # spot patches are resized to this before encoding
+    f.region_input = 256         # region (512 px) tiles are resized to this before encoding
+    f.global_input = 256         # global (1024 px) tiles are resized to this before encoding
+    f.token_grid = 4             # keep a token_grid x token_grid pooled grid of the last map
+    f.batch_size = 16
+    f.dtype = "float32"
+
+    # ---- registration --------------------------------------------------------------------
+    c.registration = r = ml_collections.ConfigDict()
+    r.enabled = True
+    r.long_side = 1024           # px, long side of the downscaled grayscale images
+    r.detector = "sift"          # sift | orb
+    r.ratio = 0.75               # Lowe ratio test
+    r.estimator = "affine"       # affine | partial (similarity)
+    r.robust = "magsac"          # magsac | ransac
+    r.min_inliers = 12
+    r.ants_transform = "Affine"  # Affine | Rigid | SyN | none
+    r.ants_iterations = (100, 50, 20)
+
+    # ---- 3D graph ------------------------------------------------------------------------
+    c.graph = g = ml_collections.ConfigDict()
+    g.k_intra = 8                # same-layer nearest spots
+    g.k_cross = 12               # cross-layer top-k by IoU + cosine
+    g.spot_radius = 112.0        # px, circle radius for the IoU (half the 224 patch)
+    g.cross_layer = True         # False = 2D-only graph (ablation)
+    g.cosine_all_max_nodes = 20000   # above this, cosine candidates are radius-limited
+    g.cosine_radius = 1000.0     # px in the reference frame, for radius-limited candidates
+    g.region_k_intra = 8
+    g.region_k_cross = 4
+    g.global_k_intra = 8
+    g.global_k_cross = 2
+
+    # ---- model ---------------------------------------------------------------------------
+    c.model = m = ml_collections.ConfigDict()
+    m.hidden = 256
+    m.heads = 4
+    m.gat_layers = 3
+    m.transformer_mlp_ratio = 2
+    m.dropout = 0.1
+    m.use_cross_attention = True
+    m.use_gat = True
+    m.use_cli = True
+    m.cli_iterations = 10
+
+    # ---- loss (paper eq. 7-9) ------------------------------------------------------------
+    c.loss = lo = ml_collections.ConfigDict()
+    lo.lambda_s = 0.75
+    lo.lambda_r = 0.5
+    lo.lambda_g = 0.5
+    lo.lambda_1 = 0.25
+    lo.lambda_2 = 0.25
+    lo.gamma_1 = 1.0
+    lo.gamma_2 = 1.0
+
+    # ---- training ------------------------------------------------------------------------
+    c.train = t = ml_collections.ConfigDict()
+    t.folds = ()                 # tuple of tuples of held-out sample ids; () = one per sample
+    t.extra_train_samples = ()   # samples only ever used for training (e.g. HER2ST B4)
+    t.known_layer = 0            # index of the known layer of a held-out sample
+    t.rotate_known_layer = False # evaluate every layer as the known one
+    t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
+    t.optimizer = "sgd"          # sgd | adam
+    t.learning_rate = 1e-4
+    t.momentum = 0.9
+    t.weight_decay = 1e-4
+    t.final_lr_fraction = 0.01   # cosine decay to this fraction of the peak
+    t.steps = 2000
+    t.samples_per_step = 1       # stacked on the leading (data-parallel) axis
+    t.log_every = 50
+    t.checkpoint_every = 200
+    t.eval_genes = ("ERBB2",)    # genes drawn in the true-vs-predicted maps
+
+    return c

@@ -1,0 +1,100 @@
+"""The raw data model every reader returns: a `Section` and a `Sample`.
+
+A `Section` is one tissue section with spatial transcriptomics (or only an image);
+a `Sample` is the ordered stack of consecutive sections of one tissue block.
+Coordinates follow one convention everywhere in asign_jax:
+
+* ``pixel_xy[:, 0]`` is the image column (x), ``pixel_xy[:, 1]`` the image row (y),
+  in pixels of the full-resolution image;
+* ``array_xy`` is the spot's position on the array grid (x, y), as the ST spot id
+  ``"{x}x{y}"`` names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from asign_jax.errors import DataError
+
+
+@dataclasses.dataclass
+class Section:
+    """One tissue section.
+
+    Attributes:
+      name: section id, e.g. ``"C2"``.
+      image_path: full-resolution H&E image, or None when the section has none.
+      spot_ids: (N,) str, unique.
+      array_xy: (N, 2) float64, array-grid coordinates (x, y).
+      pixel_xy: (N, 2) float64, spot centres in full-resolution image pixels (x=col, y=row).
+      counts: (N, G) float32 raw counts, non-negative and finite.
+      genes: (G,) str, unique gene names (column order of ``counts``).
+    """
+
+    name: str
+    image_path: Optional[Path]
+    spot_ids: np.ndarray
+    array_xy: np.ndarray
+    pixel_xy: np.ndarray
+    counts: np.ndarray
+    genes: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.spot_ids)
+        where = f"section {self.name!r}"
+        if self.array_xy.shape != (n, 2) or self.pixel_xy.shape != (n, 2):
+            raise DataError(f"{where}: coordinates must be ({n}, 2), got "
+                            f"{self.array_xy.shape} and {self.pixel_xy.shape}")
+        if self.counts.shape != (n, len(self.genes)):
+            raise DataError(f"{where}: counts shape {self.counts.shape} != "
+                            f"({n} spots, {len(self.genes)} genes)")
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spot_ids)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_path is not None
+
+    def read_image(self) -> np.ndarray:
+        """Returns the full-resolution RGB image, (H, W, 3) uint8."""
+        from asign_jax.data.image import read_rgb
+        if self.image_path is None:
+            raise DataError(f"section {self.name!r} has no image")
+        return read_rgb(self.image_path)
+
+    def subset_genes(self, genes: np.ndarray) -> "Section":
+        """Returns a copy restricted to ``genes`` (all must be present), in that order."""
+        index = {g: i for i, g in enumerate(self.genes)}
+        missing = [g for g in genes if g not in index]
+        if missing:
+            raise DataError(f"section {self.name!r}: genes not present: {missing[:5]}")
+        cols = np.array([index[g] for g in genes], dtype=np.int64)
+        return dataclasses.replace(self, counts=self.counts[:, cols],
+                                   genes=np.asarray(genes))
+
+
+@dataclasses.dataclass
+class Sample:
+    """Ordered consecutive sections of one tissue block (index 0 = first section)."""
+
+    sample_id: str
+    sections: list[Section]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sections)
+
+    def require_3d(self) -> None:
+        """Raises a clear error when the sample cannot be used as a 3D stack."""
+        if self.n_layers < 2:
+            raise DataError(
+                f"sample {self.sample_id!r} has a single section "
+                f"({[s.name for s in self.sections]}); 3D use (registration, cross-layer "
+                "graph, held-out evaluation) needs at least two consecutive sections. "
+                "It can still be used as a 2D training sample.")

@@ -1,0 +1,46 @@
+"""Square patches centred on points, with reflect padding at the image border."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def crop_patches(image: np.ndarray, centers_xy: np.ndarray, size: int) -> np.ndarray:
+    """Crops ``size`` x ``size`` patches centred on ``centers_xy``.
+
+    Windows that leave the image are completed by reflecting the image at its border
+    (``np.pad`` mode "reflect"), so every spot keeps a patch; use
+    ``count_outside(...)`` to report how many needed it.
+
+    Args:
+      image: (H, W, C) uint8.
+      centers_xy: (n, 2) float pixel centres (x=col, y=row).
+      size: patch side in px.
+
+    Returns:
+      (n, size, size, C) uint8.
+    """
+    h, w = image.shape[:2]
+    half = size // 2
+    tl = np.round(np.asarray(centers_xy, dtype=np.float64)).astype(np.int64) - half
+    pad = int(max(0, -tl.min(initial=0), (tl[:, 0] + size - w).max(initial=0),
+                  (tl[:, 1] + size - h).max(initial=0))) if len(tl) else 0
+    if pad:
+        if pad >= min(h, w):  # reflect needs pad < dim; fall back to edge replication
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        else:
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    else:
+        padded = image
+    out = np.empty((len(tl), size, size, image.shape[2]), dtype=image.dtype)
+    for i, (x, y) in enumerate(tl + pad):
+        out[i] = padded[y:y + size, x:x + size]
+    return out
+
+
+def count_outside(image_shape, centers_xy: np.ndarray, size: int) -> int:
+    """Number of ``size`` windows centred on ``centers_xy`` that leave an (H, W) image."""
+    h, w = image_shape[:2]
+    tl = np.round(np.asarray(centers_xy, dtype=np.float64)).astype(np.int64) - size // 2
+    out = (tl[:, 0] < 0) | (tl[:, 1] < 0) | (tl[:, 0] + size > w) | (tl[:, 1] + size > h)
+    return int(out.sum())

@@ -1,0 +1,163 @@
+"""Prepared samples: the output of ``asign_jax.prepare`` and the input of every later stage.
+
+Layout in a work directory::
+
+    <workdir>/prepared/index.json               {"genes": [...], "normalization": ..., "samples": [...]}
+    <workdir>/prepared/<sample_id>/sample.json   {"sample_id", "sections": [names], "genes": [...], ...}
+    <workdir>/prepared/<sample_id>/<section>.npz one PreparedSection (arrays below)
+
+Tiles: region (512 px) and global (1024 px) tiles lie on grids aligned at the image origin;
+a tile is kept iff at least one spot centre falls in it. ``spot_region[i]`` is the exact index
+(into this section's region arrays) of the region tile containing spot i's centre, likewise
+``spot_global`` and ``region_global``. Labels of tiles are the normalised SUM of the raw counts
+of the member spots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from asign_jax.errors import DataError
+
+_ARRAY_FIELDS = (
+    "spot_ids", "array_xy", "pixel_xy", "spot_counts", "spot_labels",
+    "region_origin", "region_counts", "region_labels", "spot_region",
+    "global_origin", "global_counts", "global_labels", "spot_global", "region_global",
+    "spot_feats", "region_feats", "region_tokens", "global_feats", "global_tokens",
+    "image_shape",
+)
+
+
+@dataclasses.dataclass
+class PreparedSection:
+    """One section after gene selection, normalisation, tiling and feature extraction.
+
+    N spots, R region tiles, Q global tiles, G selected genes, D feature dim, T tokens per tile.
+
+    Attributes:
+      name: section id.
+      layer: index of the section in its sample (0 = first).
+      spot_ids: (N,) str.
+      array_xy: (N, 2) float, array-grid (x, y).
+      pixel_xy: (N, 2) float, full-resolution pixel (x=col, y=row).
+      spot_counts: (N, G) float32 raw counts of the selected genes.
+      spot_labels: (N, G) float32 normalised expression.
+      region_origin: (R, 2) int, top-left pixel (x, y) of each 512 tile.
+      region_counts / region_labels: (R, G) summed raw counts / their normalisation.
+      spot_region: (N,) int32 index of the spot's region tile.
+      global_origin, global_counts, global_labels, spot_global: the same for 1024 tiles.
+      region_global: (R,) int32 index of the global tile containing each region tile.
+      spot_feats: (N, D) float32 pooled spot-patch features (None before feature extraction).
+      region_feats / global_feats: (R, D) / (Q, D) float32 pooled tile features.
+      region_tokens / global_tokens: (R, T, D) / (Q, T, D) float16 pooled grid of the last
+        feature map (T = grid*grid), keys/values for the model's cross-attention.
+      image_shape: (2,) int (H, W) of the full-resolution image.
+      image_path: the section's full-resolution image ("" if none).
+    """
+
+    name: str
+    layer: int
+    spot_ids: np.ndarray
+    array_xy: np.ndarray
+    pixel_xy: np.ndarray
+    spot_counts: np.ndarray
+    spot_labels: np.ndarray
+    region_origin: np.ndarray
+    region_counts: np.ndarray
+    region_labels: np.ndarray
+    spot_region: np.ndarray
+    global_origin: np.ndarray
+    global_counts: np.ndarray
+    global_labels: np.ndarray
+    spot_global: np.ndarray
+    region_global: np.ndarray
+    image_shape: np.ndarray
+    spot_feats: Optional[np.ndarray] = None
+    region_feats: Optional[np.ndarray] = None
+    region_tokens: Optional[np.ndarray] = None
+    global_feats: Optional[np.ndarray] = None
+    global_tokens: Optional[np.ndarray] = None
+    image_path: str = ""
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spot_ids)
+
+    def region_centers(self, size: int) -> np.ndarray:
+        """(R, 2) float pixel centres of the region tiles of side ``size``."""
+        return self.region_origin.astype(np.float64) + size / 2.0
+
+    def global_centers(self, size: int) -> np.ndarray:
+        """(Q, 2) float pixel centres of the global tiles of side ``size``."""
+        return self.global_origin.astype(np.float64) + size / 2.0
+
+    def save(self, path: Path) -> None:
+        arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS if getattr(self, k) is not None}
+        arrays["spot_ids"] = np.asarray(self.spot_ids, dtype=str)
+        meta = np.asarray(json.dumps({"name": self.name, "layer": int(self.layer),
+                                       "image_path": str(self.image_path)}))
+        tmp = Path(str(path) + ".tmp.npz")
+        np.savez(tmp, _meta=meta, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "PreparedSection":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["_meta"]))
+                arrays = {k: z[k] for k in _ARRAY_FIELDS if k in z.files}
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path}: not a readable prepared section ({e})") from e
+        return cls(name=meta["name"], layer=meta["layer"],
+                   image_path=meta.get("image_path", ""), **arrays)
+
+
+@dataclasses.dataclass
+class PreparedSample:
+    """A prepared sample: ordered sections sharing one gene list."""
+
+    sample_id: str
+    genes: np.ndarray
+    sections: list[PreparedSection]
+    normalization: str = "asign"
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sections)
+
+    def save(self, workdir: Path) -> Path:
+        d = Path(workdir) / "prepared" / self.sample_id
+        d.mkdir(parents=True, exist_ok=True)
+        for s in self.sections:
+            s.save(d / f"{s.name}.npz")
+        meta = {"sample_id": self.sample_id, "sections": [s.name for s in self.sections],
+                "genes": [str(g) for g in self.genes], "normalization": self.normalization}
+        tmp = d / "sample.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(d / "sample.json")
+        return d
+
+    @classmethod
+    def load(cls, workdir: Path, sample_id: str) -> "PreparedSample":
+        d = Path(workdir) / "prepared" / sample_id
+        meta_path = d / "sample.json"
+        if not meta_path.exists():
+            raise DataError(f"{meta_path}: prepared sample {sample_id!r} not found; "
+                            "run `python -m asign_jax.prepare` first")
+        meta = json.loads(meta_path.read_text())
+        sections = [PreparedSection.load(d / f"{n}.npz") for n in meta["sections"]]
+        return cls(sample_id=meta["sample_id"], genes=np.asarray(meta["genes"]),
+                   sections=sections, normalization=meta.get("normalization", "asign"))
+
+
+def list_prepared(workdir: Path) -> list[str]:
+    """Sample ids prepared in ``workdir`` (from ``prepared/index.json``)."""
+    index = Path(workdir) / "prepared" / "index.json"
+    if not index.exists():
+        raise DataError(f"{index}: no prepared data; run `python -m asign_jax.prepare` first")
+    return list(json.loads(index.read_text())["samples"])
