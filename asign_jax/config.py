@@ -16,7 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.format = "her2st"          # her2st | stnet | visium | synthetic
     d.root = ""                  # dataset folder (synthetic: where the generator writes)
-    d.sections = ""              # comma-separated section ids to use ("" = all imaged)
+    d.sections = ""              # her2st/stnet/synthetic: comma-separated section or patient
+                                 # ids ("" = all imaged); visium: "sample:dir,dir;sample2:..."
+    d.image_glob = ""            # visium: comma-separated globs for the full-res image
     d.n_genes = 250              # top-N genes by mean raw count (averaged over sections)
     d.normalization = "asign"    # asign | triplex | stnet
     d.smooth = False             # triplex only: 3x3 array-neighbourhood smoothing

@@ -33,6 +33,9 @@ class Section:
       pixel_xy: (N, 2) float64, spot centres in full-resolution image pixels (x=col, y=row).
       counts: (N, G) float32 raw counts, non-negative and finite.
       genes: (G,) str, unique gene names (column order of ``counts``).
+      total_counts: (N,) float64 per-spot total over ALL genes the section's file had, recorded
+        the first time genes are subset (ST-Net normalisation needs it); None = sum of counts.
+      n_all_genes: number of genes the section's file had (None = len(genes)).
     """
 
     name: str
@@ -42,6 +45,8 @@ class Section:
     pixel_xy: np.ndarray
     counts: np.ndarray
     genes: np.ndarray
+    total_counts: Optional[np.ndarray] = None
+    n_all_genes: Optional[int] = None
 
     def __post_init__(self):
         n = len(self.spot_ids)
@@ -75,8 +80,11 @@ class Section:
         if missing:
             raise DataError(f"section {self.name!r}: genes not present: {missing[:5]}")
         cols = np.array([index[g] for g in genes], dtype=np.int64)
-        return dataclasses.replace(self, counts=self.counts[:, cols],
-                                   genes=np.asarray(genes))
+        totals = (self.total_counts if self.total_counts is not None
+                  else self.counts.sum(axis=1, dtype=np.float64))
+        n_all = self.n_all_genes if self.n_all_genes is not None else len(self.genes)
+        return dataclasses.replace(self, counts=self.counts[:, cols], genes=np.asarray(genes),
+                                   total_counts=totals, n_all_genes=n_all)
 
 
 @dataclasses.dataclass

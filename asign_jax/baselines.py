@@ -1,0 +1,85 @@
+"""The two 3D-imputation baselines of ASIGN App. E that need no training.
+
+Both read ONLY the known layer's spot labels, and they read them from the masked sample that
+training sees (``asign_jax.training.batches.mask_sample``), so a test label cannot reach them.
+
+known_mean: every spot gets the known layer's mean expression profile.
+overlap:    after registration every spot is a circle of radius ``config.graph.spot_radius`` (px,
+            reference frame). A spot's prediction is the IoU-weighted mean of the known-layer
+            spots whose circles overlap its circle (centre distance < 2 r). When none overlaps
+            (tissue outside the known section, or a poor registration) it falls back to the
+            NEAREST known spot (not to known_mean: the nearest spot stays spatially local, which
+            is the idea of the baseline). The number of fallbacks is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("known_mean", "overlap")
+
+
+def circle_iou(d: np.ndarray, r: float) -> np.ndarray:
+    """IoU of two circles of radius ``r`` whose centres are ``d`` apart (any shape; 0 for d >= 2r)."""
+    d = np.minimum(np.abs(np.asarray(d, np.float64)), 2.0 * r)
+    inter = 2.0 * r * r * np.arccos(d / (2.0 * r)) - 0.5 * d * np.sqrt(np.maximum(4.0 * r * r - d * d, 0.0))
+    union = 2.0 * np.pi * r * r - inter
+    return inter / union
+
+
+def known_mean(known_labels: np.ndarray, n_query: int) -> np.ndarray:
+    """(n_query, G): the mean profile of ``known_labels`` (K, G) repeated."""
+    return np.broadcast_to(known_labels.mean(axis=0), (n_query, known_labels.shape[1])).astype(np.float32)
+
+
+def overlap(known_xy: np.ndarray, known_labels: np.ndarray, query_xy: np.ndarray, radius: float,
+            chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """IoU-weighted mean of overlapping known spots; nearest known spot where none overlaps.
+
+    Args:
+      known_xy: (K, 2) registered centres of the known spots.
+      known_labels: (K, G) their labels.
+      query_xy: (M, 2) registered centres of the spots to predict.
+      radius: spot circle radius (same units as the coordinates).
+
+    Returns:
+      (M, G) float32 predictions and an (M,) bool mask of the spots that used the fallback.
+    """
+    known_xy = np.asarray(known_xy, np.float64)
+    known_labels = np.asarray(known_labels, np.float64)
+    out = np.empty((len(query_xy), known_labels.shape[1]), np.float32)
+    fallback = np.zeros(len(query_xy), bool)
+    for start in range(0, len(query_xy), chunk):
+        q = np.asarray(query_xy[start:start + chunk], np.float64)
+        d = np.sqrt(((q[:, None, :] - known_xy[None, :, :]) ** 2).sum(-1))   # (m, K)
+        w = circle_iou(d, radius)
+        total = w.sum(1)
+        none = total <= 0
+        fallback[start:start + len(q)] = none
+        w[none, d[none].argmin(1)] = 1.0
+        out[start:start + len(q)] = (w @ known_labels) / w.sum(1, keepdims=True)
+    return out, fallback
+
+
+def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[dict, dict]:
+    """Baseline predictions for every real spot of one masked held-out sample.
+
+    Args:
+      spot_nodes: unpadded spot node arrays of the MASKED sample ("label", "label_mask",
+        "layer", "xy"); only rows with label_mask & layer == known_layer are read.
+      known_layer: the known layer.
+      radius: spot circle radius, px.
+
+    Returns:
+      ({method: (N, G) float32}, {"overlap_fallback": (N,) bool, spots that had no overlapping
+      known spot and took the nearest one}).
+    """
+    src = np.asarray(spot_nodes["label_mask"], bool) & (np.asarray(spot_nodes["layer"]) == known_layer)
+    if not src.any():
+        raise ValueError(f"no labelled spot in known layer {known_layer}")
+    labels = np.asarray(spot_nodes["label"])[src]
+    xy = np.asarray(spot_nodes["xy"])
+    n = len(xy)
+    pred_overlap, fallback = overlap(xy[src], labels, xy, radius)
+    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap},
+            {"overlap_fallback": fallback})

@@ -1,0 +1,131 @@
+"""Reader for the ST-Net breast cancer layout (He et al. 2020, Nat. Biomed. Eng.).
+
+Layout under ``root`` (as read by ``stnet/cmd/prepare/spatial.py`` of bryanhe/ST-Net)::
+
+    <subtype>/<patient>/<patient>_<section>.tsv.gz     counts
+    <subtype>/<patient>/<patient>_<section>.spots.txt  spot positions
+    <subtype>/<patient>/<patient>_<section>.jpg        full-resolution H&E image
+    <subtype>/<patient>/<patient>_<section>_Coords.tsv tumour labels (not used here)
+
+* ``*.tsv.gz``: tab-separated with a header; the first column is the spot id ``"{x}x{y}"``
+  (array grid), every other column one gene named by its Ensembl id. A few columns name
+  several ids joined by ``+``; such a name is kept verbatim as one gene. Genes without any
+  count in a section are absent from its table (ST-Net pads them back with zeros); here
+  `validate.intersect_genes` keeps only genes seen in every section, which drops rarely
+  detected genes, not the highly expressed ones the model is trained on.
+* ``*.spots.txt``: tab-separated with a header holding at least ``x y pixel_x pixel_y`` (array
+  position and spot centre in image pixels; other columns are ignored). ST-Net keys a spot
+  by ``f"{int(x)}x{int(y)}"``; the array positions are integers, and we round like the HER2ST
+  reader does. A ``selected`` column, when present, drops rows with value 0.
+
+The section name is the file stem ``<patient>_<section>`` (e.g. ``BC23450_D2``); one `Sample`
+per patient, its sections ordered by name. The subtype folder only groups patients.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from asign_jax.data import validate
+from asign_jax.data.section import Sample, Section
+from asign_jax.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_COUNTS = ".tsv.gz"
+
+
+def discover(root) -> dict[str, list[Path]]:
+    """Patient -> sorted count files ``<root>/<subtype>/<patient>/<patient>_<section>.tsv.gz``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: ST-Net data folder does not exist (is data.root right?)")
+    found: dict[str, list[Path]] = {}
+    subtype: dict[str, str] = {}
+    for path in sorted(root.glob(f"*/*/*_*{_COUNTS}")):
+        patient = path.parent.name
+        stem = path.name[: -len(_COUNTS)]
+        if not stem.startswith(patient + "_"):
+            raise DataError(f"{path}: count file name does not start with its patient folder "
+                            f"name {patient!r}_")
+        st = path.parent.parent.name
+        if subtype.setdefault(patient, st) != st:
+            raise DataError(f"{root}: patient {patient!r} appears under two subtype folders "
+                            f"({subtype[patient]!r} and {st!r})")
+        found.setdefault(patient, []).append(path)
+    if not found:
+        raise DataError(f"{root}: no ST-Net count file <subtype>/<patient>/<patient>_<section>"
+                        f"{_COUNTS}")
+    return found
+
+
+def read_section(counts_path: Path) -> Section:
+    """Reads one section from its count file and the ``.spots.txt`` / ``.jpg`` beside it."""
+    counts_path = Path(counts_path)
+    name = counts_path.name[: -len(_COUNTS)]
+    spots_path = counts_path.with_name(name + ".spots.txt")
+    image_path = counts_path.with_name(name + ".jpg")
+    image = image_path if image_path.is_file() else None
+    count_ids, genes, counts = validate.read_count_table(counts_path)
+
+    spots = validate.read_table(spots_path, "spot file", sep="\t")
+    validate.require_columns(spots, ("x", "y", "pixel_x", "pixel_y"), spots_path, "spot file")
+    cols = {c: validate.numeric_column(spots, c, spots_path)
+            for c in ("x", "y", "pixel_x", "pixel_y")}
+    keep = np.ones(len(spots), dtype=bool)
+    if "selected" in spots.columns:
+        keep = validate.numeric_column(spots, "selected", spots_path) != 0
+    x, y = (np.rint(cols[c][keep]).astype(np.int64) for c in ("x", "y"))
+    spot_ids = np.array([f"{a}x{b}" for a, b in zip(x, y)], dtype=str)
+    rows, srows = validate.join_spots(count_ids, spot_ids, counts_path, spots_path, name)
+    array_xy = np.stack([cols["x"][keep], cols["y"][keep]], axis=1)[srows]
+    pixel_xy = np.stack([cols["pixel_x"][keep], cols["pixel_y"][keep]], axis=1)[srows]
+    return validate.make_section(name, image, count_ids[rows], array_xy, pixel_xy,
+                                 counts[rows], genes, source=counts_path)
+
+
+def read_stnet(root, sections: Optional[Sequence[str]] = None, *,
+               images_only: bool = False) -> list[Sample]:
+    """Reads ST-Net sections, one `Sample` per patient.
+
+    Args:
+      root: the dataset folder (``<subtype>/<patient>/...`` below it).
+      sections: section names (``"BC23450_D2"``) or patient ids (``"BC23450"``, all its
+        sections); None = everything.
+      images_only: leave out (and log) sections without a ``.jpg`` before reading them.
+
+    Returns:
+      Samples sorted by patient id, sections by name.
+    """
+    found = discover(root)
+    by_name = {p.name[: -len(_COUNTS)]: (patient, p) for patient, ps in found.items() for p in ps}
+    if sections is None:
+        wanted = list(by_name)
+    else:
+        wanted = []
+        for s in sections:
+            if s in found:
+                wanted.extend(p.name[: -len(_COUNTS)] for p in found[s])
+            elif s in by_name:
+                wanted.append(s)
+            else:
+                raise DataError(f"{root}: no ST-Net section or patient {s!r} "
+                                f"(known patients: {sorted(found)[:10]})")
+    wanted = sorted(dict.fromkeys(wanted))
+
+    no_image = [n for n in wanted if not by_name[n][1].with_name(n + ".jpg").is_file()]
+    if no_image:
+        logger.warning("ST-Net %s: sections without an image%s: %s", root,
+                       " left out" if images_only else " (counts only)", ", ".join(no_image))
+        if images_only:
+            wanted = [n for n in wanted if n not in no_image]
+
+    by_patient: dict[str, list[Section]] = {}
+    for n in wanted:
+        patient, path = by_name[n]
+        by_patient.setdefault(patient, []).append(read_section(path))
+    return [Sample(sample_id=p, sections=by_patient[p]) for p in sorted(by_patient)]

@@ -1,0 +1,161 @@
+"""MSAGNet + CLI (paper §III-C/D, App. F): the full ASIGN model on one padded 3D sample.
+
+Data flow (N_s spots, N_r region nodes, N_q global nodes, hidden H, G genes):
+
+1. Multi-level fusion (eq. 2-3). f_s = Dense(H)(spot feat). Multi-head cross-attention with f_s
+   as the single query over the T tokens of the spot's region tile -> f'_s, and over the T
+   tokens of its global tile -> f''_s (K/V projections map the D_in tokens straight to H).
+   F = Dense(H)(concat(f_s, f'_s, f''_s)). ``use_cross_attention=False``: F = f_s.
+2. Spatial-aware graph block per scale (``SpatialGraphBlock``, separate parameters): the spot
+   block runs on F with context [region feature, global feature] of each spot; the region
+   block on Dense(H)(region feat) with context [its global feature]; the global block on
+   Dense(H)(global feat) with no context. The region/global "features" used as context are
+   these same projections of the pooled tile features.
+3. Regression head per scale: LayerNorm + Dense(G) -> p_s, p_r, p_g.
+4. CLI (``asign_jax.imputation``): label propagation from the known spots + eq.-6 blend -> p'_s.
+
+Only the GAT message passing and the CLI propagation move information between nodes of the
+same graph; spot outputs read their region/global tile by index (a gather), never the reverse.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import jraph
+import ml_collections
+
+from asign_jax.imputation import CrossLayerImputation
+from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
+from asign_jax.models.gat import GATLayer
+
+
+class SpatialGraphBlock(nn.Module):
+    """Spatial-aware graph attention block (eq. 4 + App. F): L x (GAT layer -> transformer layer).
+
+    Layer l: g_l = GAT_l(h_{l-1}) (message passing over the 3D graph), then a pre-LN transformer
+    layer over the node's OWN token sequence [g_l, context_1, ..., context_C]; its first output
+    token is h_l. The layers are stacked (h_l feeds GAT_{l+1}); the paper's "output of each
+    layer passed through a corresponding transformer layer" does not say whether GAT_{l+1} reads
+    g_l or h_l, we take h_l (interleaved GAT-transformer). The output is sum_l softmax(w)_l h_l
+    with learned w (L,), starting uniform (App. F: "weighted and aggregated").
+    Context tokens get a learned type embedding (C, H) so the attention can tell them apart;
+    the node token has none. ``use_gat=False`` drops the GAT layers (transformer layers only).
+
+    Shapes: h (N, H); context (N, C, H), C >= 0; graph arrays (E,) -> (N, H). A node's output
+    depends only on nodes within ``layers`` hops.
+    """
+
+    hidden: int
+    heads: int
+    layers: int
+    mlp_ratio: int
+    dropout: float
+    use_gat: bool = True
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, context: jnp.ndarray, senders: jnp.ndarray,
+                 receivers: jnp.ndarray, edge_weight: jnp.ndarray, edge_type: jnp.ndarray,
+                 edge_mask: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        n_ctx = context.shape[1]
+        if n_ctx:
+            type_emb = self.param("context_embedding", nn.initializers.normal(0.02),
+                                  (n_ctx, self.hidden))
+            context = context + type_emb
+        outs = []
+        for layer in range(self.layers):
+            if self.use_gat:
+                h = GATLayer(self.hidden, self.heads, self.dropout, name=f"gat_{layer}")(
+                    h, senders, receivers, edge_weight, edge_type, edge_mask, train=train)
+            tokens = jnp.concatenate([h[:, None, :], context], axis=1)     # (N, 1 + C, H)
+            h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout,
+                                 name=f"transformer_{layer}")(tokens, train=train)[:, 0]
+            outs.append(h)
+        w = nn.softmax(self.param("layer_weights", nn.initializers.zeros, (self.layers,)))
+        return jnp.einsum("l,lnh->nh", w, jnp.stack(outs))
+
+
+def node_mask(g: jraph.GraphsTuple) -> jnp.ndarray:
+    """(N,) bool, False for jraph padding nodes; also works on numpy graphs under jit/vmap."""
+    return jraph.get_node_padding_mask(g._replace(n_node=jnp.asarray(g.n_node)))
+
+
+def edge_mask(g: jraph.GraphsTuple) -> jnp.ndarray:
+    """(E,) bool, False for jraph padding edges; also works on numpy graphs under jit/vmap."""
+    return jraph.get_edge_padding_mask(g._replace(n_node=jnp.asarray(g.n_node),
+                                                  n_edge=jnp.asarray(g.n_edge)))
+
+
+def _edges(g: jraph.GraphsTuple) -> tuple:
+    return g.senders, g.receivers, g.edges["weight"], g.edges["type"], edge_mask(g)
+
+
+class ASIGN(nn.Module):
+    """ASIGN = MSAGNet + Cross-layer Imputation on one padded sample (graph/contract.py).
+
+    ``__call__(spot, region, glob, known, *, train)``: ``known`` (N_s,) bool marks the spots
+    whose labels feed the CLI; it is intersected with ``spot.nodes["label_mask"]`` and the node
+    padding mask, so a label that may not be used never enters. Returns
+      spot (N_s, G) p'_s final, spot_model (N_s, G) p_s, imputed (N_s, G) p_i,
+      region (N_r, G) p_r, global (N_q, G) p_g, alpha (G,) blend weight of p_s,
+      reached (N_s,) bool (spots the propagation reached; without CLI, the known spots).
+    No Python control flow on array values, so it can be vmapped over samples. Dropout rng:
+    "dropout". ``cfg`` is ``config.model``.
+    """
+
+    cfg: ml_collections.ConfigDict
+    n_genes: int
+
+    @nn.compact
+    def __call__(self, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
+                 glob: jraph.GraphsTuple, known: jnp.ndarray, *, train: bool) -> dict:
+        c, hidden = self.cfg, self.cfg.hidden
+        drop = nn.Dropout(c.dropout)
+        ridx, gidx = spot.nodes["region_idx"], spot.nodes["global_idx"]
+
+        # -- multi-level fusion (eq. 2-3) ------------------------------------------------------
+        r_feat = nn.Dense(hidden, name="region_proj")(region.nodes["feat"])   # (N_r, H)
+        g_feat = nn.Dense(hidden, name="global_proj")(glob.nodes["feat"])     # (N_q, H)
+        f_s = nn.Dense(hidden, name="spot_proj")(spot.nodes["feat"])          # (N_s, H)
+        if c.use_cross_attention:
+            attend = lambda name, tokens, idx: MultiHeadAttention(
+                hidden, c.heads, c.dropout, name=name)(f_s[:, None], tokens, idx,
+                                                       train=train)[:, 0]
+            f_r = attend("cross_attn_region", region.nodes["tokens"], ridx)
+            f_g = attend("cross_attn_global", glob.nodes["tokens"], gidx)
+            fused = nn.Dense(hidden, name="fusion")(jnp.concatenate([f_s, f_r, f_g], -1))
+        else:
+            fused = f_s
+        fused = drop(fused, deterministic=not train)
+
+        # -- spatial-aware graph blocks, one per scale -----------------------------------------
+        block = lambda name: SpatialGraphBlock(hidden, c.heads, c.gat_layers,
+                                               c.transformer_mlp_ratio, c.dropout, c.use_gat,
+                                               name=name)
+        spot_ctx = jnp.stack([r_feat[ridx], g_feat[gidx]], axis=1)             # (N_s, 2, H)
+        region_ctx = g_feat[region.nodes["global_idx"]][:, None]               # (N_r, 1, H)
+        glob_ctx = jnp.zeros((g_feat.shape[0], 0, hidden), g_feat.dtype)       # (N_q, 0, H)
+        h_s = block("spot_block")(fused, spot_ctx, *_edges(spot), train=train)
+        h_r = block("region_block")(drop(r_feat, deterministic=not train), region_ctx,
+                                    *_edges(region), train=train)
+        h_g = block("global_block")(drop(g_feat, deterministic=not train), glob_ctx,
+                                    *_edges(glob), train=train)
+
+        def head(name, x):
+            x = nn.LayerNorm(name=f"{name}_ln")(x)
+            return nn.Dense(self.n_genes, name=f"{name}_out")(x)
+
+        p_s, p_r, p_g = head("spot_head", h_s), head("region_head", h_r), head("global_head", h_g)
+
+        # -- cross-layer imputation (eq. 5-6) --------------------------------------------------
+        real = node_mask(spot)
+        known = known & spot.nodes["label_mask"] & real
+        if c.use_cli:
+            senders, receivers, weight, _, emask = _edges(spot)
+            cli = CrossLayerImputation(c.cli_iterations, name="cli")(
+                h_s, p_s, spot.nodes["label"], known, senders, receivers, weight, emask, real)
+        else:
+            cli = {"spot": p_s, "imputed": p_s, "alpha": jnp.ones((self.n_genes,), p_s.dtype),
+                   "reached": known}
+        return {"spot": cli["spot"], "spot_model": p_s, "imputed": cli["imputed"],
+                "region": p_r, "global": p_g, "alpha": cli["alpha"], "reached": cli["reached"]}

@@ -1,0 +1,221 @@
+"""Raw samples -> prepared samples: gene selection, normalisation, tiles, features.
+
+``prepare_samples`` is the whole preprocessing stage minus reading and registration:
+
+1. select the top ``data.n_genes`` genes over ALL sections of all samples (held-out ones
+   included, as the official code does) -> ``<workdir>/prepared/genes.txt``;
+2. per section (layer order): check spot centres lie in the image, subset genes, normalise
+   spots (``stnet`` uses the per-spot total over all genes, taken before subsetting), build
+   region/global tiles with labels = normalisation of summed member counts (triplex smoothing
+   applies to spots only), extract features (image read once, freed after);
+3. save each ``PreparedSample`` and ``<workdir>/prepared/index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from asign_jax.data.section import Sample, Section
+from asign_jax.errors import ConfigError, DataError
+from asign_jax.preprocess.genes import select_genes
+from asign_jax.preprocess.normalize import check_method, normalize
+from asign_jax.preprocess.patches import count_outside
+from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
+from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region_global,
+                                        tile_counts)
+
+logger = logging.getLogger(__name__)
+
+FEATURE_KEYS = ("spot_feats", "region_feats", "region_tokens", "global_feats", "global_tokens")
+
+
+def check_data_config(data_cfg) -> None:
+    """Fails early (before any expensive work) on invalid preprocessing settings."""
+    check_method(data_cfg.normalization, bool(data_cfg.smooth))
+    for key in ("spot_size", "region_size", "global_size", "n_genes"):
+        if int(data_cfg[key]) <= 0:
+            raise ConfigError(f"data.{key} must be > 0, got {data_cfg[key]}")
+    if data_cfg.global_size % data_cfg.region_size:
+        raise ConfigError(f"data.global_size={data_cfg.global_size} must be a multiple of "
+                          f"data.region_size={data_cfg.region_size}")
+
+
+def label_tiles(counts: np.ndarray, spot_tile: np.ndarray, n_tiles: int, method: str,
+                all_totals: np.ndarray, n_all_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed raw counts (R, G) float32 of each tile and their normalisation (R, G) float32.
+
+    ``all_totals`` (N,) are the spots' totals over all genes; a tile's total is their sum.
+    Tiles are never smoothed.
+    """
+    summed = tile_counts(counts, spot_tile, n_tiles, dtype=np.float64)
+    tile_totals = tile_counts(all_totals[:, None], spot_tile, n_tiles, dtype=np.float64)[:, 0]
+    labels = normalize(summed, method, all_totals=tile_totals, n_all_genes=n_all_genes)
+    return summed.astype(np.float32), labels
+
+
+def _check_features(feats: dict, section: str, n: int, r: int, q: int) -> dict:
+    """Validates the extractor's output shapes and casts to the stored dtypes."""
+    missing = [k for k in FEATURE_KEYS if k not in feats]
+    if missing:
+        raise DataError(f"section {section!r}: feature extractor returned no {missing}")
+    out = {k: np.asarray(feats[k], dtype=np.float32) for k in FEATURE_KEYS if "feats" in k}
+    out.update({k: np.asarray(feats[k], dtype=np.float16) for k in FEATURE_KEYS
+                if "tokens" in k})
+    d = out["spot_feats"].shape[-1] if out["spot_feats"].ndim == 2 else -1
+    want = {"spot_feats": (n, d), "region_feats": (r, d), "global_feats": (q, d)}
+    for k, shape in want.items():
+        if out[k].shape != shape:
+            raise DataError(f"section {section!r}: {k} has shape {out[k].shape}, expected "
+                            f"{shape}")
+    for k, rows in (("region_tokens", r), ("global_tokens", q)):
+        t = out[k]
+        if t.ndim != 3 or t.shape[0] != rows or t.shape[2] != d:
+            raise DataError(f"section {section!r}: {k} has shape {t.shape}, expected "
+                            f"({rows}, T, {d})")
+    return out
+
+
+def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, extractor,
+                    cache_dir: Path) -> tuple[PreparedSection, int]:
+    """Prepares one section; returns it and the number of spots whose patch was padded."""
+    where = f"section {section.name!r}"
+    if not section.has_image:
+        raise DataError(f"{where}: has no H&E image; only imaged sections can be prepared")
+    if section.n_spots < max(1, int(data_cfg.min_section_spots)):
+        raise DataError(f"{where}: {section.n_spots} spots, fewer than "
+                        f"data.min_section_spots={data_cfg.min_section_spots}")
+    method = data_cfg.normalization
+    # stnet needs totals over ALL genes of the section's file, recorded before the gene
+    # intersection by Section.subset_genes.
+    all_totals = (np.asarray(section.total_counts, dtype=np.float64)
+                  if section.total_counts is not None
+                  else np.asarray(section.counts, dtype=np.float64).sum(axis=1))
+    n_all_genes = int(section.n_all_genes or len(section.genes))
+    sub = section.subset_genes(genes)
+    counts = np.asarray(sub.counts, dtype=np.float32)
+    spot_labels = normalize(counts, method, array_xy=section.array_xy,
+                            smooth=bool(data_cfg.smooth), all_totals=all_totals,
+                            n_all_genes=n_all_genes)
+
+    region_origin, spot_region = assign_tiles(section.pixel_xy, data_cfg.region_size)
+    global_origin, spot_global = assign_tiles(section.pixel_xy, data_cfg.global_size)
+    r, q = len(region_origin), len(global_origin)
+    region_counts, region_labels = label_tiles(counts, spot_region, r, method, all_totals,
+                                               n_all_genes)
+    global_counts, global_labels = label_tiles(counts, spot_global, q, method, all_totals,
+                                               n_all_genes)
+    reg_glob = region_global(region_origin, data_cfg.region_size, global_origin,
+                             data_cfg.global_size)
+
+    image = section.read_image()
+    image_shape = np.asarray(image.shape[:2], dtype=np.int64)
+    try:
+        check_spots_inside(section.pixel_xy, image_shape, section.name)
+        padded = count_outside(image_shape, section.pixel_xy, data_cfg.spot_size)
+        feats = extractor.section_features(section.name, image, section.pixel_xy,
+                                           region_origin, global_origin, data_cfg, cache_dir,
+                                           spot_ids=section.spot_ids)
+    finally:
+        del image
+    feats = _check_features(feats, section.name, section.n_spots, r, q)
+
+    prepared = PreparedSection(
+        name=section.name, layer=int(layer), spot_ids=np.asarray(section.spot_ids, dtype=str),
+        array_xy=np.asarray(section.array_xy, dtype=np.float64),
+        pixel_xy=np.asarray(section.pixel_xy, dtype=np.float64),
+        spot_counts=counts, spot_labels=spot_labels,
+        region_origin=region_origin, region_counts=region_counts, region_labels=region_labels,
+        spot_region=spot_region,
+        global_origin=global_origin, global_counts=global_counts, global_labels=global_labels,
+        spot_global=spot_global, region_global=reg_glob, image_shape=image_shape,
+        image_path=str(section.image_path), **feats)
+    logger.info("%s: %d spots, %d region / %d global tiles, %d spots with padded %d px patches",
+                where, section.n_spots, r, q, padded, data_cfg.spot_size)
+    return prepared, padded
+
+
+def section_summary(sample_id: str, section: PreparedSection, spot_size: int) -> dict:
+    """One summary row: sample, section, spots, region/global tiles, padded spot patches."""
+    return {"sample": sample_id, "section": section.name, "spots": section.n_spots,
+            "region_tiles": len(section.region_origin),
+            "global_tiles": len(section.global_origin),
+            "padded_spots": count_outside(section.image_shape, section.pixel_xy, spot_size)}
+
+
+def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optional[Any] = None
+                    ) -> list[PreparedSample]:
+    """Prepares and saves every sample; see the module docstring for the steps.
+
+    Args:
+      samples: raw samples (sections in layer order; genes may differ between sections).
+      config: the full config (``config.data`` and, without ``extractor``, ``config.features``).
+      workdir: output folder; writes ``prepared/`` and uses ``cache/features``.
+      extractor: object with ``section_features(section_name, image, spot_xy, region_origin,
+        global_origin, data_cfg, cache_dir, spot_ids=...) -> dict`` (spot_ids: (N,) str, used
+        by the precomputed-embeddings reader) of spot_feats (N, D), region_feats
+        (R, D), region_tokens (R, T, D), global_feats (Q, D), global_tokens (Q, T, D).
+        None = ``asign_jax.features.extract.make_extractor(config.features)``.
+
+    Returns:
+      the prepared samples, in input order.
+    """
+    data_cfg = config.data
+    check_data_config(data_cfg)
+    if not samples:
+        raise DataError("no samples to prepare (the loader returned none)")
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"duplicate sample ids: {ids}")
+    for s in samples:
+        names = [x.name for x in s.sections]
+        if not names:
+            raise DataError(f"sample {s.sample_id!r} has no sections")
+        if len(set(names)) != len(names):
+            raise DataError(f"sample {s.sample_id!r}: duplicate section names {names}")
+
+    workdir = Path(workdir)
+    out_dir = workdir / "prepared"
+    cache_dir = workdir / "cache" / "features"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    all_sections = [x for s in samples for x in s.sections]
+    logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
+                len(all_sections), len(samples))
+    genes = select_genes(all_sections, data_cfg.n_genes)
+    (out_dir / "genes.txt").write_text("\n".join(genes) + "\n")
+
+    if extractor is None:
+        from asign_jax.features.extract import make_extractor
+        logger.info("building the feature extractor (encoder=%s)", config.features.encoder)
+        extractor = make_extractor(config.features)
+
+    prepared_samples = []
+    bar = tqdm(total=len(all_sections), desc="prepare sections", unit="section")
+    for s in samples:
+        sections = []
+        for layer, section in enumerate(s.sections):
+            bar.set_postfix_str(f"{s.sample_id}/{section.name}")
+            ps, _ = prepare_section(section, layer, genes, data_cfg, extractor, cache_dir)
+            sections.append(ps)
+            bar.update(1)
+        prepared = PreparedSample(sample_id=s.sample_id, genes=genes, sections=sections,
+                                  normalization=data_cfg.normalization)
+        path = prepared.save(workdir)
+        logger.info("sample %r: %d sections saved to %s", s.sample_id, len(sections), path)
+        prepared_samples.append(prepared)
+    bar.close()
+
+    index = {"samples": ids, "genes": [str(g) for g in genes],
+             "normalization": data_cfg.normalization}
+    tmp = out_dir / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(out_dir / "index.json")
+    logger.info("wrote %s", out_dir / "index.json")
+    return prepared_samples

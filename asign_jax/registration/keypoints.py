@@ -1,0 +1,239 @@
+"""Initial affine between two sections: keypoint matching + robust estimation, with a
+mask-moments fallback.
+
+All matrices here are (3, 3) homogeneous affines acting on SMALL-image pixels (x=col, y=row)
+and map the MOVING section onto the FIXED one.
+
+The feature step is pluggable: a matcher is ``fn(moving, fixed, cfg) -> (pts_m, pts_f)`` with
+(n, 2) float32 arrays of matched small-image points (x, y); register one with
+``@register_matcher("name")``. SIFT and ORB are built in (the paper used XFeat, whose weights
+are not available offline; a torch XFeat matcher can be registered the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+
+from asign_jax.errors import ConfigError
+from asign_jax.registration.preprocess import SectionImage
+
+log = logging.getLogger(__name__)
+
+Matcher = Callable[[SectionImage, SectionImage, object], tuple[np.ndarray, np.ndarray]]
+_MATCHERS: dict[str, Matcher] = {}
+
+
+def register_matcher(name: str):
+    """Decorator: registers ``fn(moving, fixed, cfg) -> (pts_m (n,2), pts_f (n,2))``."""
+    def deco(fn: Matcher) -> Matcher:
+        _MATCHERS[name.lower()] = fn
+        return fn
+    return deco
+
+
+def get_matcher(name: str) -> Matcher:
+    try:
+        return _MATCHERS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"registration.detector={name!r}: unknown; available: "
+                          f"{sorted(_MATCHERS)}") from None
+
+
+def available_matchers() -> list[str]:
+    return sorted(_MATCHERS)
+
+
+def _cfg(cfg, name, default):
+    """cfg.name, or default when cfg is None or lacks the field."""
+    return default if cfg is None else getattr(cfg, name, default)
+
+
+def _feature_mask(sec: SectionImage) -> np.ndarray:
+    """uint8 detection mask: the tissue mask dilated a little, so boundary corners count."""
+    import cv2
+    r = max(2, min(sec.shape) // 100)
+    ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(sec.mask.astype(np.uint8) * 255, ker)
+
+
+def _ratio_matches(des_m, des_f, norm, ratio, cross_check=True):
+    """Lowe ratio test on 2-NN matches (+ mutual-consistency). Returns [(i_m, i_f)]."""
+    import cv2
+    if des_m is None or des_f is None or len(des_m) < 2 or len(des_f) < 2:
+        return []
+    bf = cv2.BFMatcher(norm)
+    fwd = bf.knnMatch(des_m, des_f, k=2)
+    pairs = [(m.queryIdx, m.trainIdx) for m, n in (p for p in fwd if len(p) == 2)
+             if m.distance < ratio * n.distance]
+    if cross_check and pairs:
+        back = bf.match(des_f, des_m)
+        best_back = {b.queryIdx: b.trainIdx for b in back}
+        pairs = [(i, j) for i, j in pairs if best_back.get(j) == i]
+    return pairs
+
+
+def _detect_match(detector, norm, moving, fixed, cfg):
+    ratio = float(_cfg(cfg, "ratio", 0.75))
+    kp_m, des_m = detector.detectAndCompute(moving.gray, _feature_mask(moving))
+    kp_f, des_f = detector.detectAndCompute(fixed.gray, _feature_mask(fixed))
+    pairs = _ratio_matches(des_m, des_f, norm, ratio)
+    log.debug("%s -> %s: %d / %d keypoints, %d ratio-test matches", moving.name, fixed.name,
+              len(kp_m), len(kp_f), len(pairs))
+    if not pairs:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    pm = np.float32([kp_m[i].pt for i, _ in pairs])
+    pf = np.float32([kp_f[j].pt for _, j in pairs])
+    return pm, pf
+
+
+@register_matcher("sift")
+def sift_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT (max_keypoints, default 8000) + ratio test + mutual check."""
+    import cv2
+    det = cv2.SIFT_create(nfeatures=int(_cfg(cfg, "max_keypoints", 8000)))
+    return _detect_match(det, cv2.NORM_L2, moving, fixed, cfg)
+
+
+@register_matcher("orb")
+def orb_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """ORB (max_keypoints, default 8000) + ratio test + mutual check (Hamming)."""
+    import cv2
+    det = cv2.ORB_create(nfeatures=int(_cfg(cfg, "max_keypoints", 8000)), fastThreshold=5)
+    return _detect_match(det, cv2.NORM_HAMMING, moving, fixed, cfg)
+
+
+def estimate_affine(pts_m: np.ndarray, pts_f: np.ndarray, estimator: str = "affine",
+                    robust: str = "magsac", threshold: float = 3.0,
+                    seed: int = 0) -> tuple[Optional[np.ndarray], int]:
+    """Robust affine pts_m -> pts_f ((n, 2) each). Returns ((3, 3) or None, n_inliers)."""
+    import cv2
+    if len(pts_m) < 3:
+        return None, 0
+    methods = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
+    fns = {"affine": cv2.estimateAffine2D, "partial": cv2.estimateAffinePartial2D}
+    if robust not in methods:
+        raise ConfigError(f"registration.robust={robust!r}: expected one of {sorted(methods)}")
+    if estimator not in fns:
+        raise ConfigError(f"registration.estimator={estimator!r}: expected one of {sorted(fns)}")
+    cv2.setRNGSeed(int(seed))
+    m, inl = fns[estimator](pts_m.astype(np.float32), pts_f.astype(np.float32),
+                            method=methods[robust], ransacReprojThreshold=float(threshold),
+                            maxIters=5000, confidence=0.999)
+    if m is None or inl is None:
+        return None, 0
+    return np.vstack([m, [0, 0, 1]]).astype(np.float64), int(inl.sum())
+
+
+def affine_is_plausible(a: np.ndarray, max_scale: float = 1.5, max_anisotropy: float = 1.3) -> bool:
+    """True for an affine whose linear part is close to a similarity (consecutive sections):
+    singular values within [1/max_scale, max_scale] and their ratio <= max_anisotropy."""
+    s = np.linalg.svd(a[:2, :2], compute_uv=False)
+    return bool(s[1] > 1.0 / max_scale and s[0] < max_scale and s[0] / s[1] <= max_anisotropy)
+
+
+def warp_mask(mask: np.ndarray, a: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """Warps a bool mask with the (3, 3) affine ``a`` (src px -> dst px) onto ``out_shape``."""
+    import cv2
+    out = cv2.warpAffine(mask.astype(np.uint8), a[:2].astype(np.float64),
+                         (int(out_shape[1]), int(out_shape[0])), flags=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.astype(bool)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two bool masks of the same shape."""
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 0.0
+
+
+def mask_moments(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Centroid (2,), principal axes (2, 2) as columns (major first), stds (2,), area of a mask."""
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    c = pts.mean(0)
+    cov = np.cov((pts - c).T) if len(pts) > 2 else np.eye(2)
+    w, v = np.linalg.eigh(cov)
+    order = np.argsort(w)[::-1]
+    return c, v[:, order], np.sqrt(np.maximum(w[order], 1e-12)), float(len(pts))
+
+
+def mask_moments_affine(moving: np.ndarray, fixed: np.ndarray,
+                        allow_reflection: bool = True) -> tuple[np.ndarray, float]:
+    """Affine aligning the centroids and principal axes of two bool masks (moving -> fixed).
+
+    The axis signs are ambiguous: the four sign combinations (two rotations, and two
+    reflections when allowed) are tried and the one with the highest mask Dice is kept
+    (a reflection only when it beats the best rotation by > 0.02). Scale is isotropic,
+    sqrt(area ratio). Returns ((3, 3), dice).
+    """
+    if moving.sum() < 3 or fixed.sum() < 3:
+        return np.eye(3), dice(warp_mask(moving, np.eye(3), fixed.shape), fixed)
+    cm, vm, _, am = mask_moments(moving)
+    cf, vf, _, af = mask_moments(fixed)
+    s = np.sqrt(af / am)
+    best = {}
+    for sx in (1.0, -1.0):
+        for sy in (1.0, -1.0):
+            r = vf @ np.diag([sx, sy]) @ vm.T          # maps moving axes onto fixed axes
+            refl = np.linalg.det(r) < 0
+            if refl and not allow_reflection:
+                continue
+            a = np.eye(3)
+            a[:2, :2] = s * r
+            a[:2, 2] = cf - s * r @ cm
+            d = dice(warp_mask(moving, a, fixed.shape), fixed)
+            key = "reflection" if refl else "rotation"
+            if key not in best or d > best[key][1]:
+                best[key] = (a, d)
+    a, d = best["rotation"]
+    if "reflection" in best and best["reflection"][1] > d + 0.02:
+        log.info("mask moments: a reflection fits better (dice %.3f vs %.3f)",
+                 best["reflection"][1], d)
+        a, d = best["reflection"]
+    return a, d
+
+
+@dataclasses.dataclass
+class InitialAffine:
+    """Result of the initial (pre-ANTs) alignment of a pair, in small-image px.
+
+    matrix: (3, 3) moving small px -> fixed small px. inliers: robust-fit inliers (0 for the
+    fallback). method: the matcher name or "mask-moments". n_matches: ratio-test matches.
+    """
+
+    matrix: np.ndarray
+    inliers: int
+    method: str
+    n_matches: int
+
+
+def initial_affine(moving: SectionImage, fixed: SectionImage, cfg, seed: int = 0) -> InitialAffine:
+    """Keypoint affine moving -> fixed (small px); mask-moments fallback when the matching
+    gives fewer than ``min_inliers`` inliers or an implausible (strongly scaled/sheared) fit."""
+    name = str(_cfg(cfg, "detector", "sift")).lower()
+    matcher = get_matcher(name)
+    pm, pf = matcher(moving, fixed, cfg)
+    a, n_in = estimate_affine(pm, pf, str(_cfg(cfg, "estimator", "affine")),
+                              str(_cfg(cfg, "robust", "magsac")),
+                              float(_cfg(cfg, "reproj_threshold", 3.0)),
+                              seed)
+    min_inliers = int(_cfg(cfg, "min_inliers", 12))
+    reason = None
+    if a is None or n_in < min_inliers:
+        reason = f"{n_in} inliers < min_inliers={min_inliers} ({len(pm)} matches)"
+    elif not affine_is_plausible(a):
+        sv = np.linalg.svd(a[:2, :2], compute_uv=False)
+        reason = f"implausible affine (singular values {sv[0]:.3f}, {sv[1]:.3f})"
+    if reason is None:
+        log.info("%s -> %s: %s affine from %d inliers of %d matches", moving.name, fixed.name,
+                 name, n_in, len(pm))
+        return InitialAffine(a, n_in, name, len(pm))
+    m, d = mask_moments_affine(moving.mask, fixed.mask,
+                               allow_reflection=bool(_cfg(cfg, "allow_reflection", True)))
+    log.warning("%s -> %s: keypoint matching failed (%s); falling back to mask centroid + "
+                "principal axes (dice %.3f)", moving.name, fixed.name, reason, d)
+    return InitialAffine(m, n_in, "mask-moments", len(pm))

@@ -1,0 +1,173 @@
+"""What a training step sees: masked, padded, stacked sample graphs.
+
+Label hygiene is STRUCTURAL. ``mask_sample`` rebuilds the node arrays of a held-out sample:
+on every node of a test layer (spot, region AND global graph) "label" is REPLACED by zeros and
+"label_mask" set False (np.where on a fresh array, never a multiplication, so a NaN stays
+out). Only contract fields are carried (anything else the builder adds is dropped), so no
+other node array can smuggle a label in. The pool, the baselines and evaluation's model input
+are all built from the masked sample; only the scorer reads the original labels.
+
+Roles:
+  "train": a training sample; label_mask True on every real node, known all False.
+  "test":  a held-out sample; the known layer keeps its labels (label_mask True there) and
+           "known" = its nodes (used at evaluation); the other layers are test layers.
+
+A batch is ``{"spot", "region", "global"}`` of ``jraph.GraphsTuple`` padded to the fold's
+shared budget (``graph.padding.budget_for``); ``Pool.take`` stacks samples on a leading axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Mapping, Sequence
+
+import jax
+import jraph
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCALES = ("spot", "region", "global")
+INPUT_FIELDS = ("feat", "tokens", "layer", "xy", "region_idx", "global_idx")
+"""Node fields passed through unchanged (images and geometry: available in every layer)."""
+LABEL_FIELDS = ("label", "label_mask", "known")
+"""Node fields rewritten by ``mask_sample``."""
+
+
+def graph_dict(sample) -> dict:
+    """{"spot", "region", "global"} GraphsTuples of a SampleGraph."""
+    return {k: sample.graph(k) for k in SCALES}
+
+
+def unpadded_nodes(sample, scale: str) -> dict:
+    """Node arrays of the first (real) graph of ``scale``: {field: (n_real, ...)}."""
+    g = sample.graph(scale)
+    n = int(np.asarray(g.n_node)[0])
+    return {k: np.asarray(v)[:n] for k, v in g.nodes.items()}
+
+
+def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer) -> dict:
+    layer = np.asarray(nodes["layer"])
+    real = np.arange(len(layer)) < n_real
+    if role == "train":
+        keep = real
+        known = np.zeros(len(layer), bool)
+    elif role == "test":
+        keep = real & (layer == known_layer)
+        known = keep.copy()
+    else:
+        raise ValueError(f"role must be 'train' or 'test', got {role!r}")
+    label = np.asarray(nodes["label"])
+    out = {k: nodes[k] for k in INPUT_FIELDS if k in nodes}
+    out["label"] = np.where(keep[:, None], label, np.zeros_like(label))
+    out["label_mask"] = keep
+    out["known"] = known
+    return out
+
+
+def mask_sample(sample, role: str, known_layer: int | None = None):
+    """A copy of ``sample`` whose labels are those the given role may use (see module doc).
+
+    Args:
+      sample: SampleGraph (unpadded or padded).
+      role: "train" or "test".
+      known_layer: the known layer of a held-out ("test") sample.
+    """
+    if role == "test" and known_layer is None:
+        raise ValueError("mask_sample: a held-out sample needs its known_layer")
+    new = {}
+    for scale in SCALES:
+        g = sample.graph(scale)
+        dropped = sorted(set(g.nodes) - set(INPUT_FIELDS) - set(LABEL_FIELDS))
+        if dropped:
+            logger.debug("%s graph: dropping non-contract node fields %s", scale, dropped)
+        n_real = int(np.asarray(g.n_node)[0])
+        new[scale] = g._replace(nodes=_mask_nodes(g.nodes, n_real, role, known_layer))
+    return sample.replace_graphs(new)
+
+
+def _pad(sample, budget) -> dict:
+    from asign_jax.graph.padding import pad_sample
+    return graph_dict(pad_sample(sample, budget))
+
+
+def _budget(samples: Sequence):
+    from asign_jax.graph.padding import budget_for
+    return budget_for(samples)
+
+
+@dataclasses.dataclass
+class Pool:
+    """The training samples of one fold, masked, padded to one budget and stacked.
+
+    Attributes:
+      sample_ids: (P,) ids in pool order (sorted).
+      roles: (P,) "train" / "test" (a held-out sample enters with only its known layer).
+      arrays: {"spot", "region", "global"} GraphsTuples of numpy arrays, leading axis P.
+      budget: the padding budget (graph.padding.budget_for) shared by every sample.
+      seed: sample-order seed.
+    """
+
+    sample_ids: tuple
+    roles: tuple
+    arrays: dict
+    budget: object
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def take(self, idx: np.ndarray) -> dict:
+        """Batch of the samples ``idx`` (S,) -> leaves with leading axis S (numpy)."""
+        idx = np.asarray(idx)
+        return jax.tree.map(lambda a: a[idx], self.arrays)
+
+    def example(self) -> dict:
+        """One padded sample, no leading axis (for model.init)."""
+        return jax.tree.map(lambda a: a[0], self.arrays)
+
+    def step_indices(self, step: int, samples_per_step: int) -> np.ndarray:
+        """The pool indices of training step ``step`` (a pure function of seed and step).
+
+        Positions step*S ... step*S+S-1 of an endless sequence of epochs; epoch e is the
+        permutation ``default_rng([seed, e]).permutation(P)``. A pool smaller than S repeats
+        samples within a step.
+        """
+        n = len(self)
+        pos = np.arange(step * samples_per_step, (step + 1) * samples_per_step)
+        out = np.empty(len(pos), np.int64)
+        for e in np.unique(pos // n):
+            perm = np.random.default_rng([self.seed, int(e)]).permutation(n)
+            sel = pos // n == e
+            out[sel] = perm[pos[sel] % n]
+        return out
+
+    def pad(self, sample) -> dict:
+        """Pads one (masked) SampleGraph to the pool's budget -> {"spot", "region", "global"}."""
+        return _pad(sample, self.budget)
+
+
+def stack(samples: Sequence[dict]) -> dict:
+    """Stacks padded sample dicts on a new leading axis."""
+    return jax.tree.map(lambda *a: np.stack(a), *samples)
+
+
+def build_pool(graphs: Mapping[str, object], fold, seed: int) -> Pool:
+    """The masked training pool of ``fold``: its training samples + its held-out samples.
+
+    The padding budget covers every sample of the fold (training and held-out), so evaluation
+    uses the same shapes.
+    """
+    ids, roles, masked = [], [], []
+    for sid in sorted(set(fold.train_samples) | set(fold.test_samples)):
+        role = fold.role(sid)
+        ids.append(sid)
+        roles.append(role)
+        masked.append(mask_sample(graphs[sid], role, fold.known_layer.get(sid)))
+    budget = _budget([graphs[s] for s in ids])
+    arrays = stack([_pad(m, budget) for m in masked])
+    logger.info("pool: %s, padded to %s", ", ".join(f"{s} ({r})" for s, r in zip(ids, roles)),
+                budget)
+    return Pool(sample_ids=tuple(ids), roles=tuple(roles), arrays=arrays, budget=budget,
+                seed=int(seed))

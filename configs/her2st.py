@@ -1,0 +1,25 @@
+"""HER2ST (Andersson et al. 2021). The shared subset: patient C (C2-C6) is the 3D sample,
+B4 an extra 2D training section.
+
+    python -m asign_jax.train --config configs/her2st.py \
+        --config.data.root=../shared/data/her2st --workdir runs/her2st
+
+With the full public dataset, set data.sections="" and train.folds to the 4 patient folds,
+e.g. (("A","E"),("B","F"),("C","G"),("D","H")).
+"""
+
+from asign_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.format = "her2st"
+    c.data.root = "../shared/data/her2st"
+    c.data.sections = "C2,C3,C4,C5,C6,B4"
+    c.data.n_genes = 250
+    c.data.normalization = "asign"
+    c.train.folds = (("C",),)
+    c.train.extra_train_samples = ("B",)
+    c.train.known_layer = 0           # C2 is known; C3-C6 are imputed
+    c.train.eval_genes = ("ERBB2", "GNAS", "FASN")
+    return c

@@ -1,0 +1,34 @@
+"""A tiny CPU config for tests: 2 synthetic samples x 3 sections, tiny images, a few steps."""
+
+from asign_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.format = "synthetic"
+    c.data.root = ""
+    c.data.n_genes = 40
+    c.synthetic.n_samples = 2
+    c.synthetic.n_sections = 3
+    c.synthetic.n_genes = 60
+    c.synthetic.n_types = 3
+    c.synthetic.image_size = 1280
+    c.synthetic.spot_pitch = 160
+    c.features.spot_input = 32
+    c.features.region_input = 32
+    c.features.global_input = 32
+    c.features.token_grid = 1
+    c.features.batch_size = 32
+    c.registration.long_side = 512
+    c.registration.ants_transform = "none"
+    c.model.hidden = 32
+    c.model.heads = 2
+    c.model.gat_layers = 2
+    c.model.cli_iterations = 4
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 1e-3
+    c.train.steps = 8
+    c.train.log_every = 4
+    c.train.checkpoint_every = 4
+    c.train.eval_genes = ("G000",)
+    return c
