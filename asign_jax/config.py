@@ -34,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     s.n_genes = 300
     s.n_types = 5                # tissue types
     s.image_size = 2048          # px, square
-    s.spot_pitch = 160           # px between array-grid neighbours
+    s.spot_pitch = 128           # px between array-grid neighbours (~110 spots per section)
+    s.shared_grid = False        # True = every section on the same canonical spot grid
     s.max_rotation_deg = 30.0
     s.max_translation_px = 80.0
     s.max_scale = 0.05

@@ -205,11 +205,14 @@ def write_predictions(path: Path, preds: dict, truth: np.ndarray, spot: dict,
     for l in layer:
         counters[l] = counters.get(l, -1) + 1
         index.append(f"{section_names[l]}_{counters[l]}")
-    obs = pd.DataFrame({"section": [section_names[l] for l in layer], "layer": layer,
-                        "known": layer == known_layer, "x": xy[:, 0], "y": xy[:, 1],
-                        "z": layer.astype(np.float64)}, index=index)
+    # object-dtype strings: anndata 0.12 cannot write pandas 3's default Arrow strings
+    obs = pd.DataFrame({"section": pd.Categorical.from_codes(
+                            layer, categories=pd.Index(list(section_names), dtype=object)),
+                        "layer": layer, "known": layer == known_layer, "x": xy[:, 0],
+                        "y": xy[:, 1], "z": layer.astype(np.float64)},
+                       index=pd.Index(index, dtype=object))
     adata = ad.AnnData(X=preds["asign"].astype(np.float32), obs=obs,
-                       var=pd.DataFrame(index=[str(g) for g in genes]))
+                       var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object)))
     adata.layers["truth"] = truth.astype(np.float32)
     for m, p in preds.items():
         if m != "asign":

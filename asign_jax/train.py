@@ -24,7 +24,7 @@ import numpy as np
 from asign_jax import evaluate as ev
 from asign_jax.training import batches
 from asign_jax.training.folds import Fold, make_folds
-from asign_jax.training.loop import eval_step, restore_params, train_fold
+from asign_jax.training.loop import make_eval_fn, restore_params, train_fold
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ def load_inputs(config, workdir: Path):
         logger.info("graphs missing for %s: building %s/graphs", missing, workdir)
         graph_io.build_all(workdir, config)
     graphs = {s: graph_io.load(workdir / "graphs" / f"{s}.npz") for s in sample_ids}
-    sections = {}
-    for s in sample_ids:
-        meta = json.loads((workdir / "prepared" / s / "sample.json").read_text())
-        sections[s] = [str(n) for n in meta["sections"]]
+    sections = {s: [str(n) for n in g.section_names] for s, g in graphs.items()}
     return genes, graphs, sections
 
 
@@ -97,7 +94,7 @@ def _mesh(config):
 
 
 def _evaluate(config, workdir, fold, model, params, graphs, genes, sections, pool, names):
-    fn = jax.jit(lambda p, s: eval_step(p, s, model=model))
+    fn = make_eval_fn(model)
     return ev.evaluate_fold(config, workdir, fold, lambda s: fn(params, s), graphs, genes,
                             sections, pool.pad, names[fold.index])
 
@@ -168,7 +165,10 @@ def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
 
 
 def evaluate_all(config, workdir) -> dict:
-    """Re-scores every fold from its latest checkpoint (no training); rewrites the reports."""
+    """Re-scores every fold from its latest checkpoint (no training); rewrites the reports.
+
+    The folds' done.json files are left alone (they mark finished training).
+    """
     workdir = Path(workdir)
     genes, graphs, sections = load_inputs(config, workdir)
     folds = make_folds(config.train, {s: len(v) for s, v in sections.items()})
@@ -178,13 +178,17 @@ def evaluate_all(config, workdir) -> dict:
     for fold in folds:
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
         try:
-            params = restore_params(config, model, pool, _fold_dir(workdir, fold))
+            params, step = restore_params(config, model, pool, _fold_dir(workdir, fold),
+                                          return_step=True)
         except FileNotFoundError as e:
             logger.warning("%s: %s; skipped", fold.name, e)
             continue
-        logger.info("%s: re-scoring from %s", fold.name, _fold_dir(workdir, fold))
+        if step < int(config.train.steps):
+            logger.warning("%s: latest checkpoint is step %d of %d (training unfinished)",
+                           fold.name, step, int(config.train.steps))
+        logger.info("%s: re-scoring from %s (step %d)", fold.name, _fold_dir(workdir, fold), step)
         r, pg = _evaluate(config, workdir, fold, model, params, graphs, genes, sections, pool, names)
-        _save_fold(workdir, fold, r, pg)
+        r["step"] = step
         results.append(r)
         per_gene.append(pg)
     if not results:

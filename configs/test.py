@@ -13,7 +13,7 @@ def get_config():
     c.synthetic.n_genes = 60
     c.synthetic.n_types = 3
     c.synthetic.image_size = 1280
-    c.synthetic.spot_pitch = 160
+    c.synthetic.spot_pitch = 128
     c.features.spot_input = 32
     c.features.region_input = 32
     c.features.global_input = 32

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import sys
 import time
@@ -66,12 +67,15 @@ def main() -> None:
           f"({t_data:.1f} s, not counted)")
 
     timings: dict = {}
+    load = os.getloadavg()[0]
+    c0 = sum(os.times()[:2])
     t0 = time.perf_counter()
     edges = build_edges(xy, layer, feats, k_intra=g.k_intra, k_cross=g.k_cross,
                         radius=g.spot_radius, cross_layer=True,
                         cosine_all_max_nodes=g.cosine_all_max_nodes,
                         cosine_radius=g.cosine_radius, workers=args.workers, timings=timings)
     total = time.perf_counter() - t0
+    cpu = sum(os.times()[:2]) - c0
 
     for part, label in (("overlaps", "IoU overlap pairs (KD-tree query_pairs, r=2*112)"),
                         ("intra_knn", f"same-layer kNN (k={g.k_intra}, KD-tree per layer)"),
@@ -81,7 +85,8 @@ def main() -> None:
         print(f"  {label:<62s} {timings[part]:7.2f} s")
     rest = total - sum(timings.values())
     print(f"  {'other (overlap stats)':<62s} {rest:7.2f} s")
-    print(f"TOTAL {total:.2f} s   (target < 60 s)")
+    print(f"TOTAL {total:.2f} s wall (target < 60 s); {cpu:.1f} s CPU (user+sys) on "
+          f"{os.cpu_count()} cores; load average at start {load:.1f}")
     n_e = len(edges.senders)
     deg = np.bincount(edges.receivers, minlength=len(xy))
     print(f"edges: {n_e:,} directed (intra {np.sum(edges.type == EDGE_INTRA):,}, "

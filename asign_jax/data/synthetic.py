@@ -14,10 +14,13 @@ Model. Every block lives in a canonical frame (image_size px square, x = column,
 with a smooth section coordinate z (section l has z = l). K tissue types are the argmax of
 K smooth random fields f_k(x, y, z) (random Fourier features, Gaussian kernel), so the type
 map changes gradually from one section to the next. The tissue is an irregular blob centred
-in the frame. Spots sit on a regular array grid (pitch ``spot_pitch``) in the canonical frame
-and are kept when well inside the tissue. Counts are negative binomial with a mean set by the
-spot's tissue type (type marker genes), a shared heavy-tailed baseline, a small smooth
-within-type spatial term and a log-normal library size. The tissue *biology* (gene programmes,
+in the frame, sized so it stays inside the image under the largest transform. Spots sit on a
+regular array grid (pitch ``spot_pitch``) in the canonical frame and are kept when well inside
+the tissue; each section's grid has a random sub-pitch origin (like real ST, where every
+section lies on its own array), unless the optional config field ``shared_grid`` is True.
+Counts are negative binomial with a mean set by the spot's tissue type (type marker genes),
+a shared heavy-tailed baseline, a small smooth within-type spatial term and a log-normal
+library size. The tissue *biology* (gene programmes,
 type colour and texture) is drawn from ``seed`` and shared by all blocks, so a model trained
 on some blocks transfers to the others; the *layout* of block k (fields, shape, nuclei,
 transforms, count noise) is drawn from ``seed + k``.
@@ -65,6 +68,7 @@ _OWNED_DIRS = ("ST-cnts", "ST-spotfiles", "ST-imgs", "ST-pat", "ground_truth")
 
 _PARAM_FIELDS = ("n_samples", "n_sections", "n_genes", "n_types", "image_size", "spot_pitch",
                  "max_rotation_deg", "max_translation_px", "max_scale", "elastic_px")
+_FLOAT_FIELDS = ("max_rotation_deg", "max_translation_px", "max_scale", "elastic_px")
 # Optional fields (read with these defaults when the config lacks them).
 _OPTIONAL_FIELDS = {"shared_grid": False}
 
@@ -72,16 +76,17 @@ _FIELD_FEATURES = 64          # random Fourier features per smooth field
 _LOWRES_STEP = 16             # px; smooth fields are evaluated on this grid, then upsampled
 _TYPE_LENGTH = 0.14           # x image_size: correlation length of the tissue-type fields
 _GENE_LENGTH = 0.25           # x image_size: correlation length of the within-type gene fields
-_Z_LENGTH = 4.0               # sections: correlation length of all fields along z
+_Z_LENGTH = 8.0               # sections: correlation length of all fields along z
 _N_GENE_FIELDS = 3
 _EDGE_MARGIN = 0.02           # x image_size kept free of tissue at the image border
 _IRREGULARITY = 0.12          # tissue radius varies in [1 - this, 1] x R_max
 _SPOT_INSET = 0.35            # x spot_pitch: spots are kept this far inside the boundary
 _JPEG_QUALITY = 90
 
-# Ruifrok & Johnston optical-density stain vectors (R, G, B absorbance).
+# Optical-density stain vectors (R, G, B absorbance): Ruifrok & Johnston's hematoxylin; an
+# eosin a little more blue-absorbing than theirs (0.072, 0.990, 0.105), for a pinker hue.
 _H_OD = np.array([0.650, 0.704, 0.286], np.float32)
-_E_OD = np.array([0.072, 0.990, 0.105], np.float32)
+_E_OD = np.array([0.10, 0.95, 0.26], np.float32)
 _BACKGROUND_OD = 0.025        # slide background, ~243/255
 
 
@@ -114,9 +119,11 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
                 and old.get("params") == params and not (root / _MARKER_FILE).exists()):
             logger.info("synthetic data in %s is up to date (seed %d)", root, seed)
             return old
-    elif (root / "ST-cnts").exists() and not (root / _MARKER_FILE).exists():
-        raise DataError(f"{root}: holds ST-cnts/ but no {SUMMARY_FILE}; refusing to write "
-                        "synthetic data into what looks like a real dataset folder")
+    elif not (root / _MARKER_FILE).exists():
+        found = [d for d in _OWNED_DIRS if (root / d).exists()]
+        if found:
+            raise DataError(f"{root}: holds {', '.join(found)} but no {SUMMARY_FILE}; refusing "
+                            "to write synthetic data into what looks like a real dataset folder")
 
     t0 = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
@@ -207,16 +214,19 @@ def _read_params(cfg: Any) -> dict:
         v = _get(cfg, name)
         if v is None:
             raise ConfigError(f"synthetic config lacks field {name!r}")
-        p[name] = float(v) if isinstance(v, float) else int(v)
+        if name in _FLOAT_FIELDS:
+            p[name] = float(v)
+        elif float(v) != int(v):
+            raise ConfigError(f"synthetic config: {name} must be an integer, got {v!r}")
+        else:
+            p[name] = int(v)
     for name, default in _OPTIONAL_FIELDS.items():
         p[name] = type(default)(_get(cfg, name, default))
-    for name in ("max_rotation_deg", "max_translation_px", "max_scale", "elastic_px"):
-        p[name] = float(p[name])
     checks = [
         (1 <= p["n_samples"] <= 26, "n_samples must be in 1..26"),
         (p["n_sections"] >= 1, "n_sections must be >= 1"),
         (1 <= p["n_types"] <= 64, "n_types must be in 1..64"),
-        (p["n_genes"] >= 2 * p["n_types"], "n_genes must be >= 2 * n_types"),
+        (p["n_genes"] >= 3 * p["n_types"], "n_genes must be >= 3 * n_types"),
         (p["image_size"] >= 128, "image_size must be >= 128"),
         (p["spot_pitch"] >= 8, "spot_pitch must be >= 8"),
         (0 <= p["max_rotation_deg"] <= 180, "max_rotation_deg must be in [0, 180]"),
@@ -266,7 +276,7 @@ class _Biology:
                               * 1.6e-5).astype(np.float32)        # lumens / px^2 / section
         hue = _spread(rng, -1.0, 1.0, k)
         shift = np.array([0.16, 0.0, -0.16], np.float32)
-        e = np.clip(np.array([0.10, 0.95, 0.26], np.float32) + hue[:, None] * shift, 0.0, None)
+        e = np.clip(_E_OD + hue[:, None] * shift, 0.0, None)
         self.eosin_od = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
 
         # Expression, log scale. Baseline heavy-tailed with a few very high genes.
@@ -599,8 +609,8 @@ def _render_section(rng, p, bio, types, shape, nuclei, lumens, z, gt) -> np.ndar
     img = cv2.merge(channels)
 
     bg = int(round(255 * math.exp(-_BACKGROUND_OD)))
-    return cv2.remap(img, _inverse_maps(gt, size), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                     borderValue=(bg, bg, bg))
+    return cv2.remap(img, _inverse_maps(gt, size), None, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=(bg, bg, bg))
 
 
 def _write_section(root, letter, name, ids, grid, pixel, counts, genes, image, spot_type,

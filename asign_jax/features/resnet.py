@@ -9,12 +9,13 @@ Parameter names mirror torchvision's ``state_dict`` keys so that
 
 Fixed-seed initialisation (no weights file, ``fixed_seed_variables``): convs are He-normal
 (fan_in), BN scale 1 / bias 0 / running mean 0 / var 1, except that the last BN scale of
-every bottleneck is ``residual_init_scale`` (default 1/4 = 1/sqrt(16 blocks)). With eval-mode BN at init stats the
-network is conv-ReLU-conv without normalisation, so an unscaled residual stack grows its
-activations by orders of magnitude over 16 blocks; zeroing the last scale (the standard
-trick) would instead collapse every bottleneck to the identity and leave a 7x7-stem +
-1x1-projection network. Scaling each residual branch by 1/sqrt(#blocks) keeps the
-activations O(1) while all 50 layers contribute (see ``tests/test_features.py``).
+every bottleneck is ``residual_init_scale`` (default 1/4 = 1/sqrt(16 blocks)). With eval-mode
+BN at init stats the network is conv-ReLU-conv without normalisation, so an unscaled residual
+stack grows its activations ~300x over 16 blocks (pooled features ~200, all cosines > 0.997);
+zeroing the last scale (the standard trick) would instead collapse every bottleneck to the
+identity and leave a 7x7-stem + 1x1-projection network that separates textures worse.
+Scaling each residual branch by 1/sqrt(#blocks) keeps the activations O(1) while all 50
+layers contribute (see ``tests/test_features.py``).
 """
 
 from __future__ import annotations

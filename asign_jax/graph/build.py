@@ -26,7 +26,8 @@ Per scale, with all nodes of all sections in layer order and registered centres 
   no duplicate edges.
 * self-loops: only a node left with no edge at all gets one (EDGE_SELF, weight 1), with a
   logged warning; every node ends with in-degree >= 1.
-* edges are sorted by (receiver, sender).
+* edges are grouped by receiver in increasing order (within a receiver: intra, cross, self
+  edges, each by sender), so segment ops may pass ``indices_are_sorted=True`` on receivers.
 
 The official code's bugs (unsorted layer order, broken same-layer zeroing, self loops from the
 diagonal, per-batch subgraphs) are not reproduced; see the shared notes.
@@ -50,7 +51,7 @@ from scipy.spatial import cKDTree
 
 from asign_jax.errors import DataError
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, WEIGHT_FLOOR
-from asign_jax.graph.iou import circle_iou, overlap_matrix
+from asign_jax.graph.iou import overlap_matrix
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ CELL_QUERIES = 64          # radius mode: target number of query nodes per spati
 
 @dataclasses.dataclass
 class ScaleEdges:
-    """The edges of one scale, sorted by (receiver, sender).
+    """The edges of one scale, grouped by receiver (ascending); within a receiver its intra,
+    then cross, then self edge, each group by sender.
 
     senders, receivers: (E,) int32; weight: (E,) float32; type: (E,) int32;
     stats: counts and overlap fractions (see ``build_edges``).
@@ -131,8 +133,8 @@ def _workers(workers: Optional[int]) -> int:
 
 
 @contextlib.contextmanager
-def _single_threaded_blas(active: bool):
-    """Our threads each run small matmuls; BLAS threads on top only oversubscribe."""
+def _single_threaded_blas(active: bool = True):
+    """The blocks are small matmuls: BLAS threads only oversubscribe (and spin) there."""
     if not active:
         yield
         return
@@ -204,24 +206,43 @@ def intra_layer_knn(xy: np.ndarray, layer: np.ndarray, k: int,
     return np.concatenate(out_s), np.concatenate(out_r), np.concatenate(out_d)
 
 
-def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-wise top-k of a (Q, C) score block, -inf = not a candidate.
+def _topk_smallest(cost: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise k smallest finite entries of a (Q, C) cost block (+inf = not a candidate).
 
-    Returns rows, cols (int64) and values of the kept (finite) entries.
+    Wide blocks avoid a full ``argpartition`` (slow, and pathological with many equal masked
+    entries): the columns are split into 4k disjoint strided chunks (column j in chunk
+    j mod 4k), the k-th smallest chunk minimum bounds the row's k-th smallest value from
+    above (k distinct chunks reach it), and only the entries <= that bound are sorted.
+    Exact, ties aside.
+
+    Returns rows, cols (int64) and values of the kept entries, at most k per row.
     """
-    q, c = scores.shape
+    q, c = cost.shape
     kk = min(k, c)
     if kk <= 0 or q == 0:
         e = np.zeros(0, np.int64)
-        return e, e.copy(), np.zeros(0, scores.dtype)
-    if kk < c:
-        cols = np.argpartition(scores, c - kk, axis=1)[:, c - kk:]
-    else:
-        cols = np.broadcast_to(np.arange(c), (q, c))
-    vals = np.take_along_axis(scores, cols, axis=1)
+        return e, e.copy(), np.zeros(0, cost.dtype)
+    n_chunks = 4 * kk
+    if c < 2 * n_chunks:
+        cols = (np.argpartition(cost, kk - 1, axis=1)[:, :kk] if kk < c
+                else np.broadcast_to(np.arange(c), (q, c)))
+        vals = np.take_along_axis(cost, cols, axis=1)
+        ok = np.isfinite(vals)
+        rows = np.broadcast_to(np.arange(q)[:, None], cols.shape)[ok]
+        return rows.astype(np.int64), cols[ok].astype(np.int64), vals[ok]
+    m = c // n_chunks
+    mins = cost[:, :n_chunks * m].reshape(q, m, n_chunks).min(axis=1)   # a view; SIMD min
+    bound = np.partition(mins, kk - 1, axis=1)[:, kk - 1]
+    rows, cols = np.nonzero(cost <= bound[:, None])
+    vals = cost[rows, cols]
     ok = np.isfinite(vals)
-    rows = np.broadcast_to(np.arange(q)[:, None], cols.shape)[ok]
-    return rows.astype(np.int64), cols[ok].astype(np.int64), vals[ok]
+    rows, cols, vals = rows[ok], cols[ok], vals[ok]
+    # sort by (row, value) with one float64 key; values lie in [-2, 1]
+    order = np.argsort(rows * 8.0 + vals.astype(np.float64), kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    keep = rank < kk
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64), vals[keep]
 
 
 def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: int,
@@ -237,9 +258,10 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
     CELL_QUERIES queries each, side <= R), takes one KD-tree ball per cell (radius
     R + half the cell diagonal) as the candidate columns and masks the pairs farther than R
     (squared distances from a float32 matmul on cell-centred coordinates: error << 0.01 px).
-    Each block is a dense (Q, C) float32 score matrix: cosine by matmul, same layer and
-    out-of-radius set to -inf, IoU added from the sparse overlap matrix; top-k by
-    ``argpartition``. Blocks run on ``workers`` threads.
+    Each block is a dense (Q, C) float32 cost matrix, cost = -e: minus cosine by matmul,
+    +inf for same-layer and out-of-radius pairs, minus IoU at the pairs of the sparse
+    overlap matrix; then the k smallest per row (``_topk_smallest``). Blocks run on
+    ``workers`` threads with single-threaded BLAS.
 
     Args:
       xy: (N, 2) float centres (reference frame px); layer: (N,) int grouped increasingly;
@@ -260,31 +282,38 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
     fn = _normalise(feats)
     ovm = overlap_matrix(xy, layer, radius) if overlaps is None else overlaps
 
-    def same_layer_mask(scores, q_idx, c_lo, c_hi):
-        """-inf on same-layer entries; q_idx ascending, columns c_lo/c_hi per layer."""
+    def mask_same_layer(cost, q_idx, c_lo, c_hi):
+        """+inf on same-layer entries; q_idx ascending, c_lo/c_hi: column range per layer."""
         r_lo = np.searchsorted(q_idx, offsets[:-1])
         r_hi = np.searchsorted(q_idx, offsets[1:])
         for l in np.flatnonzero(r_hi > r_lo):
-            scores[r_lo[l]:r_hi[l], c_lo[l]:c_hi[l]] = -np.inf
+            cost[r_lo[l]:r_hi[l], c_lo[l]:c_hi[l]] = np.inf
 
-    def add_iou(scores, q_idx, c_idx):
-        o = ovm[q_idx]
-        if o.nnz == 0:
+    ov_ptr, ov_idx, ov_val = ovm.indptr, ovm.indices, ovm.data.astype(np.float32)
+    ov_cnt = np.diff(ov_ptr)
+
+    def subtract_iou(cost, q_idx, c_idx):
+        lo, cnt = ov_ptr[q_idx], ov_cnt[q_idx]
+        total = int(cnt.sum())
+        if total == 0:
             return
-        rows = _csr_rows(o)
-        cols = o.indices if c_idx is None else np.searchsorted(c_idx, o.indices)
-        scores[rows, cols] += o.data.astype(np.float32)
+        rows = np.repeat(np.arange(len(q_idx)), cnt)
+        pos = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+        cols = ov_idx[pos] if c_idx is None else np.searchsorted(c_idx, ov_idx[pos])
+        cost[rows, cols] -= ov_val[pos]
+
+    def select(cost, q_idx, c_idx):
+        rows, cols, vals = _topk_smallest(cost, k)
+        return (cols if c_idx is None else c_idx[cols]), q_idx[rows], -vals
 
     if n <= cosine_all_max_nodes:
         rows_per_block = max(1, block_elems // n)
         blocks = [np.arange(a, min(a + rows_per_block, n)) for a in range(0, n, rows_per_block)]
-
         def run(q_idx):
-            s = fn[q_idx] @ fn.T
-            same_layer_mask(s, q_idx, offsets[:-1], offsets[1:])
-            add_iou(s, q_idx, None)
-            rows, cols, vals = _topk_rows(s, k)
-            return cols, q_idx[rows], vals
+            cost = np.negative(fn[q_idx]) @ fn.T
+            mask_same_layer(cost, q_idx, offsets[:-1], offsets[1:])
+            subtract_iou(cost, q_idx, None)
+            return select(cost, q_idx, None)
     else:
         reach = max(float(cosine_radius), 2.0 * float(radius))
         lo_xy = xy.min(axis=0)
@@ -306,32 +335,33 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
             centre = lo_xy + (ij[q_all[0]] + 0.5) * cell
             c_idx = np.asarray(tree.query_ball_point(centre, ball), dtype=np.int64)
             c_idx.sort()
-            pc = (xy[c_idx] - centre)
+            pc = xy[c_idx] - centre
+            # d^2 = |q|^2 + |c|^2 - 2 q.c as one small matmul on cell-centred coordinates
             cb = np.concatenate([-2.0 * pc, np.ones((len(c_idx), 1)),
                                  (pc * pc).sum(1, keepdims=True)], axis=1).astype(np.float32)
-            fc_t = fn[c_idx].T.copy()
+            cb_t = np.ascontiguousarray(cb.T)
+            fc = fn[c_idx]
             c_lo = np.searchsorted(c_idx, offsets[:-1])
             c_hi = np.searchsorted(c_idx, offsets[1:])
             outs = []
             step = max(1, block_elems // max(len(c_idx), 1))
             for a in range(0, len(q_all), step):
                 q_idx = q_all[a:a + step]
-                s = fn[q_idx] @ fc_t
+                cost = np.negative(fn[q_idx]) @ fc.T
                 pq = xy[q_idx] - centre
                 qa = np.concatenate([pq, (pq * pq).sum(1, keepdims=True),
                                      np.ones((len(q_idx), 1))], axis=1).astype(np.float32)
-                s[(qa @ cb.T) > reach2] = -np.inf
-                same_layer_mask(s, q_idx, c_lo, c_hi)
-                add_iou(s, q_idx, c_idx)
-                rows, cols, vals = _topk_rows(s, k)
-                outs.append((c_idx[cols], q_idx[rows], vals))
+                np.putmask(cost, (qa @ cb_t) > reach2, np.inf)
+                mask_same_layer(cost, q_idx, c_lo, c_hi)
+                subtract_iou(cost, q_idx, c_idx)
+                outs.append(select(cost, q_idx, c_idx))
             return tuple(np.concatenate(parts) for parts in zip(*outs))
 
     nw = _workers(workers)
-    with _single_threaded_blas(nw > 1):
+    with _single_threaded_blas(True):
         if nw > 1 and len(blocks) > 1:
             with ThreadPoolExecutor(nw) as ex:
-                results = list(ex.map(run, blocks, chunksize=1))
+                results = list(ex.map(run, blocks))
         else:
             results = [run(b) for b in blocks]
     if not results:
@@ -357,26 +387,29 @@ def assemble_edges(n: int, intra: tuple, cross: tuple, *, context: str = "") -> 
         a_i.data /= np.repeat(row_max, cnt_i)
     a_c = _sym_max(n, cross[0], cross[1], np.maximum(np.asarray(cross[2], np.float64),
                                                      WEIGHT_FLOOR))
-    isolated = np.flatnonzero((cnt_i == 0) & (np.diff(a_c.indptr) == 0))
+    cnt_c = np.diff(a_c.indptr)
+    iso = (cnt_i == 0) & (cnt_c == 0)
+    isolated = np.flatnonzero(iso)
     if len(isolated):
         log.warning("%s%d of %d nodes have no neighbour; each gets a self-loop (e.g. node %d)",
                     f"{context}: " if context else "", len(isolated), n, isolated[0])
-    recv = np.concatenate([_csr_rows(a_i), _csr_rows(a_c), isolated])
-    send = np.concatenate([a_i.indices, a_c.indices, isolated]).astype(np.int64)
-    weight = np.concatenate([a_i.data, a_c.data, np.ones(len(isolated))])
-    etype = np.concatenate([np.full(a_i.nnz, EDGE_INTRA), np.full(a_c.nnz, EDGE_CROSS),
-                            np.full(len(isolated), EDGE_SELF)]).astype(np.int32)
-    # sort by (receiver, sender): a CSR conversion carrying the edge position as its value
-    perm_m = sp.csr_matrix((np.arange(1, len(recv) + 1, dtype=np.float64), (recv, send)),
-                           shape=(n, n))
-    perm_m.sort_indices()
-    if perm_m.nnz != len(recv):
-        raise AssertionError("duplicate edges across edge types")
-    perm = perm_m.data.astype(np.int64) - 1
+    # merge row by row: receiver r's edges are its intra, then cross, then self edges
+    deg = cnt_i + cnt_c + iso
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    n_edge = int(ptr[-1])
+    senders = np.empty(n_edge, np.int32)
+    weight = np.empty(n_edge, np.float32)
+    etype = np.empty(n_edge, np.int32)
+    pos_i = np.repeat(ptr[:-1] - a_i.indptr[:-1], cnt_i) + np.arange(a_i.nnz)
+    pos_c = np.repeat(ptr[:-1] + cnt_i - a_c.indptr[:-1], cnt_c) + np.arange(a_c.nnz)
+    pos_s = ptr[:-1][iso]
+    senders[pos_i], weight[pos_i], etype[pos_i] = a_i.indices, a_i.data, EDGE_INTRA
+    senders[pos_c], weight[pos_c], etype[pos_c] = a_c.indices, a_c.data, EDGE_CROSS
+    senders[pos_s], weight[pos_s], etype[pos_s] = isolated, 1.0, EDGE_SELF
     stats = {"n_intra": int(a_i.nnz), "n_cross": int(a_c.nnz), "n_self": int(len(isolated))}
-    return ScaleEdges(senders=perm_m.indices.astype(np.int32),
-                      receivers=_csr_rows(perm_m).astype(np.int32),
-                      weight=weight[perm].astype(np.float32), type=etype[perm], stats=stats)
+    return ScaleEdges(senders=senders, receivers=np.repeat(np.arange(n, dtype=np.int32), deg),
+                      weight=weight, type=etype, stats=stats)
 
 
 def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra: int,
@@ -418,7 +451,7 @@ def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra
     timings["assemble"] = time.perf_counter() - t
     is_cross = edges.type == EDGE_CROSS
     s, r = edges.senders[is_cross], edges.receivers[is_cross]
-    hit = circle_iou(np.linalg.norm(xy[s] - xy[r], axis=1), radius) > 0
+    hit = ((xy[s] - xy[r]) ** 2).sum(axis=1) < 4.0 * radius * radius     # IoU > 0
     has = np.zeros(n, bool)
     has[r[hit]] = True
     edges.stats.update(frac_overlap=float(np.mean(np.diff(ovm.indptr) > 0)) if n else 0.0,

@@ -69,12 +69,9 @@ def overlap_pairs(xy: np.ndarray, layer: np.ndarray, radius: float,
     i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
     keep = layer[i] != layer[j]
     i, j = i[keep], j[keep]
-    iou = circle_iou(np.linalg.norm(xy[i] - xy[j], axis=1), radius)
+    iou = circle_iou(np.hypot(xy[i, 0] - xy[j, 0], xy[i, 1] - xy[j, 1]), radius)
     keep = iou > 0
-    i, j, iou = i[keep], j[keep], iou[keep]
-    swap = i > j
-    i[swap], j[swap] = j[swap], i[swap]
-    return i, j, iou
+    return i[keep], j[keep], iou[keep]                   # query_pairs gives i < j
 
 
 def overlap_matrix(xy: np.ndarray, layer: np.ndarray, radius: float,

@@ -24,7 +24,8 @@ class MultiHeadAttention(nn.Module):
     Without ``kv_index``, M == N and node n attends over ``key_value[n]``.
 
     Softmax scale is 1/sqrt(head_dim) (paper eq. 2, per head). Dropout acts on the attention
-    probabilities. The weights (N, heads, Lq, Lk) are sown as ``intermediates/attention_weights``.
+    probabilities. With a single key (Lk = 1) the weights are 1 and the layer is out(value(kv)),
+    so no query/key parameters are made. The weights (N, heads, Lq, Lk) are sown as ``intermediates/attention_weights``.
     """
 
     hidden: int
@@ -38,13 +39,21 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         head_dim = self.hidden // self.heads
         dense = lambda name: nn.DenseGeneral((self.heads, head_dim), name=name)
-        q = dense("query")(query)                         # (N, Lq, h, d)
-        k = dense("key")(key_value)                       # (M, Lk, h, d)
-        v = dense("value")(key_value)
+        v = dense("value")(key_value)                     # (M, Lk, h, d)
         if kv_index is not None:
-            k, v = k[kv_index], v[kv_index]               # (N, Lk, h, d): gather, no mixing
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-        weights = nn.softmax(logits, axis=-1)             # (N, h, Lq, Lk)
+            v = v[kv_index]                               # (N, Lk, h, d): gather, no mixing
+        n, lq, lk = query.shape[0], query.shape[1], key_value.shape[1]
+        if lk == 1:
+            # softmax over one key is 1 whatever the query: no query/key projections, which
+            # would get exactly zero gradient (the official cross-attention's failure mode)
+            weights = jnp.ones((n, self.heads, lq, 1), v.dtype)
+        else:
+            q = dense("query")(query)                     # (N, Lq, h, d)
+            k = dense("key")(key_value)
+            if kv_index is not None:
+                k = k[kv_index]
+            logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+            weights = nn.softmax(logits, axis=-1)         # (N, h, Lq, Lk)
         self.sow("intermediates", "attention_weights", weights)
         weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
         out = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
@@ -57,7 +66,7 @@ class TransformerLayer(nn.Module):
     ``tokens`` (N, L, hidden) -> (N, L, hidden): x += Drop(MHSA(LN x)); x += Drop(MLP(LN x)),
     MLP = Dense(mlp_ratio*hidden) -> GELU -> Dense(hidden). L is 3 (spot: [h, region, global]),
     2 (region: [h, global]) or 1 (global: [h]); with L = 1 self-attention reduces to
-    out(value(x)), which is what attention over a single token is.
+    out(value(x)) (no query/key parameters).
     """
 
     hidden: int

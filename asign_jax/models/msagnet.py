@@ -30,6 +30,30 @@ from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer
 
 
+class _GraphLayer(nn.Module):
+    """One layer of ``SpatialGraphBlock``: GAT (optional) then the per-node transformer.
+
+    (h (N, H), context (N, C, H), graph arrays, train) -> (h_l, h_l): the scan carry and the
+    per-layer output. ``train`` is positional because ``nn.scan`` broadcasts it.
+    """
+
+    hidden: int
+    heads: int
+    mlp_ratio: int
+    dropout: float
+    use_gat: bool
+
+    @nn.compact
+    def __call__(self, h, context, senders, receivers, edge_weight, edge_type, edge_mask, train):
+        if self.use_gat:
+            h = GATLayer(self.hidden, self.heads, self.dropout, name="gat")(
+                h, senders, receivers, edge_weight, edge_type, edge_mask, train=train)
+        tokens = jnp.concatenate([h[:, None, :], context], axis=1)         # (N, 1 + C, H)
+        h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout,
+                             name="transformer")(tokens, train=train)[:, 0]
+        return h, h
+
+
 class SpatialGraphBlock(nn.Module):
     """Spatial-aware graph attention block (eq. 4 + App. F): L x (GAT layer -> transformer layer).
 
@@ -41,6 +65,8 @@ class SpatialGraphBlock(nn.Module):
     with learned w (L,), starting uniform (App. F: "weighted and aggregated").
     Context tokens get a learned type embedding (C, H) so the attention can tell them apart;
     the node token has none. ``use_gat=False`` drops the GAT layers (transformer layers only).
+    The L layers have separate parameters, stacked on a leading axis by ``nn.scan`` (one
+    compiled layer body instead of L: compile time).
 
     Shapes: h (N, H); context (N, C, H), C >= 0; graph arrays (E,) -> (N, H). A node's output
     depends only on nodes within ``layers`` hops.
@@ -62,17 +88,14 @@ class SpatialGraphBlock(nn.Module):
             type_emb = self.param("context_embedding", nn.initializers.normal(0.02),
                                   (n_ctx, self.hidden))
             context = context + type_emb
-        outs = []
-        for layer in range(self.layers):
-            if self.use_gat:
-                h = GATLayer(self.hidden, self.heads, self.dropout, name=f"gat_{layer}")(
-                    h, senders, receivers, edge_weight, edge_type, edge_mask, train=train)
-            tokens = jnp.concatenate([h[:, None, :], context], axis=1)     # (N, 1 + C, H)
-            h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout,
-                                 name=f"transformer_{layer}")(tokens, train=train)[:, 0]
-            outs.append(h)
+        layers = nn.scan(_GraphLayer, variable_axes={"params": 0, "intermediates": 0},
+                         split_rngs={"params": True, "dropout": True},
+                         in_axes=nn.broadcast, length=self.layers)(
+            self.hidden, self.heads, self.mlp_ratio, self.dropout, self.use_gat, name="layers")
+        _, outs = layers(h, context, senders, receivers, edge_weight, edge_type, edge_mask,
+                         train)                                             # (L, N, H)
         w = nn.softmax(self.param("layer_weights", nn.initializers.zeros, (self.layers,)))
-        return jnp.einsum("l,lnh->nh", w, jnp.stack(outs))
+        return jnp.einsum("l,lnh->nh", w, outs)
 
 
 def node_mask(g: jraph.GraphsTuple) -> jnp.ndarray:

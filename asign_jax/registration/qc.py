@@ -61,11 +61,13 @@ def format_table(sample_id: str, qc: dict) -> str:
     rows = [f"sample {sample_id} (reference {qc['reference']})",
             f"  {'section':<10}{'inliers':>8}{'dice_before':>13}{'dice_after':>12}"
             f"{'tre_px':>9}  method"]
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
     for s in qc["sections"]:
-        inl = "-" if s["inliers"] is None else str(s["inliers"])
-        tre_s = "-" if s["tre_px"] is None else f"{s['tre_px']:.2f}"
-        rows.append(f"  {s['name']:<10}{inl:>8}{s['dice_before']:>13.3f}{s['dice_after']:>12.3f}"
-                    f"{tre_s:>9}  {s['method']}")
+        rows.append(f"  {s['name']:<10}{fmt(s['inliers'], 'd'):>8}"
+                    f"{fmt(s['dice_before'], '.3f'):>13}{fmt(s['dice_after'], '.3f'):>12}"
+                    f"{fmt(s['tre_px'], '.2f'):>9}  {s['method']}")
     return "\n".join(rows)
 
 
@@ -81,8 +83,7 @@ def _panel(res: "StackResult", aligned: bool, spot_key: str, radius_px: float) -
     grays, outlines = [], []
     for l, sec in enumerate(res.sections):
         if aligned:
-            rgb = res.aligned_rgb[l] if res.aligned_rgb else res.warp_to_reference(sec.rgb, l)
-            mask = sec.mask if l == res.reference else res.warp_to_reference(sec.mask, l, True)
+            rgb, mask = res.aligned_rgb[l], res.aligned_mask[l]
         else:
             m = identity_small(sec, ref)
             rgb = cv2.warpAffine(sec.rgb, m[:2], (w, h), flags=cv2.INTER_LINEAR)

@@ -73,7 +73,9 @@ class StackResult:
     qc: {"reference": name, "sections": [...]} (see ``qc.py``); pairs: {l: PairResult};
     fallback: per section "" or "identity" / "initial" (section-level fallback taken).
     aligned_rgb: per section (h_ref, w_ref, 3) uint8, its small RGB warped into the reference's
-    small frame (for overlays; the temporary SyN warp files are gone after register_stack).
+    small frame, and aligned_mask its (h_ref, w_ref) bool tissue mask (for overlays; the
+    temporary SyN warp files are gone after register_stack, so ``warp_to_reference`` only
+    works for affine stacks afterwards).
     """
 
     reference: int
@@ -85,6 +87,7 @@ class StackResult:
     pairs: dict
     fallback: list[str]
     aligned_rgb: list = dataclasses.field(default_factory=list)
+    aligned_mask: list = dataclasses.field(default_factory=list)
     original_points: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
@@ -259,7 +262,8 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
                 p = pairs[l]
                 before = dice(_warp_affine(sec.mask, identity_small(sec, sections[ref]),
                                            sections[ref].shape, True), ref_mask)
-                after = dice(res.warp_to_reference(sec.mask, l, nearest=True), ref_mask)
+                warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
+                after = dice(warped_mask, ref_mask)
                 method = _method(p, kind)
                 if after < before:
                     m_init = np.eye(3)
@@ -276,6 +280,7 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
                                 max(d_init, before))
                     res.fallback[l] = fb
                     res.affines[l] = m_init if fb == "initial" else np.eye(3)
+                    warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
                     after = max(d_init, before)
                     method = f"{method}; section fallback: " + (
                         f"{p.initial.method} chain" if fb == "initial" else "identity")
@@ -292,6 +297,7 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
                                                   ground_truth[l], ground_truth[ref]), 3)
             qc_sections.append(entry)
             res.aligned_rgb.append(sec.rgb if l == ref else res.warp_to_reference(sec.rgb, l))
+            res.aligned_mask.append(ref_mask if l == ref else warped_mask)
     res.qc = {"reference": names[ref], "sections": qc_sections}
     res.seconds = time.perf_counter() - t0
     return res

@@ -26,6 +26,8 @@ import jax
 import jraph
 import numpy as np
 
+from asign_jax.graph.padding import budget_for, pad_sample, stack_samples
+
 logger = logging.getLogger(__name__)
 
 SCALES = ("spot", "region", "global")
@@ -88,13 +90,7 @@ def mask_sample(sample, role: str, known_layer: int | None = None):
 
 
 def _pad(sample, budget) -> dict:
-    from asign_jax.graph.padding import pad_sample
     return graph_dict(pad_sample(sample, budget))
-
-
-def _budget(samples: Sequence):
-    from asign_jax.graph.padding import budget_for
-    return budget_for(samples)
 
 
 @dataclasses.dataclass
@@ -149,7 +145,7 @@ class Pool:
 
 
 def stack(samples: Sequence[dict]) -> dict:
-    """Stacks padded sample dicts on a new leading axis."""
+    """Stacks padded {"spot", "region", "global"} dicts on a new leading axis."""
     return jax.tree.map(lambda *a: np.stack(a), *samples)
 
 
@@ -165,9 +161,82 @@ def build_pool(graphs: Mapping[str, object], fold, seed: int) -> Pool:
         ids.append(sid)
         roles.append(role)
         masked.append(mask_sample(graphs[sid], role, fold.known_layer.get(sid)))
-    budget = _budget([graphs[s] for s in ids])
-    arrays = stack([_pad(m, budget) for m in masked])
+    budget = budget_for([graphs[s] for s in ids])
+    arrays = stack_samples([pad_sample(m, budget) for m in masked])
     logger.info("pool: %s, padded to %s", ", ".join(f"{s} ({r})" for s, r in zip(ids, roles)),
                 budget)
     return Pool(sample_ids=tuple(ids), roles=tuple(roles), arrays=arrays, budget=budget,
                 seed=int(seed))
+
+
+def random_sample_graph(seed: int, *, n_layers: int, spots_per_layer: int, n_region: int,
+                        n_global: int, n_genes: int, feat_dim: int, n_tokens: int,
+                        k: int = 8, sample_id: str = "rand", token_dtype=np.float16):
+    """A random SampleGraph of the contract's shapes (tests and benchmarks).
+
+    Spots sit on a jittered grid per layer; every node receives ``k`` random edges from its own
+    layer and ``k // 2`` from other layers (plus symmetric counterparts); region / global nodes
+    are split evenly over the layers and spots point to random tiles of their layer.
+    """
+    from asign_jax.graph.build import SampleGraph
+    from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA
+
+    rng = np.random.default_rng(seed)
+
+    def layers_of(n):
+        return np.sort(np.arange(n) % n_layers).astype(np.int32)
+
+    def edges(layer):
+        n = len(layer)
+        s, r, t = [], [], []
+        for i in range(n):
+            same = np.flatnonzero(layer == layer[i])
+            other = np.flatnonzero(layer != layer[i])
+            same = same[same != i]
+            for pool, kk, typ in ((same, k, EDGE_INTRA), (other, k // 2, EDGE_CROSS)):
+                if len(pool) == 0 or kk == 0:
+                    continue
+                js = rng.choice(pool, size=min(kk, len(pool)), replace=False)
+                s += list(js) + [i] * len(js)
+                r += [i] * len(js) + list(js)
+                t += [typ] * (2 * len(js))
+        pairs = np.unique(np.stack([r, s, t], 1), axis=0)     # sorted by (receiver, sender)
+        return (pairs[:, 1].astype(np.int32), pairs[:, 0].astype(np.int32),
+                rng.uniform(0.05, 1.0, len(pairs)).astype(np.float32), pairs[:, 2].astype(np.int32))
+
+    def graph(layer, extra):
+        n = len(layer)
+        s, r, w, t = edges(layer)
+        nodes = {"feat": rng.normal(size=(n, feat_dim)).astype(np.float32),
+                 "label": rng.normal(-5.0, 1.0, size=(n, n_genes)).astype(np.float32),
+                 "label_mask": np.ones(n, bool), "known": np.zeros(n, bool),
+                 "layer": layer, "xy": rng.uniform(0, 2000, size=(n, 2)).astype(np.float32),
+                 **extra}
+        return jraph.GraphsTuple(nodes=nodes, edges={"weight": w, "type": t}, senders=s,
+                                 receivers=r, globals=None, n_node=np.array([n], np.int32),
+                                 n_edge=np.array([len(s)], np.int32))
+
+    def idx_into(layer_from, layer_to):
+        out = np.empty(len(layer_from), np.int32)
+        for l in range(n_layers):
+            cand = np.flatnonzero(layer_to == l)
+            sel = layer_from == l
+            out[sel] = rng.choice(cand, size=sel.sum())
+        return out
+
+    l_s = np.repeat(np.arange(n_layers, dtype=np.int32), spots_per_layer)
+    l_r, l_g = layers_of(n_region), layers_of(n_global)
+    tok = lambda n: rng.normal(size=(n, n_tokens, feat_dim)).astype(token_dtype)
+    glob = graph(l_g, {"tokens": tok(n_global)})
+    region = graph(l_r, {"tokens": tok(n_region), "global_idx": idx_into(l_r, l_g)})
+    spot = graph(l_s, {"region_idx": idx_into(l_s, l_r), "global_idx": idx_into(l_s, l_g)})
+    # a spot's global tile is its region's global tile
+    spot.nodes["global_idx"] = region.nodes["global_idx"][spot.nodes["region_idx"]]
+    side = int(np.ceil(np.sqrt(spots_per_layer)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:spots_per_layer]
+    spot.nodes["xy"] = (np.tile(grid, (n_layers, 1)) * 200.0
+                        + rng.normal(0, 30, size=(len(l_s), 2))).astype(np.float32)
+    offs = lambda lay: np.concatenate([[0], np.cumsum(np.bincount(lay, minlength=n_layers))])
+    return SampleGraph(sample_id=sample_id, section_names=[f"{sample_id}{l}" for l in range(n_layers)],
+                       spot=spot, region=region, global_=glob,
+                       layer_offsets={"spot": offs(l_s), "region": offs(l_r), "global": offs(l_g)})

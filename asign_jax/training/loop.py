@@ -106,18 +106,47 @@ def eval_step(params, sample: dict, *, model) -> dict:
                        spot.nodes["known"], train=False)
 
 
+_JIT_CACHE: dict = {}
+
+
+def _cached(key, build):
+    """Process-wide memo of jitted functions, so folds / relaunches reuse one compilation.
+
+    Keys hold ``id()`` of the model; the value keeps a reference to it (ids are never reused
+    while the entry lives).
+    """
+    if key not in _JIT_CACHE:
+        _JIT_CACHE[key] = build()
+    return _JIT_CACHE[key][0]
+
+
 def make_train_step(model, config, *, mesh=None, loss_fn: Optional[Callable] = None):
-    """The jitted train step ``(state, batch, rng) -> (state, metrics)``.
+    """The jitted train step ``(state, batch, rng) -> (state, metrics)`` (memoised).
 
     With a ``mesh`` (``sharding.make_mesh``) the batch is sharded over its "data" axis and the
     state replicated (``sharding.shard_train_step``); without, a plain ``jax.jit``.
     """
-    step = functools.partial(train_step, model=model, loss_cfg=config.loss,
-                             known_fraction=float(config.train.known_fraction), loss_fn=loss_fn)
-    if mesh is None:
-        return jax.jit(step, donate_argnums=0)
-    from asign_jax.training.sharding import shard_train_step
-    return shard_train_step(step, mesh)
+    fraction = float(config.train.known_fraction)
+    key = ("train", id(model), id(loss_fn), fraction, config.loss.to_json(),
+           None if mesh is None else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names))
+
+    def build():
+        step = functools.partial(train_step, model=model, loss_cfg=config.loss,
+                                 known_fraction=fraction, loss_fn=loss_fn)
+        if mesh is None:
+            fn = jax.jit(step, donate_argnums=0)
+        else:
+            from asign_jax.training.sharding import shard_train_step
+            fn = shard_train_step(step, mesh)
+        return fn, model, loss_fn
+
+    return _cached(key, build)
+
+
+def make_eval_fn(model) -> Callable:
+    """Jitted ``(params, sample) -> output dict`` of ``eval_step`` (memoised per model)."""
+    return _cached(("eval", id(model)),
+                   lambda: (jax.jit(functools.partial(eval_step, model=model)), model))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -145,7 +174,7 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, state: TrainState,
     target = jax.device_get(_ckpt_tree(state))
     tree = mngr.restore(step, args=ocp.args.StandardRestore(target))
     return state.replace(params=tree["params"], opt_state=tree["opt_state"],
-                         step=jnp.asarray(tree["step"], jnp.asarray(state.step).dtype))
+                         step=jnp.asarray(tree["step"], jnp.int32))
 
 
 # ---- metrics log ----------------------------------------------------------------------------
@@ -249,13 +278,15 @@ def train_fold(config, model, pool, fold_index: int, ckpt_dir: Path, log_path: O
     return state
 
 
-def restore_params(config, model, pool, ckpt_dir: Path, step: Optional[int] = None):
-    """Params of the latest (or given) checkpoint of a fold."""
+def restore_params(config, model, pool, ckpt_dir: Path, step: Optional[int] = None,
+                   return_step: bool = False):
+    """Params of the latest (or given) checkpoint of a fold (and its step if ``return_step``)."""
     state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
     mngr = checkpoint_manager(ckpt_dir)
     try:
         if mngr.latest_step() is None:
             raise FileNotFoundError(f"{ckpt_dir}: no checkpoint")
-        return restore_checkpoint(mngr, state, step).params
+        restored = restore_checkpoint(mngr, state, step)
+        return (restored.params, int(restored.step)) if return_step else restored.params
     finally:
         mngr.close()

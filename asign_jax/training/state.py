@@ -8,6 +8,7 @@ decay, same schedule) for short demo runs.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -25,8 +26,23 @@ def make_schedule(train_cfg) -> optax.Schedule:
                                        alpha=float(train_cfg.final_lr_fraction))
 
 
+_OPTIMIZERS: dict = {}
+
+
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """SGD(momentum) with L2 weight decay added to the gradient (``add_decayed_weights``), or AdamW."""
+    """SGD(momentum) with L2 weight decay added to the gradient (``add_decayed_weights``), or AdamW.
+
+    Memoised on the settings: the optimizer is a static field of the TrainState, so the same
+    object keeps a jitted step from recompiling across folds and relaunches.
+    """
+    key = tuple(str(train_cfg.get(k)) for k in ("optimizer", "learning_rate", "momentum",
+                                                  "weight_decay", "final_lr_fraction", "steps"))
+    if key not in _OPTIMIZERS:
+        _OPTIMIZERS[key] = _build_optimizer(train_cfg)
+    return _OPTIMIZERS[key]
+
+
+def _build_optimizer(train_cfg) -> optax.GradientTransformation:
     schedule = make_schedule(train_cfg)
     wd = float(train_cfg.weight_decay)
     if train_cfg.optimizer == "sgd":
@@ -35,6 +51,19 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     if train_cfg.optimizer == "adam":
         return optax.adamw(schedule, weight_decay=wd)
     raise ConfigError(f"train.optimizer={train_cfg.optimizer!r}: expected 'sgd' or 'adam'")
+
+
+_INIT_FNS: dict = {}
+
+
+def _init_fn(model):
+    """Jitted ``(params_rng, dropout_rng, sample) -> variables`` (memoised per model)."""
+    if id(model) not in _INIT_FNS:
+        def init(r, d, ex):
+            return model.init({"params": r, "dropout": d}, ex["spot"], ex["region"],
+                              ex["global"], ex["spot"].nodes["known"], train=False)
+        _INIT_FNS[id(model)] = (jax.jit(init), model)
+    return _INIT_FNS[id(model)][0]
 
 
 def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> TrainState:
@@ -46,15 +75,13 @@ def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> Train
       example: {"spot", "region", "global"} GraphsTuples of one padded sample.
       rng: init key.
     """
-    spot = example["spot"]
-    known = spot.nodes["known"]
     params_rng, dropout_rng = jax.random.split(rng)
-    variables = jax.jit(lambda r, d: model.init({"params": r, "dropout": d}, spot,
-                                                example["region"], example["global"], known,
-                                                train=False))(params_rng, dropout_rng)
+    variables = _init_fn(model)(params_rng, dropout_rng, example)
     extra = set(variables) - {"params"}
     if extra:
         raise ConfigError(f"model has non-parameter collections {sorted(extra)}; "
                           "the training loop only carries 'params'")
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             tx=make_optimizer(train_cfg))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              tx=make_optimizer(train_cfg))
+    # a strongly typed int32 step: the same signature fresh, stepped and restored (no recompiles)
+    return state.replace(step=jnp.zeros((), jnp.int32))

@@ -1,0 +1,135 @@
+"""Metrics, baselines and the evaluation reports (no model: a stand-in eval function)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from asign_jax import baselines
+from asign_jax import evaluate as ev
+from asign_jax.config import base_config
+from asign_jax.training import batches, folds
+
+G = 6
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def test_section_metrics_match_numpy_and_skip_constant_genes():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(30, G))
+    pred = truth + rng.normal(scale=0.5, size=truth.shape)
+    truth[:, 2] = 1.5                                          # constant gene in the truth
+    pred[:, 4] = -3.0                                          # constant gene in the prediction
+    m, r = ev.section_metrics(pred, truth)
+    assert m["mse"] == pytest.approx(np.mean((pred - truth) ** 2))
+    assert m["mae"] == pytest.approx(np.mean(np.abs(pred - truth)))
+    expect = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in (0, 1, 3, 5)]
+    np.testing.assert_allclose(r[[0, 1, 3, 5]], expect, rtol=1e-10)
+    assert np.isnan(r[2]) and np.isnan(r[4]) and m["n_genes_skipped"] == 2
+    assert m["pcc_gene"] == pytest.approx(np.mean(expect))
+    spot = [np.corrcoef(pred[i], truth[i])[0, 1] for i in range(30)]
+    assert m["pcc_spot"] == pytest.approx(np.mean(spot)) and m["n_spots_skipped"] == 0
+    perfect, _ = ev.section_metrics(truth, truth)
+    assert perfect["mse"] == 0 and perfect["pcc_gene"] == pytest.approx(1.0)
+
+
+def test_aggregate_is_mean_over_sections_then_folds_with_population_std():
+    def sec(v):
+        return {"methods": {"asign": {"mse": v, "mae": v, "pcc_gene": v, "pcc_spot": None}}}
+    f1 = [sec(1.0), sec(3.0)]                                   # fold mean 2 (unweighted)
+    f2 = [sec(6.0)]
+    results = [{"mean": {"asign": ev.fold_means(f, "asign")}} for f in (f1, f2)]
+    agg = ev.aggregate(results)["asign"]
+    assert agg["mean"]["mse"] == pytest.approx(4.0)
+    assert agg["std"]["mse"] == pytest.approx(2.0)              # np.std([2, 6])
+    assert math.isnan(agg["mean"]["pcc_spot"])
+    assert ev.json_safe({"a": float("nan"), "b": np.float32(2)}) == {"a": None, "b": 2.0}
+
+
+# ---- baselines ------------------------------------------------------------------------------
+
+def test_circle_iou():
+    r = 10.0
+    assert baselines.circle_iou(0.0, r) == pytest.approx(1.0)
+    assert baselines.circle_iou(20.0, r) == 0.0 and baselines.circle_iou(35.0, r) == 0.0
+    inter = r * r * (2 * np.pi / 3 - np.sqrt(3) / 2)           # lens area at d = r
+    assert baselines.circle_iou(r, r) == pytest.approx(inter / (2 * np.pi * r * r - inter))
+    d = np.linspace(0, 20, 9)
+    assert np.all(np.diff(baselines.circle_iou(d, r)) < 0)
+
+
+def test_overlap_is_iou_weighted_with_nearest_fallback():
+    known_xy = np.array([[0.0, 0.0], [10.0, 0.0], [100.0, 100.0]])
+    labels = np.array([[1.0, 0.0], [3.0, 2.0], [7.0, 7.0]])
+    query = np.array([[4.0, 0.0], [60.0, 70.0]])
+    pred, fb = baselines.overlap(known_xy, labels, query, radius=5.0)
+    w = baselines.circle_iou(np.array([4.0, 6.0]), 5.0)
+    np.testing.assert_allclose(pred[0], (w[0] * labels[0] + w[1] * labels[1]) / w.sum(), rtol=1e-6)
+    np.testing.assert_allclose(pred[1], labels[2])              # nothing overlaps: nearest
+    np.testing.assert_array_equal(fb, [False, True])
+
+
+def test_baselines_read_only_the_known_layer():
+    g = batches.random_sample_graph(0, n_layers=3, spots_per_layer=9, n_region=3, n_global=3,
+                                    n_genes=G, feat_dim=4, n_tokens=1, k=2)
+    m = batches.mask_sample(g, "test", known_layer=1)
+    spot = batches.unpadded_nodes(m, "spot")
+    preds, info = baselines.predict_sample(spot, 1, radius=112.0)
+    known = spot["layer"] == 1
+    np.testing.assert_allclose(preds["known_mean"][0], g.spot.nodes["label"][known].mean(0), rtol=1e-6)
+    # the spots of the known layer sit on the same grid (jitter 30 px): they overlap themselves
+    np.testing.assert_allclose(preds["overlap"][known].mean(), g.spot.nodes["label"][known].mean(), atol=0.5)
+    assert info["overlap_fallback"].shape == (27,)
+
+
+# ---- the fold evaluation and the reports ----------------------------------------------------
+
+def test_evaluate_fold_and_reports(tmp_path):
+    import anndata as ad
+
+    cfg = base_config()
+    cfg.train.eval_genes = ("g1", "missing")
+    genes = [f"g{i}" for i in range(G)]
+    graphs = {s: batches.random_sample_graph(i, n_layers=3, spots_per_layer=9, n_region=3,
+                                             n_global=3, n_genes=G, feat_dim=4, n_tokens=1,
+                                             k=2, sample_id=s) for i, s in enumerate("AB")}
+    fold = folds.Fold(index=0, test_samples=("A",), train_samples=("B",), known_layer={"A": 0})
+    pool = batches.build_pool(graphs, fold, seed=0)
+    truth = np.asarray(graphs["A"].spot.nodes["label"])
+
+    def fake_eval(sample):                                      # truth + 0.5, padded
+        n = sample["spot"].nodes["label"].shape[0]
+        assert not sample["spot"].nodes["label_mask"][9:].any()   # it gets the MASKED sample
+        return {"spot": np.pad(truth + 0.5, ((0, n - len(truth)), (0, 0)))}
+
+    res, per_gene = ev.evaluate_fold(cfg, tmp_path, fold, fake_eval, graphs, genes,
+                                     {"A": ["A0", "A1", "A2"]}, pool.pad, {"A": "A"})
+    assert [s["section"] for s in res["sections"]] == ["A1", "A2"]   # known layer not scored
+    for s in res["sections"]:
+        assert s["methods"]["asign"]["mse"] == pytest.approx(0.25, rel=1e-5)
+        assert s["methods"]["asign"]["pcc_gene"] == pytest.approx(1.0)
+        assert math.isnan(s["methods"]["known_mean"]["pcc_gene"])    # constant prediction
+        assert s["methods"]["known_mean"]["n_genes_skipped"] == G
+    assert per_gene["asign"].shape == (2, G)
+    adata = ad.read_h5ad(tmp_path / "predictions" / "A.h5ad")
+    assert adata.shape == (27, G) and list(adata.var_names) == genes
+    np.testing.assert_allclose(adata.layers["truth"], truth)
+    assert set(adata.obs.columns) >= {"section", "layer", "known", "x", "y", "z"}
+    assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap"}
+    assert (tmp_path / "plots" / "genemap_A_A1_g1.png").exists()
+
+    res2 = json.loads(json.dumps(ev.json_safe(res)))            # as read back from done.json
+    agg = ev.write_reports(tmp_path, [res2], [per_gene], genes)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m) >= {"folds", "mean", "std", "baselines"}
+    assert set(m["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
+    assert m["mean"]["mse"] == pytest.approx(0.25, rel=1e-5) and m["std"]["mse"] == 0.0
+    assert m["baselines"]["known_mean"]["mean"]["pcc_gene"] is None
+    rows = list(csv.DictReader(open(tmp_path / "per_gene_pcc.csv")))
+    assert len(rows) == G and float(rows[0]["pcc_asign"]) == pytest.approx(1.0)
+    assert (tmp_path / "plots" / "pcc_sections.png").exists()
+    table = ev.summary_table(agg)
+    assert "asign" in table and "overlap" in table and "pcc_spot" in table

@@ -1,0 +1,264 @@
+"""Folds, label masking, the training step, checkpoint resume, and the end-to-end test config.
+
+Every training test shares one tiny model object and one padded shape, so the train step is
+compiled once for the whole module.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from asign_jax.config import base_config
+from asign_jax.errors import ConfigError
+from asign_jax.training import batches, folds, loop, state as state_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+G = 8
+
+
+def tiny_config():
+    c = base_config()
+    c.model.hidden = 16
+    c.model.heads = 2
+    c.model.gat_layers = 1
+    c.model.cli_iterations = 2
+    c.model.transformer_mlp_ratio = 1
+    c.train.steps = 12
+    c.train.log_every = 3
+    c.train.checkpoint_every = 4
+    c.train.samples_per_step = 2
+    c.train.learning_rate = 1e-2
+    return c
+
+
+CFG = tiny_config()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from asign_jax.models.msagnet import ASIGN
+    return ASIGN(cfg=CFG.model, n_genes=G)
+
+
+def make_graph(seed, sid, n_layers=3):
+    return batches.random_sample_graph(seed, n_layers=n_layers, spots_per_layer=8, n_region=6,
+                                       n_global=3, n_genes=G, feat_dim=8, n_tokens=2, k=4,
+                                       sample_id=sid)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {"A": make_graph(0, "A"), "B": make_graph(1, "B")}
+
+
+def fold_A():
+    return folds.Fold(index=0, test_samples=("A",), train_samples=("B",), known_layer={"A": 0})
+
+
+def poison(sample, known_layer, spot_value=np.nan, tile_value=1e30):
+    """Test-layer labels of every scale replaced by garbage (NaN for spots, 1e30 for tiles)."""
+    new = {}
+    for scale in batches.SCALES:
+        g = sample.graph(scale)
+        test = np.asarray(g.nodes["layer"]) != known_layer
+        label = np.array(g.nodes["label"], copy=True)
+        label[test] = spot_value if scale == "spot" else tile_value
+        new[scale] = g._replace(nodes={**g.nodes, "label": label})
+    return sample.replace_graphs(new)
+
+
+# ---- folds ----------------------------------------------------------------------------------
+
+def test_default_folds_leave_one_sample_out():
+    c = base_config().train
+    fs = folds.make_folds(c, {"B": 3, "A": 2, "X": 1})
+    assert [f.test_samples for f in fs] == [("A",), ("B",)]          # X has one layer: never held out
+    assert fs[0].train_samples == ("B", "X") and fs[1].train_samples == ("A", "X")
+    assert fs[0].known_layer == {"A": 0} and fs[1].name == "fold_1"
+
+
+def test_explicit_folds_extra_samples_and_rotation():
+    c = base_config().train
+    c.folds = (("C",),)
+    c.extra_train_samples = ("B",)
+    fs = folds.make_folds(c, {"C": 5, "B": 1, "D": 2})
+    assert len(fs) == 1 and fs[0].train_samples == ("B", "D") and fs[0].role("B") == "train"
+    c.known_layer = -1
+    assert folds.make_folds(c, {"C": 5, "B": 1})[0].known_layer == {"C": 4}
+    c.known_layer = 0
+    c.rotate_known_layer = True
+    fs = folds.make_folds(c, {"C": 3, "B": 1})
+    assert [f.known_layer["C"] for f in fs] == [0, 1, 2] and [f.index for f in fs] == [0, 1, 2]
+    c.extra_train_samples = ()
+    c.folds = ()
+    assert folds.make_folds(c, {"C": 2, "B": 1})[0].test_samples == ("C",)
+
+
+@pytest.mark.parametrize("folds_cfg,extra,known,msg", [
+    ((("Z",),), (), 0, "unknown sample"),
+    ((("B",),), (), 0, "1 layer"),
+    ((("C",),), ("C",), 0, "extra_train_samples"),
+    ((("C",),), (), 3, "known_layer=3"),
+])
+def test_fold_errors(folds_cfg, extra, known, msg):
+    c = base_config().train
+    c.folds, c.extra_train_samples, c.known_layer = folds_cfg, extra, known
+    with pytest.raises(ConfigError, match=msg):
+        folds.make_folds(c, {"C": 3, "B": 1})
+
+
+# ---- masking --------------------------------------------------------------------------------
+
+def test_mask_sample_replaces_test_labels_in_every_scale(graphs):
+    src = graphs["A"]
+    bad = poison(src, known_layer=1)
+    for scale in batches.SCALES:
+        bad.graph(scale).nodes["extra_counts"] = np.ones(len(bad.graph(scale).nodes["layer"]))
+    m = batches.mask_sample(bad, "test", known_layer=1)
+    for scale in batches.SCALES:
+        nodes, orig = m.graph(scale).nodes, src.graph(scale).nodes
+        known = np.asarray(orig["layer"]) == 1
+        assert "extra_counts" not in nodes                    # non-contract fields are dropped
+        assert np.all(nodes["label"][~known] == 0.0)          # replaced, NaN/1e30 gone
+        np.testing.assert_array_equal(nodes["label"][known], orig["label"][known])
+        np.testing.assert_array_equal(nodes["label_mask"], known)
+        np.testing.assert_array_equal(nodes["known"], known)
+        np.testing.assert_array_equal(nodes["feat"], orig["feat"])
+    assert np.isnan(bad.spot.nodes["label"]).any()           # the input was not modified
+    t = batches.mask_sample(src, "train")
+    assert t.spot.nodes["label_mask"].all() and not t.spot.nodes["known"].any()
+
+
+def test_pool_order_is_a_pure_function_of_step(graphs):
+    pool = batches.build_pool(graphs, fold_A(), seed=3)
+    assert pool.sample_ids == ("A", "B") and pool.roles == ("test", "train")
+    epoch = np.concatenate([pool.step_indices(s, 1) for s in range(2)])
+    assert sorted(epoch) == [0, 1]                             # each sample once per epoch
+    np.testing.assert_array_equal(pool.step_indices(5, 3), pool.step_indices(5, 3))
+    assert len(pool.step_indices(0, 5)) == 5                   # S > P repeats samples
+    b = pool.take(np.array([1, 0, 1]))
+    assert b["spot"].nodes["label"].shape[0] == 3
+    a = pool.arrays["spot"].nodes
+    assert not a["label_mask"][0][np.asarray(a["layer"][0]) > 0].any()
+
+
+def test_draw_known_is_exact_and_only_labelled():
+    mask = jnp.asarray(np.arange(50) % 5 != 0)                 # 40 labelled
+    k = loop.draw_known(jax.random.PRNGKey(0), mask, 0.2)
+    assert int(k.sum()) == 8 and not bool((k & ~mask).any())
+    k2 = loop.draw_known(jax.random.PRNGKey(1), mask, 0.2)
+    assert not bool((k == k2).all())
+
+
+def test_optimizer_matches_paper_schedule_and_weight_decay():
+    c = base_config().train
+    c.steps = 100
+    sched = state_lib.make_schedule(c)
+    assert float(sched(0)) == pytest.approx(1e-4)
+    assert float(sched(100)) == pytest.approx(1e-6)           # final_lr_fraction 0.01
+    assert float(sched(50)) == pytest.approx(1e-4 * (0.01 + 0.99 * 0.5))
+    tx = state_lib.make_optimizer(c)
+    p = {"w": jnp.full((3,), 2.0)}
+    s = tx.init(p)
+    u, s = tx.update({"w": jnp.zeros(3)}, s, p)                # zero gradient: only decay
+    np.testing.assert_allclose(u["w"], -1e-4 * 1e-4 * 2.0, rtol=1e-6)
+    u, s = tx.update({"w": jnp.zeros(3)}, s, p)                # momentum 0.9 accumulates
+    np.testing.assert_allclose(u["w"], -float(sched(1)) * 1.9 * 1e-4 * 2.0, rtol=1e-5)
+    c.optimizer = "nope"
+    with pytest.raises(ConfigError):
+        state_lib.make_optimizer(c)
+
+
+# ---- training: leakage and resume -----------------------------------------------------------
+
+def _log(path):
+    return [{k: v for k, v in json.loads(l).items() if k != "seconds"}
+            for l in Path(path).read_text().splitlines()]
+
+
+def _equal_trees(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_poisoned_test_labels_leave_training_bit_identical(graphs, model, tmp_path):
+    cfg = tiny_config()
+    bad = {"A": poison(graphs["A"], known_layer=0), "B": graphs["B"]}
+    runs = {}
+    for name, gs in (("clean", graphs), ("poisoned", bad)):
+        pool = batches.build_pool(gs, fold_A(), seed=0)
+        st = loop.train_fold(cfg, model, pool, 0, tmp_path / name, tmp_path / f"{name}.jsonl",
+                             progress=False)
+        out = loop.make_eval_fn(model)(st.params, pool.pad(batches.mask_sample(gs["A"], "test", 0)))
+        runs[name] = (jax.device_get(st.params), _log(tmp_path / f"{name}.jsonl"),
+                      np.asarray(out["spot"]))
+    (p1, l1, o1), (p2, l2, o2) = runs["clean"], runs["poisoned"]
+    assert _equal_trees(p1, p2)
+    assert l1 == l2 and all(np.isfinite(r["loss"]) for r in l1)
+    np.testing.assert_array_equal(o1, o2)
+    # the test has teeth: the same poison WITHOUT the mask wrecks the step
+    unmasked = batches.mask_sample(bad["A"], "train")
+    pool = batches.build_pool(graphs, fold_A(), seed=0)
+    leaky = batches.stack([pool.pad(unmasked)] * 2)
+    st = state_lib.create_train_state(model, cfg.train, pool.example(), jax.random.PRNGKey(0))
+    _, metrics = loop.make_train_step(model, cfg)(st, leaky, jax.random.PRNGKey(0))
+    assert not np.isfinite(float(metrics["loss"]))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(graphs, model, tmp_path):
+    cfg = tiny_config()                                        # 12 steps, checkpoint every 4
+    pool = batches.build_pool(graphs, fold_A(), seed=0)
+    full = loop.train_fold(cfg, model, pool, 0, tmp_path / "full", tmp_path / "full.jsonl",
+                           progress=False)
+    assert loop.train_fold(cfg, model, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
+                           stop_after=6, progress=False) is None
+    mngr = loop.checkpoint_manager(tmp_path / "cut")
+    assert mngr.latest_step() == 4                             # steps 5-6 were lost
+    mngr.close()
+    resumed = loop.train_fold(cfg, model, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
+                              progress=False)
+    assert int(resumed.step) == int(full.step) == 12
+    assert _equal_trees(jax.device_get(full.params), jax.device_get(resumed.params))
+    assert _equal_trees(jax.device_get(full.opt_state), jax.device_get(resumed.opt_state))
+    log, cut = _log(tmp_path / "full.jsonl"), _log(tmp_path / "cut.jsonl")
+    assert [r["step"] for r in log] == [r["step"] for r in cut] == [3, 6, 9, 12]   # no duplicates
+    # each line is the mean over the steps since the previous line; after the resume at step 4
+    # the step-6 line averages steps 5-6 only, every other window is recomputed identically
+    assert [log[i] for i in (0, 2, 3)] == [cut[i] for i in (0, 2, 3)]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]              # it learns
+    assert log[0]["lr"] == pytest.approx(float(state_lib.make_schedule(cfg.train)(2)))
+    # a finished fold restores its final params
+    restored = loop.restore_params(cfg, model, pool, tmp_path / "cut")
+    assert _equal_trees(jax.device_get(full.params), restored)
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_end_to_end_test_config(tmp_path):
+    path = ROOT / "configs" / "test.py"
+    if not path.exists():
+        pytest.skip("configs/test.py not written yet")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("test_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    from asign_jax.train import train_and_evaluate
+    agg = train_and_evaluate(config, tmp_path, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
+    assert set(metrics["baselines"]) == {"known_mean", "overlap"}
+    n_folds = len(metrics["folds"])
+    assert n_folds >= 1 and all((tmp_path / "checkpoints" / f"fold_{k}" / "done.json").exists()
+                                for k in range(n_folds))
+    assert list((tmp_path / "predictions").glob("*.h5ad"))
+    assert (tmp_path / "per_gene_pcc.csv").exists() and (tmp_path / "plots" / "pcc_sections.png").exists()
+    assert np.isfinite(agg["asign"]["mean"]["mse"])
+    # relaunching skips the finished folds and reproduces the numbers
+    again = train_and_evaluate(config, tmp_path, progress=False)
+    assert again["asign"]["mean"] == agg["asign"]["mean"]
