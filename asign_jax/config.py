@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.features = f = ml_collections.ConfigDict()
     f.encoder = "resnet50"       # resnet50 | embeddings
     f.weights = ""               # torchvision ResNet-50 state_dict (.pth); "" = fixed-seed init
-    f.embeddings = ""            # precomputed features (.npy/.h5) when encoder == embeddings
+    f.embeddings = ""            # precomputed features (.h5/.npz) when encoder == embeddings
     f.init_seed = 0              # seed of the fixed initialisation (identical for all sections)
     f.spot_input = 224           # spot patches are resized to this before encoding
     f.region_input = 256         # region (512 px) tiles are resized to this before encoding
