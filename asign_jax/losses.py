@@ -41,7 +41,7 @@ def pcc_loss(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray,
 
 
 def masked_mse(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Mean squared error over the masked rows and all genes; (N, G), (N,) -> scalar (0 if empty)."""
+    """Mean squared error over the masked rows and all genes: (N, G), (N,) -> scalar (0 if none)."""
     m = mask[:, None]
     diff = jnp.where(m, pred, 0.0) - jnp.where(m, target, 0.0)
     count = jnp.maximum(jnp.sum(mask) * pred.shape[-1], 1).astype(pred.dtype)

@@ -38,15 +38,17 @@ SCRIPT = textwrap.dedent("""
     st = state_lib.create_train_state(model, c.train, pool.example(), jax.random.PRNGKey(0))
     batch = pool.take(np.arange(4))
     rng = jax.random.PRNGKey(7)
+    step_rng = jax.random.fold_in(rng, 0)            # what train_step uses at step 0
     f = functools.partial(loop.loss_and_grads, model=model, loss_cfg=c.loss, known_fraction=0.2)
 
     mesh = sharding.make_mesh(4)
     assert mesh is not None and mesh.size == 4
-    (l1, t1), g1 = jax.jit(f)(st.params, batch, rng)
+    (l1, t1), g1 = jax.jit(f)(st.params, batch, step_rng)
     sharded_batch = sharding.shard_batch(batch, mesh)
     leaf = jax.tree.leaves(sharded_batch)[0]
     assert len(leaf.sharding.device_set) == 4 and leaf.addressable_shards[0].data.shape[0] == 1
-    (l4, t4), g4 = sharding.shard_fn(f, mesh)(sharding.replicate(st.params, mesh), sharded_batch, rng)
+    (l4, t4), g4 = sharding.shard_fn(f, mesh)(sharding.replicate(st.params, mesh), sharded_batch,
+                                             step_rng)
     assert np.isfinite(float(l1))
     np.testing.assert_allclose(float(l4), float(l1), rtol=1e-5, atol=1e-5)
     for k in t1:

@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 SCALES = ("spot", "region", "global")
 MIN_DISTANCE_PX = 1.0      # intra distances below this count as this (coincident centres)
-BLOCK_ELEMS = 1 << 21      # scores per block (8 MB float32 + 16 MB argpartition indices)
-CELL_QUERIES = 64          # radius mode: target number of query nodes per spatial cell
+BLOCK_ELEMS = 1 << 21      # cost entries per block (8 MB of float32)
+CELL_QUERIES = 128         # radius mode: target number of query nodes per spatial cell
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,8 +237,7 @@ def _topk_smallest(cost: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np
     vals = cost[rows, cols]
     ok = np.isfinite(vals)
     rows, cols, vals = rows[ok], cols[ok], vals[ok]
-    # sort by (row, value) with one float64 key; values lie in [-2, 1]
-    order = np.argsort(rows * 8.0 + vals.astype(np.float64), kind="stable")
+    order = np.lexsort((vals, rows))                  # by row, then value
     rows, cols, vals = rows[order], cols[order], vals[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     keep = rank < kk
@@ -257,7 +256,7 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
     are always candidates). Radius mode groups the queries into square cells (about
     CELL_QUERIES queries each, side <= R), takes one KD-tree ball per cell (radius
     R + half the cell diagonal) as the candidate columns and masks the pairs farther than R
-    (squared distances from a float32 matmul on cell-centred coordinates: error << 0.01 px).
+    (squared distances from a float32 matmul on cell-centred coordinates: error ~1e-3 px).
     Each block is a dense (Q, C) float32 cost matrix, cost = -e: minus cosine by matmul,
     +inf for same-layer and out-of-radius pairs, minus IoU at the pairs of the sparse
     overlap matrix; then the k smallest per row (``_topk_smallest``). Blocks run on
@@ -309,6 +308,7 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
     if n <= cosine_all_max_nodes:
         rows_per_block = max(1, block_elems // n)
         blocks = [np.arange(a, min(a + rows_per_block, n)) for a in range(0, n, rows_per_block)]
+
         def run(q_idx):
             cost = np.negative(fn[q_idx]) @ fn.T
             mask_same_layer(cost, q_idx, offsets[:-1], offsets[1:])
@@ -345,6 +345,8 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
             c_hi = np.searchsorted(c_idx, offsets[1:])
             outs = []
             step = max(1, block_elems // max(len(c_idx), 1))
+            # every overlap partner of a query lies within 2r <= reach of it, hence inside
+            # the ball, so subtract_iou's searchsorted always finds it in c_idx
             for a in range(0, len(q_all), step):
                 q_idx = q_all[a:a + step]
                 cost = np.negative(fn[q_idx]) @ fc.T
@@ -543,6 +545,12 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
         "global": (graph_cfg.global_k_intra, graph_cfg.global_k_cross,
                    data_cfg.global_size / 2.0),
     }
+
+    def sample_index(scale, target, field):
+        """Section-level tile indices (``field``) -> sample-level node indices of ``target``."""
+        local = cat([getattr(s, field) for s in secs], np.int64)
+        return (offsets[target][layers[scale]] + local).astype(np.int32)
+
     graphs, stats = {}, {}
     for scale in SCALES:
         n = len(layers[scale])
@@ -556,16 +564,12 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
                  "label_mask": np.ones(n, bool), "known": np.zeros(n, bool),
                  "layer": layers[scale], "xy": xy[scale].astype(np.float32)}
         if scale == "spot":
-            nodes["region_idx"] = (offsets["region"][layers["spot"]]
-                                   + cat([s.spot_region for s in secs], np.int64)).astype(np.int32)
-            nodes["global_idx"] = (offsets["global"][layers["spot"]]
-                                   + cat([s.spot_global for s in secs], np.int64)).astype(np.int32)
+            nodes["region_idx"] = sample_index("spot", "region", "spot_region")
+            nodes["global_idx"] = sample_index("spot", "global", "spot_global")
         else:
-            tok = "region_tokens" if scale == "region" else "global_tokens"
-            nodes["tokens"] = cat([getattr(s, tok) for s in secs])
+            nodes["tokens"] = cat([getattr(s, f"{scale}_tokens") for s in secs])
         if scale == "region":
-            nodes["global_idx"] = (offsets["global"][layers["region"]]
-                                   + cat([s.region_global for s in secs], np.int64)).astype(np.int32)
+            nodes["global_idx"] = sample_index("region", "global", "region_global")
         graphs[scale] = _graphs_tuple(nodes, edges)
         stats[scale] = dict(edges.stats, n_node=n, n_edge=len(edges.senders))
     return SampleGraph(sample_id=prepared.sample_id, section_names=[s.name for s in secs],

@@ -6,9 +6,10 @@ and edges at the END, so real node indices (and "region_idx"/"global_idx") stay 
 
 One change to jraph's layout: jraph points every padding edge at the first padding node,
 leaving the other padding nodes with in-degree 0 (a 0/0 in a mean aggregation, NaN that a
-``mask * x`` does not remove). Here padding edge p is a self-loop on padding node
-N + (p mod n_pad_nodes), with weight 1 and type EDGE_SELF, and ``budget_for`` leaves room for
-at least one per padding node, so EVERY node, padding included, has in-degree >= 1.
+``mask * x`` does not remove). Here the padding edges are self-loops spread evenly, in
+order, over the padding nodes (weight 1, type EDGE_SELF), and ``budget_for`` leaves room for
+at least one per padding node, so EVERY node, padding included, has in-degree >= 1, and the
+receivers stay sorted as the builder left them.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def pad_graph(g: jraph.GraphsTuple, n_node: int, n_edge: int) -> jraph.GraphsTup
     n_pad_node, n_pad_edge = n_node - n, n_edge - e
     if n_pad_edge < n_pad_node:
         log.debug("budget leaves %d padding nodes without a self-loop", n_pad_node - n_pad_edge)
-    loops = (n + np.arange(n_pad_edge) % n_pad_node).astype(padded.senders.dtype)
+    # padding edge p -> node n + floor(p * n_pad_node / n_pad_edge): non-decreasing (the
+    # receivers stay sorted) and onto the padding nodes when n_pad_edge >= n_pad_node
+    loops = (n + np.arange(n_pad_edge, dtype=np.int64) * n_pad_node // max(n_pad_edge, 1)
+             ).astype(padded.senders.dtype)
     senders = np.concatenate([padded.senders[:e], loops])
     receivers = np.concatenate([padded.receivers[:e], loops])
     edges = dict(padded.edges)

@@ -2,7 +2,7 @@
 
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer, masked_segment_softmax
-from asign_jax.models.msagnet import ASIGN, SpatialGraphBlock
+from asign_jax.models.msagnet import ASIGN, RegressionHead, SpatialGraphBlock
 
-__all__ = ["ASIGN", "SpatialGraphBlock", "GATLayer", "masked_segment_softmax",
+__all__ = ["ASIGN", "RegressionHead", "SpatialGraphBlock", "GATLayer", "masked_segment_softmax",
            "MultiHeadAttention", "TransformerLayer"]

@@ -25,7 +25,8 @@ class MultiHeadAttention(nn.Module):
 
     Softmax scale is 1/sqrt(head_dim) (paper eq. 2, per head). Dropout acts on the attention
     probabilities. With a single key (Lk = 1) the weights are 1 and the layer is out(value(kv)),
-    so no query/key parameters are made. The weights (N, heads, Lq, Lk) are sown as ``intermediates/attention_weights``.
+    so no query/key parameters are made. The weights (N, heads, Lq, Lk) are sown as
+    ``intermediates/attention_weights``.
     """
 
     hidden: int

@@ -113,6 +113,16 @@ def _edges(g: jraph.GraphsTuple) -> tuple:
     return g.senders, g.receivers, g.edges["weight"], g.edges["type"], edge_mask(g)
 
 
+class RegressionHead(nn.Module):
+    """LayerNorm + Dense(G): (N, H) -> (N, G) normalised expression, one head per scale."""
+
+    n_genes: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return nn.Dense(self.n_genes, name="out")(nn.LayerNorm(name="ln")(x))
+
+
 class ASIGN(nn.Module):
     """ASIGN = MSAGNet + Cross-layer Imputation on one padded sample (graph/contract.py).
 
@@ -164,11 +174,9 @@ class ASIGN(nn.Module):
         h_g = block("global_block")(drop(g_feat, deterministic=not train), glob_ctx,
                                     *_edges(glob), train=train)
 
-        def head(name, x):
-            x = nn.LayerNorm(name=f"{name}_ln")(x)
-            return nn.Dense(self.n_genes, name=f"{name}_out")(x)
-
-        p_s, p_r, p_g = head("spot_head", h_s), head("region_head", h_r), head("global_head", h_g)
+        p_s = RegressionHead(self.n_genes, name="spot_head")(h_s)             # (N_s, G)
+        p_r = RegressionHead(self.n_genes, name="region_head")(h_r)           # (N_r, G)
+        p_g = RegressionHead(self.n_genes, name="global_head")(h_g)           # (N_q, G)
 
         # -- cross-layer imputation (eq. 5-6) --------------------------------------------------
         real = node_mask(spot)

@@ -29,6 +29,7 @@ from asign_jax.registration.preprocess import SectionImage
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("Affine", "Rigid", "SyN", "none")
+METRICS = ("mattes", "GC", "meansquares")
 
 
 def import_ants(threads: int = 2):
@@ -112,8 +113,10 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
                 tmpdir: Path, tag: str = "pair", seed: int = 0) -> Refinement:
     """Refines ``init`` ((3, 3) moving small -> fixed small) with ANTs.
 
-    cfg fields: ants_transform (Affine | Rigid | SyN | none), ants_iterations (per level, the
-    shrink factors are 2**(levels-1) .. 1), ants_syn_iterations, ants_threads. ``seed`` fixes
+    cfg fields: ants_transform (Affine | Rigid | SyN | none), ants_metric (mattes | GC |
+    meansquares, of the linear stage; SyN always uses mattes), ants_iterations (per level, the
+    shrink factors are 2**(levels-1) .. 1, smoothing sigmas levels-1 .. 0 px),
+    ants_syn_iterations, ants_threads. ``seed`` fixes
     ANTs' random metric sampling. Files go to ``tmpdir`` (keep it while a SyN warp is used).
     """
     kind = str(getattr(cfg, "ants_transform", "Affine"))
@@ -121,6 +124,9 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
         raise ConfigError(f"registration.ants_transform={kind!r}: expected one of {TRANSFORMS}")
     if kind == "none":
         return Refinement(np.asarray(init, np.float64))
+    metric = str(getattr(cfg, "ants_metric", "mattes"))
+    if metric not in METRICS:
+        raise ConfigError(f"registration.ants_metric={metric!r}: expected one of {METRICS}")
     threads = int(getattr(cfg, "ants_threads", 2))
     ants = import_ants(threads)
     its = tuple(int(i) for i in getattr(cfg, "ants_iterations", (100, 50, 20)))
@@ -139,6 +145,7 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
         lin = "Rigid" if kind == "Rigid" else "Affine"
         reg = ants.registration(fixed=fixed_img, moving=ants.from_numpy(pre),
                                 type_of_transform=lin, initial_transform="Identity",
+                                aff_metric=metric,
                                 aff_iterations=its, aff_shrink_factors=shrink,
                                 aff_smoothing_sigmas=sigmas,
                                 outprefix=str(tmpdir / f"{tag}_lin_"))

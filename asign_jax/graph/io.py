@@ -1,0 +1,136 @@
+"""Sample graphs on disk: ``<workdir>/graphs/<sample_id>.npz``, and the build-all step.
+
+One npz per sample (uncompressed, written to a temporary file and renamed, so a reader never
+sees a half-written graph). Keys: ``<scale>/nodes/<key>``, ``<scale>/edges/<key>``,
+``<scale>/{senders,receivers,n_node,n_edge}``, ``offsets/<scale>`` and a JSON ``_meta``
+(sample_id, section_names, stats, format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import jraph
+import numpy as np
+
+from asign_jax.errors import DataError
+from asign_jax.graph.build import SCALES, SampleGraph, build_sample_graph
+from asign_jax.preprocess.prepared import PreparedSample, list_prepared
+from asign_jax.registration.result import RegisteredSample
+
+log = logging.getLogger(__name__)
+
+GRAPH_FORMAT = 1
+
+
+def graph_path(workdir: Path, sample_id: str) -> Path:
+    return Path(workdir) / "graphs" / f"{sample_id}.npz"
+
+
+def save_sample_graph(sample_graph: SampleGraph, workdir: Path) -> Path:
+    """Writes ``sample_graph`` (unpadded or padded) atomically; returns its path."""
+    path = graph_path(workdir, sample_graph.sample_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for scale in SCALES:
+        g = sample_graph.graph(scale)
+        for k, v in g.nodes.items():
+            arrays[f"{scale}/nodes/{k}"] = np.asarray(v)
+        for k, v in g.edges.items():
+            arrays[f"{scale}/edges/{k}"] = np.asarray(v)
+        for k in ("senders", "receivers", "n_node", "n_edge"):
+            arrays[f"{scale}/{k}"] = np.asarray(getattr(g, k))
+        arrays[f"offsets/{scale}"] = np.asarray(sample_graph.layer_offsets[scale])
+    meta = {"format": GRAPH_FORMAT, "sample_id": sample_graph.sample_id,
+            "section_names": list(sample_graph.section_names), "stats": sample_graph.stats}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, _meta=np.asarray(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_sample_graph(workdir: Path, sample_id: str) -> SampleGraph:
+    """Reads a graph written by ``save_sample_graph``."""
+    path = graph_path(workdir, sample_id)
+    if not path.exists():
+        raise DataError(f"{path}: no graph for sample {sample_id!r}; "
+                        "run the graph build step (asign_jax.graph.io.build_all) first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["_meta"]))
+            data = {k: z[k] for k in z.files if k != "_meta"}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a readable graph file ({e})") from e
+    if meta.get("format") != GRAPH_FORMAT:
+        raise DataError(f"{path}: graph format {meta.get('format')} != {GRAPH_FORMAT}; rebuild")
+    graphs = {}
+    for scale in SCALES:
+        pre = f"{scale}/"
+        nodes = {k[len(pre + "nodes/"):]: v for k, v in data.items()
+                 if k.startswith(pre + "nodes/")}
+        edges = {k[len(pre + "edges/"):]: v for k, v in data.items()
+                 if k.startswith(pre + "edges/")}
+        graphs[scale] = jraph.GraphsTuple(
+            nodes=nodes, edges=edges, globals=None, senders=data[pre + "senders"],
+            receivers=data[pre + "receivers"], n_node=data[pre + "n_node"],
+            n_edge=data[pre + "n_edge"])
+    return SampleGraph(sample_id=meta["sample_id"], section_names=list(meta["section_names"]),
+                       spot=graphs["spot"], region=graphs["region"], global_=graphs["global"],
+                       layer_offsets={s: data[f"offsets/{s}"] for s in SCALES},
+                       stats=meta.get("stats", {}))
+
+
+def registered_or_identity(workdir: Path, prepared: PreparedSample, config) -> RegisteredSample:
+    """The sample's RegisteredSample; unregistered pixel coordinates where there is none.
+
+    Identity (pixel_xy and the tile centres of each section's own image) is used for a
+    single-section sample, when ``config.registration.enabled`` is False, or when no
+    registration file exists (with a warning for a multi-section sample: its cross-layer
+    IoU is then only meaningful if the sections are already aligned).
+    """
+    names = [s.name for s in prepared.sections]
+    reg_file = Path(workdir) / "registration" / prepared.sample_id / "registered.npz"
+    use_identity = len(names) == 1 or not config.registration.enabled
+    if not use_identity and not reg_file.exists():
+        log.warning("sample %s: %s missing; building the 3D graph on UNREGISTERED pixel "
+                    "coordinates", prepared.sample_id, reg_file)
+        use_identity = True
+    if use_identity:
+        return RegisteredSample.identity(
+            prepared.sample_id, names, [s.pixel_xy for s in prepared.sections],
+            [s.region_centers(config.data.region_size) for s in prepared.sections],
+            [s.global_centers(config.data.global_size) for s in prepared.sections])
+    return RegisteredSample.load(workdir, prepared.sample_id)
+
+
+def _log_stats(sg: SampleGraph) -> None:
+    for scale in SCALES:
+        st = sg.stats[scale]
+        log.info("sample %s %s graph: %d nodes, %d edges (intra %d, cross %d, self %d); "
+                 "%.1f%% of nodes overlap (IoU > 0) a node of another layer, %.1f%% have a "
+                 "cross edge to one", sg.sample_id, scale, st["n_node"], st["n_edge"],
+                 st["n_intra"], st["n_cross"], st["n_self"], 100 * st["frac_overlap"],
+                 100 * st["frac_iou_edge"])
+
+
+def build_all(workdir: Path, config, sample_ids: Optional[Iterable[str]] = None,
+              workers: Optional[int] = None) -> dict[str, Path]:
+    """Builds and saves the graph of every prepared sample (or of ``sample_ids``).
+
+    Returns {sample_id: path of the saved graph}.
+    """
+    workdir = Path(workdir)
+    ids = list(sample_ids) if sample_ids is not None else list_prepared(workdir)
+    out = {}
+    for sid in ids:
+        prepared = PreparedSample.load(workdir, sid)
+        registered = registered_or_identity(workdir, prepared, config)
+        sg = build_sample_graph(prepared, registered, config.graph, config.data, workers=workers)
+        _log_stats(sg)
+        out[sid] = save_sample_graph(sg, workdir)
+    return out
