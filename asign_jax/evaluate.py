@@ -342,15 +342,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
     rescore(_FLAGS.config, _FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import app
 
-    _FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).")
-    flags.DEFINE_string("workdir", None, "Run folder with checkpoints/ (from asign_jax.train).")
-    flags.mark_flags_as_required(["config", "workdir"])
+    from asign_jax.train import define_flags
+
+    _FLAGS = define_flags()
     app.run(main)

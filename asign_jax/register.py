@@ -5,7 +5,8 @@
 Reads ``<workdir>/prepared/index.json`` and writes, per sample,
 ``<workdir>/registration/<sample_id>/{registered.npz, qc.json, overlay.png}``. For synthetic
 data (``config.data.format == "synthetic"``) the ground-truth affines in
-``<config.data.root>/ground_truth/<section>.json`` give the QC target registration error.
+``<config.data.root>/ground_truth/<section>.json`` (root "" = ``<workdir>/synthetic_data``,
+as in ``asign_jax.prepare``) give the QC target registration error.
 """
 
 from __future__ import annotations
@@ -32,13 +33,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (holds prepared/
 _SAMPLES = flags.DEFINE_string("samples", "", "Comma-separated sample ids ('' = all prepared).")
 
 
-def load_ground_truth(config, prepared: PreparedSample) -> Optional[list[np.ndarray]]:
-    """Per-section (3, 3) canonical -> section px affines for synthetic data, else None."""
-    if str(config.data.format) != "synthetic" or not config.data.root:
+def load_ground_truth(config, prepared: PreparedSample,
+                      workdir: Optional[Path] = None) -> Optional[list[np.ndarray]]:
+    """Per-section (3, 3) canonical -> section px affines for synthetic data, else None.
+
+    Read from ``<config.data.root or workdir/synthetic_data>/ground_truth/<section>.json``.
+    """
+    if str(config.data.format) != "synthetic":
+        return None
+    if config.data.root:
+        root = Path(config.data.root)
+    elif workdir is not None:
+        root = Path(workdir) / "synthetic_data"
+    else:
         return None
     out = []
     for s in prepared.sections:
-        path = Path(config.data.root) / "ground_truth" / f"{s.name}.json"
+        path = root / "ground_truth" / f"{s.name}.json"
         if not path.exists():
             log.warning("%s: missing; no TRE for sample %s", path, prepared.sample_id)
             return None
@@ -68,7 +79,8 @@ def run(config, workdir: Path, samples: Optional[list[str]] = None) -> dict:
     t0 = time.perf_counter()
     for sid in tqdm(ids, desc="samples"):
         prepared = PreparedSample.load(workdir, sid)
-        register_sample(prepared, config, workdir, ground_truth=load_ground_truth(config, prepared))
+        gt = load_ground_truth(config, prepared, workdir)
+        register_sample(prepared, config, workdir, ground_truth=gt)
         qcs[sid] = json.loads((workdir / "registration" / sid / "qc.json").read_text())
     print()
     for sid, qc in qcs.items():

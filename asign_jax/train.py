@@ -47,11 +47,11 @@ def load_inputs(config, workdir: Path):
     sample_ids = list_prepared(workdir)
     genes = [str(g) for g in json.loads(index.read_text())["genes"]]
     from asign_jax.graph import io as graph_io
-    missing = [s for s in sample_ids if not (workdir / "graphs" / f"{s}.npz").exists()]
+    missing = [s for s in sample_ids if not graph_io.graph_path(workdir, s).exists()]
     if missing:
-        logger.info("graphs missing for %s: building %s/graphs", missing, workdir)
-        graph_io.build_all(workdir, config)
-    graphs = {s: graph_io.load(workdir / "graphs" / f"{s}.npz") for s in sample_ids}
+        logger.info("graphs missing for %s: building them in %s", missing, workdir / "graphs")
+        graph_io.build_all(workdir, config, sample_ids=missing)
+    graphs = {s: graph_io.load_sample_graph(workdir, s) for s in sample_ids}
     sections = {s: [str(n) for n in g.section_names] for s, g in graphs.items()}
     return genes, graphs, sections
 
@@ -201,15 +201,30 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags():
+    """--config (ml_collections config file, ``--config.a.b=v`` overrides) and --workdir.
+
+    ``asign_jax.prepare`` defines the same two flags at import time, and the pipeline imports
+    it, so it is imported first and its flags are reused rather than defined twice.
+    """
+    from absl import flags
     from ml_collections import config_flags
 
-    FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).")
-    flags.DEFINE_string("workdir", None, "Run folder (prepared data, graphs, checkpoints, reports).")
+    import asign_jax.prepare  # noqa: F401  (defines --config/--workdir at module level)
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).")
+    if "workdir" not in flags.FLAGS:
+        flags.DEFINE_string("workdir", None, "Run folder (prepared data, graphs, checkpoints, reports).")
     flags.mark_flags_as_required(["config", "workdir"])
+    return flags.FLAGS
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    FLAGS = define_flags()
     app.run(main)

@@ -193,7 +193,8 @@ def _propagate(pred, labels, known, s, r, ew, alpha, em, nm, n_iter):
     pred = torch.where(nm[:, None], pred, 0.0)
     labels = torch.where(known[:, None], labels, 0.0)
     p, reached = torch.where(known[:, None], labels, pred), known
-    adj = torch.sparse_coo_tensor(torch.stack([r, s]), w, (n, n)).coalesce()   # A[i, j] = w_ij
+    adj = torch.sparse_coo_tensor(torch.stack([r, s]), w, (n, n),          # A[i, j] = w_ij
+                                  check_invariants=False).coalesce()
     for _ in range(n_iter):
         avg = torch.sparse.mm(adj, p) / den[:, None]
         r_in = torch.zeros(n).index_add(0, r, (valid & reached[s]).float()) > 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -70,6 +69,17 @@ def _warp(img, m, size=600):
     """Image whose pixel p shows ``img`` at inv(m) p (i.e. ``m`` maps img -> result)."""
     return cv2.warpAffine(img, m[:2], (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=BG)
+
+
+def _egg(size=600):
+    """Textureless, smooth, asymmetric (egg-like) tissue with a soft edge: no keypoints."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    th, r = np.arctan2(yy - c, xx - c), np.hypot(xx - c, yy - c)
+    radius = 0.28 * size * (1 + 0.25 * np.cos(th) + 0.12 * np.sin(2 * th + 0.5))
+    a = np.clip((radius - r) / 6 + 0.5, 0, 1)[..., None]
+    img = np.array(BG, np.float32) * (1 - a) + np.array([140, 80, 170], np.float32) * a
+    return img.astype(np.uint8), a[..., 0] > 0.5
 
 
 def _points_in(mask, n=60, seed=0):
@@ -152,12 +162,12 @@ def test_syn_warp_maps_points_in_the_right_direction():
 
 @pytest.mark.parametrize("deg", [25.0, 160.0])
 def test_mask_moments_fallback_on_textureless_tissue(deg, caplog):
-    fixed, fmask = _tissue(seed=4, texture=False, n_blobs=4)
+    fixed, fmask = _egg()
     truth = _about_centre(deg, 1.0, (25, -15))
     moving = _warp(fixed, np.linalg.inv(truth))
     mv, fx = load_section("m", moving, 512), load_section("f", fixed, 512)
     init = initial_affine(mv, fx, _rcfg())
-    assert init.method == "mask-moments"
+    assert init.method == "mask-moments" and init.inliers < 12
     assert "falling back" in caplog.text
     pts = _points_in(_warp(fmask.astype(np.uint8), np.linalg.inv(truth)).astype(bool))
     full = fx.to_full @ init.matrix @ mv.to_small
@@ -167,6 +177,36 @@ def test_mask_moments_fallback_on_textureless_tissue(deg, caplog):
     assert res.qc["sections"][0]["method"] == "mask-moments+ants-affine"
     err = np.linalg.norm(res.points[0]["spot"] - apply_affine(truth, pts), axis=1)
     assert np.median(err) < 3.0, np.median(err)
+
+
+def test_dice_safeguard_falls_back(monkeypatch, caplog):
+    """A refinement that lowers the mask Dice is rejected (loudly) for the initial affine, and
+    an initial affine that is also worse than the identity gives the identity."""
+    import asign_jax.registration.stack as stack_mod
+    from asign_jax.registration.ants_refine import Refinement
+    from asign_jax.registration.keypoints import InitialAffine
+
+    fixed, fmask = _tissue(seed=6)
+    truth = _about_centre(5.0, 1.0, (10, 5))
+    moving = _warp(fixed, np.linalg.inv(truth))
+    pts = _points_in(fmask, n=20)
+    away = np.eye(3)
+    away[:2, 2] = [150, -120]
+    monkeypatch.setattr(stack_mod, "ants_refine",
+                        lambda mv, fx, init, *a, **k: Refinement(away @ init))
+    res = register_stack([moving, fixed], [{"spot": pts}, {"spot": pts[:0]}], _rcfg())
+    s = res.qc["sections"][0]
+    assert s["method"] == "sift (ants rejected)" and "LOWERS" in caplog.text
+    err = np.linalg.norm(res.points[0]["spot"] - apply_affine(truth, pts), axis=1)
+    assert err.max() < 2.0 and s["dice_after"] > s["dice_before"]
+
+    monkeypatch.setattr(stack_mod, "initial_affine",
+                        lambda mv, fx, cfg, seed=0: InitialAffine(away, 0, "sift", 0))
+    res = register_stack([moving, fixed], [{"spot": pts}, {"spot": pts[:0]}], _rcfg())
+    s = res.qc["sections"][0]
+    assert s["method"] == "identity (pair fallback)"
+    np.testing.assert_allclose(res.points[0]["spot"], pts, atol=1e-9)
+    assert s["dice_after"] == s["dice_before"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent("""
     c.train.samples_per_step = 4
     c.train.learning_rate = 1e-2
     G = 8
-    graphs = {s: batches.random_sample_graph(i, n_layers=2, spots_per_layer=8, n_region=4,
-                                             n_global=2, n_genes=G, feat_dim=8, n_tokens=2,
+    graphs = {s: batches.random_sample_graph(i, n_layers=2, spots_per_layer=8, n_region=8,
+                                             n_global=6, n_genes=G, feat_dim=8, n_tokens=2,
                                              k=3, sample_id=s)
               for i, s in enumerate("ABCD")}
     fold = folds.Fold(index=0, test_samples=("A",), train_samples=("B", "C", "D"),
@@ -69,6 +69,19 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(float(m4["loss"]), float(l1), rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(expect), jax.tree.leaves(s4.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+    # train_fold on the mesh (same compiled step): runs, checkpoints, logs finite losses
+    import json, tempfile
+    from pathlib import Path
+    c.train.checkpoint_every, c.train.log_every = 1, 1
+    with tempfile.TemporaryDirectory() as d:
+        loop.train_fold(c, model, pool, 0, Path(d) / "ck", Path(d) / "m.jsonl", mesh=mesh,
+                        stop_after=2, progress=False)
+        mngr = loop.checkpoint_manager(Path(d) / "ck")
+        assert mngr.latest_step() == 2
+        mngr.close()
+        log = [json.loads(l) for l in (Path(d) / "m.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
     print("SHARDING_OK", n, "gradient leaves")
 """)
 

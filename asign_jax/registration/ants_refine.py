@@ -54,7 +54,8 @@ def ants_affine_to_xy(tx) -> np.ndarray:
 def points_to_df(pts_xy: np.ndarray):
     """(n, 2) xy -> DataFrame with ANTs physical columns x=row, y=col."""
     import pandas as pd
-    return pd.DataFrame({"x": pts_xy[:, 1].astype(np.float64), "y": pts_xy[:, 0].astype(np.float64)})
+    return pd.DataFrame({"x": pts_xy[:, 1].astype(np.float64),
+                         "y": pts_xy[:, 0].astype(np.float64)})
 
 
 def df_to_points(df) -> np.ndarray:

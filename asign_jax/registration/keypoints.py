@@ -109,7 +109,9 @@ def orb_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.ndar
 def estimate_affine(pts_m: np.ndarray, pts_f: np.ndarray, estimator: str = "affine",
                     robust: str = "magsac", threshold: float = 3.0,
                     seed: int = 0) -> tuple[Optional[np.ndarray], int]:
-    """Robust affine pts_m -> pts_f ((n, 2) each). Returns ((3, 3) or None, n_inliers)."""
+    """Robust affine pts_m -> pts_f ((n, 2) each). Returns ((3, 3) or None, n_inliers).
+
+    estimator "partial" (similarity) always uses RANSAC: OpenCV offers no MAGSAC for it."""
     import cv2
     if len(pts_m) < 3:
         return None, 0
@@ -119,9 +121,14 @@ def estimate_affine(pts_m: np.ndarray, pts_f: np.ndarray, estimator: str = "affi
         raise ConfigError(f"registration.robust={robust!r}: expected one of {sorted(methods)}")
     if estimator not in fns:
         raise ConfigError(f"registration.estimator={estimator!r}: expected one of {sorted(fns)}")
+    method = methods[robust]
+    if estimator == "partial" and robust == "magsac":
+        # OpenCV's estimateAffinePartial2D has no USAC method (only RANSAC / LMEDS).
+        log.debug("estimateAffinePartial2D does not support USAC_MAGSAC; using RANSAC")
+        method = cv2.RANSAC
     cv2.setRNGSeed(int(seed))
     m, inl = fns[estimator](pts_m.astype(np.float32), pts_f.astype(np.float32),
-                            method=methods[robust], ransacReprojThreshold=float(threshold),
+                            method=method, ransacReprojThreshold=float(threshold),
                             maxIters=5000, confidence=0.999)
     if m is None or inl is None:
         return None, 0
@@ -271,6 +278,50 @@ def mask_moments_affine(moving: "SectionImage | np.ndarray", fixed: "SectionImag
     return a, dice(warp_mask(mv.mask, a, fx.shape), fx.mask)
 
 
+def content_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray,
+                   sizes: tuple[int, ...] = (128, 256, 512)) -> tuple[np.ndarray, float]:
+    """Coarse-to-fine affine refinement of ``init`` (moving small -> fixed small) maximising
+    the normalised cross-correlation of the tissue content (``_content``: Lab standardised
+    inside the mask, 0 outside) at long sides ``sizes`` (capped at the small images' size),
+    6 parameters, Powell's method. Returns ((3, 3), final NCC)."""
+    import cv2
+    from scipy.optimize import minimize
+
+    m = np.asarray(init, np.float64)
+    ncc = 0.0
+    cap = max(max(moving.shape), max(fixed.shape))
+    for size in sorted({min(int(s), cap) for s in sizes}):
+        cm, _, dm = _content(moving, size)
+        cf, mf, df = _content(fixed, size)
+        if not mf.any():
+            break
+        b0 = df @ m @ np.linalg.inv(dm)
+        ys, xs = np.nonzero(mf)
+        c = np.eye(3)
+        c[:2, 2] = [xs.mean(), ys.mean()]
+        c_inv = np.linalg.inv(c)
+        den_f = float(np.sqrt((cf * cf).sum()))
+        shape = (cf.shape[1], cf.shape[0])
+
+        def mat(x, b0=b0, c=c, c_inv=c_inv):
+            d = np.eye(3)
+            d[:2, :2] += x[:4].reshape(2, 2)
+            d[:2, 2] = 10.0 * x[4:]            # translation in units of 10 low-res px
+            return c @ d @ c_inv @ b0
+
+        def loss(x, cm=cm, cf=cf, den_f=den_f, shape=shape, mat=mat):
+            w = cv2.warpAffine(cm, mat(x)[:2], shape, flags=cv2.INTER_LINEAR)
+            den = float(np.sqrt((w * w).sum())) * den_f
+            return -float((w * cf).sum()) / den if den > 0 else 0.0
+
+        r = minimize(loss, np.zeros(6), method="Powell",
+                     options={"xtol": 1e-4, "ftol": 1e-6, "maxfev": 3000})
+        if r.fun < loss(np.zeros(6)):
+            m = np.linalg.inv(df) @ mat(r.x) @ dm
+        ncc = -float(min(r.fun, loss(np.zeros(6))))
+    return m, ncc
+
+
 @dataclasses.dataclass
 class InitialAffine:
     """Result of the initial (pre-ANTs) alignment of a pair, in small-image px.
@@ -286,8 +337,10 @@ class InitialAffine:
 
 
 def initial_affine(moving: SectionImage, fixed: SectionImage, cfg, seed: int = 0) -> InitialAffine:
-    """Keypoint affine moving -> fixed (small px); mask-moments fallback when the matching
-    gives fewer than ``min_inliers`` inliers or an implausible (strongly scaled/sheared) fit."""
+    """Keypoint affine moving -> fixed (small px); fallback when the matching gives fewer than
+    ``min_inliers`` inliers or an implausible (strongly scaled/sheared) fit: mask centroids +
+    rotation search (``mask_moments_affine``), then ``content_refine`` (config
+    ``content_refine``, default True). The fallback is reported as method "mask-moments"."""
     name = str(_cfg(cfg, "detector", "sift")).lower()
     matcher = get_matcher(name)
     pm, pf = matcher(moving, fixed, cfg)
@@ -308,6 +361,15 @@ def initial_affine(moving: SectionImage, fixed: SectionImage, cfg, seed: int = 0
         return InitialAffine(a, n_in, name, len(pm))
     m, d = mask_moments_affine(moving, fixed,
                                allow_reflection=bool(_cfg(cfg, "allow_reflection", True)))
+    if bool(_cfg(cfg, "content_refine", True)):
+        m2, ncc = content_refine(moving, fixed, m)
+        d2 = dice(warp_mask(moving.mask, m2, fixed.shape), fixed.mask)
+        if affine_is_plausible(m2) and d2 >= d - 0.02:
+            m, d = m2, d2
+        else:
+            log.info("%s -> %s: content refinement rejected (dice %.3f -> %.3f)", moving.name,
+                     fixed.name, d, d2)
     log.warning("%s -> %s: keypoint matching failed (%s); falling back to mask centroid + "
-                "principal axes (dice %.3f)", moving.name, fixed.name, reason, d)
+                "rotation search + content refinement (dice %.3f)", moving.name, fixed.name,
+                reason, d)
     return InitialAffine(m, n_in, "mask-moments", len(pm))

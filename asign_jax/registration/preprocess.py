@@ -79,8 +79,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """Reads an image at low resolution.
 
-    Uses OpenCV's reduced JPEG decoding (factor 2/4/8, JPEG only) when that still leaves >= long_side px,
-    then INTER_AREA resizing. Returns (rgb (h, w, 3) uint8, full (H, W), to_small (3, 3)).
+    Uses OpenCV's reduced JPEG decoding (factor 2/4/8, JPEG only) when that still leaves
+    >= long_side px, then INTER_AREA resizing.
+    Returns (rgb (h, w, 3) uint8, full (H, W), to_small (3, 3)).
     """
     import cv2
 
@@ -101,6 +102,10 @@ def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, i
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"{path}: cannot decode image (corrupt or unsupported format)")
+    expect = (-(-full_hw[0] // factor), -(-full_hw[1] // factor))
+    if img.shape[:2] != expect:
+        raise DataError(f"{path}: decoded size {img.shape[:2]} does not match the header size "
+                        f"{full_hw} / {factor} (EXIF orientation?); re-save the image upright")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     # Reduced decoding averages factor x factor blocks: exact scale 1/factor, partial last block.
     to_reduced = np.array([[1.0 / factor, 0, 0.5 / factor - 0.5],

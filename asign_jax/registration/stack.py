@@ -102,7 +102,7 @@ class StackResult:
 
     def warp_to_reference(self, img_small: np.ndarray, l: int, nearest: bool = False
                           ) -> np.ndarray:
-        """Warps an image in section l's small frame (h, w[, c]) into the reference's small frame."""
+        """Warps an image (h, w[, c]) in section l's small frame into the reference's."""
         return _warp_chain(self, img_small, l, nearest)
 
 
@@ -376,6 +376,7 @@ def register_sample(prepared, config, workdir: Path,
     qcmod.draw_overlay(res, out_dir / "overlay.png",
                        radius_px=float(getattr(config.graph, "spot_radius", 112.0))
                        if "graph" in config else 112.0,
-                       title=f"{prepared.sample_id}: {len(names)} sections -> {names[res.reference]}")
+                       title=f"{prepared.sample_id}: {len(names)} sections -> "
+                             f"{names[res.reference]}")
     log.info("sample %s registered in %.1f s -> %s", prepared.sample_id, res.seconds, out_dir)
     return reg
