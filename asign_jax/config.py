@@ -65,6 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
     r.min_inliers = 12
     r.ants_transform = "Affine"  # Affine | Rigid | SyN | none
     r.ants_iterations = (100, 50, 20)
+    r.ants_metric = "mattes"     # mattes | GC | meansquares
+    r.ants_syn_iterations = (40, 20, 0)
+    r.ants_threads = 2
+    r.reproj_threshold = 3.0     # robust-fit threshold, small-image px
+    r.max_keypoints = 8000
+    r.allow_reflection = True    # mirrored candidates in the mask-moments fallback
+    r.content_refine = True      # coarse-to-fine content refinement in the fallback
 
     # ---- 3D graph ------------------------------------------------------------------------
     c.graph = g = ml_collections.ConfigDict()
@@ -100,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     lo.lambda_2 = 0.25
     lo.gamma_1 = 1.0
     lo.gamma_2 = 1.0
+    lo.consistency_spots = "all" # all | labelled: spots used by the label-free L_c terms
 
     # ---- training ------------------------------------------------------------------------
     c.train = t = ml_collections.ConfigDict()

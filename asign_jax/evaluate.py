@@ -26,7 +26,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -165,7 +165,8 @@ def evaluate_fold(config, workdir: Path, fold, eval_fn, graphs: Mapping, genes: 
         preds = {"asign": np.asarray(out["spot"], np.float32)[:n]}
         base, info = baselines.predict_sample(mspot, k, float(config.graph.spot_radius))
         preds.update(base)
-        names = list(sections.get(sid, [])) or [f"layer{l}" for l in range(int(layer.max()) + 1)]
+        names = (list(sections.get(sid, [])) or list(getattr(graphs[sid], "section_names", []))
+                 or [f"layer{l}" for l in range(int(layer.max()) + 1)])
         for l in sorted(set(layer.tolist()) - {k}):
             rows = layer == l
             res = {"sample": sid, "section": names[l], "layer": int(l), "n_spots": int(rows.sum()),

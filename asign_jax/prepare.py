@@ -74,13 +74,8 @@ def prepare(config, workdir, *, skip_registration: bool = False):
     elif not config.registration.enabled:
         logger.info("stage 3/3: registration skipped (registration.enabled=False)")
     else:
-        try:
-            from asign_jax.registration import register_sample
-        except ImportError as e:
-            raise ImportError(
-                "stage 3/3: asign_jax.registration.register_sample is not available "
-                f"({e}); the prepared data are saved — re-run with --skip_registration or "
-                "--config.registration.enabled=False to skip registration") from e
+        from asign_jax.register import load_ground_truth
+        from asign_jax.registration import register_sample
         for p in prepared:
             if p.n_layers < 2:
                 logger.info("stage 3/3: sample %r has a single section; nothing to register",
@@ -88,7 +83,8 @@ def prepare(config, workdir, *, skip_registration: bool = False):
                 continue
             logger.info("stage 3/3: registering sample %r (%d sections)", p.sample_id,
                         p.n_layers)
-            register_sample(p, config, workdir)
+            register_sample(p, config, workdir,
+                            ground_truth=load_ground_truth(config, p, workdir))
 
     genes = prepared[0].genes
     print("\n" + summary_table(prepared, config.data.spot_size))

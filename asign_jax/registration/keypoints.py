@@ -315,7 +315,7 @@ def content_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray,
             return -float((w * cf).sum()) / den if den > 0 else 0.0
 
         r = minimize(loss, np.zeros(6), method="Powell",
-                     options={"xtol": 1e-4, "ftol": 1e-6, "maxfev": 3000})
+                     options={"xtol": 1e-4, "ftol": 1e-5, "maxfev": 1500})
         if r.fun < loss(np.zeros(6)):
             m = np.linalg.inv(df) @ mat(r.x) @ dm
         ncc = -float(min(r.fun, loss(np.zeros(6))))

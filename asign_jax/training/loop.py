@@ -233,6 +233,9 @@ def train_fold(config, model, pool, fold_index: int, ckpt_dir: Path, log_path: O
         state = restore_checkpoint(mngr, state)
         start = int(state.step)
         logger.info("fold %d: resumed from %s at step %d", fold_index, ckpt_dir, start)
+        if start > total:
+            logger.warning("fold %d: checkpoint step %d is beyond train.steps=%d; using it as is",
+                           fold_index, start, total)
     else:
         logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
     if log_path is not None:
@@ -269,7 +272,8 @@ def train_fold(config, model, pool, fold_index: int, ckpt_dir: Path, log_path: O
                 mngr.wait_until_finished()
                 logger.info("fold %d: stopped after step %d (stop_after)", fold_index, done)
                 return None
-        if mngr.latest_step() != total:
+        latest = mngr.latest_step()
+        if latest is None or latest < int(state.step):
             save_checkpoint(mngr, state)
         mngr.wait_until_finished()
     finally:
