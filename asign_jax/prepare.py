@@ -13,18 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from asign_jax.preprocess.pipeline import prepare_samples, section_summary
 
 logger = logging.getLogger(__name__)
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Output folder (prepared data, caches, registration).")
-flags.DEFINE_bool("skip_registration", False, "Do not register the sections of a sample.")
 
 
 def summary_table(prepared, spot_size: int) -> str:
@@ -97,13 +91,16 @@ def prepare(config, workdir, *, skip_registration: bool = False):
 
 
 def main(argv):
+    from absl import flags
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required")
     logging.getLogger().setLevel(logging.INFO)
-    prepare(FLAGS.config, FLAGS.workdir, skip_registration=FLAGS.skip_registration)
+    f = flags.FLAGS
+    prepare(f.config, f.workdir, skip_registration=f.skip_registration)
 
 
 if __name__ == "__main__":
+    from asign_jax.entry import define_flags
+    define_flags("Output folder (prepared data, caches, registration).",
+                 skip_registration=(False, "Do not register the sections of a sample."))
     app.run(main)

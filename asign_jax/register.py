@@ -19,7 +19,6 @@ from typing import Optional
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from asign_jax.errors import DataError
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared
@@ -28,9 +27,6 @@ from asign_jax.registration.stack import register_sample
 
 log = logging.getLogger(__name__)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (holds prepared/).")
-_SAMPLES = flags.DEFINE_string("samples", "", "Comma-separated sample ids ('' = all prepared).")
 
 
 def load_ground_truth(config, prepared: PreparedSample,
@@ -92,15 +88,14 @@ def run(config, workdir: Path, samples: Optional[list[str]] = None) -> dict:
 
 def main(argv):
     del argv
-    if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required")
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required")
+    f = flags.FLAGS
     logging.getLogger().setLevel(logging.INFO)
-    samples = [s for s in _SAMPLES.value.split(",") if s] or None
-    run(config, Path(_WORKDIR.value), samples)
+    samples = [s for s in f.samples.split(",") if s] or None
+    run(f.config, Path(f.workdir), samples)
 
 
 if __name__ == "__main__":
+    from asign_jax.entry import define_flags
+    define_flags("Work directory (holds prepared/).",
+                 samples=("", "Comma-separated sample ids ('' = all prepared)."))
     app.run(main)

@@ -206,21 +206,9 @@ def main(argv):
 
 
 def define_flags():
-    """--config (ml_collections config file, ``--config.a.b=v`` overrides) and --workdir.
-
-    ``asign_jax.prepare`` defines the same two flags at import time, and the pipeline imports
-    it, so it is imported first and its flags are reused rather than defined twice.
-    """
-    from absl import flags
-    from ml_collections import config_flags
-
-    import asign_jax.prepare  # noqa: F401  (defines --config/--workdir at module level)
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).")
-    if "workdir" not in flags.FLAGS:
-        flags.DEFINE_string("workdir", None, "Run folder (prepared data, graphs, checkpoints, reports).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    return flags.FLAGS
+    """--config and --workdir (see ``asign_jax.entry``)."""
+    from asign_jax.entry import define_flags as _define
+    return _define("Run folder (prepared data, graphs, checkpoints, reports).")
 
 
 if __name__ == "__main__":
