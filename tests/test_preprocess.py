@@ -288,7 +288,7 @@ def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "asign_jax.features.extract",
                         types.SimpleNamespace(make_extractor=lambda cfg: FakeExtractor()))
     monkeypatch.setattr(asign_jax.registration, "register_sample",
-                        lambda p, c, w: registered.append((p.sample_id, Path(w))),
+                        lambda p, c, w, ground_truth=None: registered.append((p.sample_id, Path(w))),
                         raising=False)
 
     cfg = small_config()
