@@ -82,20 +82,8 @@ def read_section(root: Path, name: str) -> Section:
                              "spot selection file")
     cols = {c: validate.numeric_column(sel, c, spots_path)
             for c in ("x", "y", "pixel_x", "pixel_y")}
-    keep = np.ones(len(sel), dtype=bool)
-    if "selected" in sel.columns:
-        keep = validate.numeric_column(sel, "selected", spots_path) != 0
-        if not keep.all():
-            logger.info("section %s: %d of %d spots in %s are not selected (not under tissue); "
-                        "left out", name, int((~keep).sum()), len(keep), spots_path)
-    x, y = np.rint(cols["x"][keep]).astype(np.int64), np.rint(cols["y"][keep]).astype(np.int64)
-    spot_ids = np.array([f"{a}x{b}" for a, b in zip(x, y)], dtype=str)
-    rows, srows = validate.join_spots(count_ids, spot_ids, counts_path, spots_path, name)
-
-    array_xy = np.stack([cols["x"][keep], cols["y"][keep]], axis=1)[srows]
-    pixel_xy = np.stack([cols["pixel_x"][keep], cols["pixel_y"][keep]], axis=1)[srows]
-    return validate.make_section(name, image, count_ids[rows], array_xy, pixel_xy,
-                                 counts[rows], genes, source=counts_path)
+    return validate.section_from_spot_table(name, image, sel, cols, spots_path, count_ids,
+                                            counts, genes, counts_path)
 
 
 def read_her2st(root, sections: Optional[Sequence[str]] = None, *,

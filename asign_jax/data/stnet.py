@@ -76,16 +76,8 @@ def read_section(counts_path: Path) -> Section:
     validate.require_columns(spots, ("x", "y", "pixel_x", "pixel_y"), spots_path, "spot file")
     cols = {c: validate.numeric_column(spots, c, spots_path)
             for c in ("x", "y", "pixel_x", "pixel_y")}
-    keep = np.ones(len(spots), dtype=bool)
-    if "selected" in spots.columns:
-        keep = validate.numeric_column(spots, "selected", spots_path) != 0
-    x, y = (np.rint(cols[c][keep]).astype(np.int64) for c in ("x", "y"))
-    spot_ids = np.array([f"{a}x{b}" for a, b in zip(x, y)], dtype=str)
-    rows, srows = validate.join_spots(count_ids, spot_ids, counts_path, spots_path, name)
-    array_xy = np.stack([cols["x"][keep], cols["y"][keep]], axis=1)[srows]
-    pixel_xy = np.stack([cols["pixel_x"][keep], cols["pixel_y"][keep]], axis=1)[srows]
-    return validate.make_section(name, image, count_ids[rows], array_xy, pixel_xy,
-                                 counts[rows], genes, source=counts_path)
+    return validate.section_from_spot_table(name, image, spots, cols, spots_path, count_ids,
+                                            counts, genes, counts_path)
 
 
 def read_stnet(root, sections: Optional[Sequence[str]] = None, *,

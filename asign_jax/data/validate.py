@@ -226,3 +226,26 @@ def intersect_genes(samples: list[Sample]) -> list[Sample]:
         out.append(Sample(sample_id=sample.sample_id, sections=new))
     logger.info("gene intersection: %d genes shared by %d sections", len(keep), len(sections))
     return out
+
+
+def section_from_spot_table(name, image, spots, cols, spots_path, count_ids, counts, genes,
+                            counts_path) -> Section:
+    """Joins a spot table (x, y, pixel_x, pixel_y[, selected]) with a count table on the id
+    ``"{round(x)}x{round(y)}"`` and builds the checked `Section`.
+
+    ``cols`` maps x, y, pixel_x, pixel_y to float arrays of the rows of ``spots``; rows with
+    ``selected == 0`` (not under tissue) are left out and logged.
+    """
+    keep = np.ones(len(spots), dtype=bool)
+    if "selected" in spots.columns:
+        keep = numeric_column(spots, "selected", spots_path) != 0
+        if not keep.all():
+            logger.info("section %s: %d of %d spots in %s are not selected (not under tissue); "
+                        "left out", name, int((~keep).sum()), len(keep), spots_path)
+    x, y = (np.rint(cols[c][keep]).astype(np.int64) for c in ("x", "y"))
+    spot_ids = np.array([f"{a}x{b}" for a, b in zip(x, y)], dtype=str)
+    rows, srows = join_spots(count_ids, spot_ids, counts_path, spots_path, name)
+    array_xy = np.stack([cols["x"][keep], cols["y"][keep]], axis=1)[srows]
+    pixel_xy = np.stack([cols["pixel_x"][keep], cols["pixel_y"][keep]], axis=1)[srows]
+    return make_section(name, image, count_ids[rows], array_xy, pixel_xy, counts[rows], genes,
+                        source=counts_path)
