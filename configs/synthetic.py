@@ -20,13 +20,13 @@ def get_config():
     c.registration.long_side = 1024
     c.graph.region_k_cross = 4
     c.graph.global_k_cross = 2
-    c.model.hidden = 128
+    c.model.hidden = 64
     c.model.heads = 4
     c.train.optimizer = "adam"      # the paper's SGD at 1e-4 needs far more steps than a demo
-    c.train.learning_rate = 1e-3
+    c.train.learning_rate = 3e-3
     c.train.weight_decay = 1e-4
-    c.train.steps = 300
+    c.train.steps = 200
     c.train.log_every = 25
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 50
     c.train.eval_genes = ("G000", "G001")
     return c
