@@ -16,15 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from asign_jax.graph.iou import circle_iou  # noqa: F401  (also this module's public name)
+
 METHODS = ("known_mean", "overlap")
-
-
-def circle_iou(d: np.ndarray, r: float) -> np.ndarray:
-    """IoU of two circles of radius ``r`` whose centres are ``d`` apart (any shape; 0 for d >= 2r)."""
-    d = np.minimum(np.abs(np.asarray(d, np.float64)), 2.0 * r)
-    inter = 2.0 * r * r * np.arccos(d / (2.0 * r)) - 0.5 * d * np.sqrt(np.maximum(4.0 * r * r - d * d, 0.0))
-    union = 2.0 * np.pi * r * r - inter
-    return inter / union
 
 
 def known_mean(known_labels: np.ndarray, n_query: int) -> np.ndarray:

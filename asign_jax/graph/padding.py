@@ -18,6 +18,7 @@ import dataclasses
 import logging
 
 import jax
+import jax.numpy as jnp
 import jraph
 import numpy as np
 
@@ -119,13 +120,15 @@ def node_mask(graph: jraph.GraphsTuple):
     """(n_node,) bool, True for real nodes of a graph padded by ``pad_graph`` (jit-safe).
 
     Call it per sample (inside vmap/shard_map for stacked batches): it reads n_node[-1].
+    Works on graphs of numpy arrays under jit too (n_node is made a jax array first).
     """
-    return jraph.get_node_padding_mask(graph)
+    return jraph.get_node_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node)))
 
 
 def edge_mask(graph: jraph.GraphsTuple):
     """(n_edge,) bool, True for real edges of a graph padded by ``pad_graph`` (jit-safe)."""
-    return jraph.get_edge_padding_mask(graph)
+    return jraph.get_edge_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node),
+                                                      n_edge=jnp.asarray(graph.n_edge)))
 
 
 def as_pytree(sample_graph: SampleGraph) -> dict[str, jraph.GraphsTuple]:

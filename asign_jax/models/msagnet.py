@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
+from asign_jax.graph.padding import edge_mask, node_mask
 from asign_jax.imputation import CrossLayerImputation
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer
@@ -96,17 +97,6 @@ class SpatialGraphBlock(nn.Module):
                          train)                                             # (L, N, H)
         w = nn.softmax(self.param("layer_weights", nn.initializers.zeros, (self.layers,)))
         return jnp.einsum("l,lnh->nh", w, outs)
-
-
-def node_mask(g: jraph.GraphsTuple) -> jnp.ndarray:
-    """(N,) bool, False for jraph padding nodes; also works on numpy graphs under jit/vmap."""
-    return jraph.get_node_padding_mask(g._replace(n_node=jnp.asarray(g.n_node)))
-
-
-def edge_mask(g: jraph.GraphsTuple) -> jnp.ndarray:
-    """(E,) bool, False for jraph padding edges; also works on numpy graphs under jit/vmap."""
-    return jraph.get_edge_padding_mask(g._replace(n_node=jnp.asarray(g.n_node),
-                                                  n_edge=jnp.asarray(g.n_edge)))
 
 
 def _edges(g: jraph.GraphsTuple) -> tuple:
