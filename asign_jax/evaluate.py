@@ -305,11 +305,14 @@ def write_per_gene(path: Path, genes: Sequence[str], per_gene_folds: Sequence[di
 
 
 def summary_table(agg: dict) -> str:
-    """Method x metric table, "mean +- std" over folds."""
+    """Method x metric table, "mean +- std" over folds; "undefined" where a metric has no value
+    (pcc_gene of ``known_mean``: a constant prediction has no correlation)."""
     head = ["method"] + list(METRICS)
     rows = [head]
+    cell = lambda v, m: ("undefined" if np.isnan(v["mean"][m])
+                         else f"{v['mean'][m]:.4f} +- {v['std'][m]:.4f}")
     for meth, v in agg.items():
-        rows.append([meth] + [f"{v['mean'][m]:.4f} +- {v['std'][m]:.4f}" for m in METRICS])
+        rows.append([meth] + [cell(v, m) for m in METRICS])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -9,15 +9,21 @@ zeros), and the blend puts alpha on the MODEL prediction (eq. 6).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
+DENSE_MAX_NODES = 4096
+"""``propagate(..., dense=None)`` uses the dense form up to this many (padded) nodes."""
+
+
 def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
               senders: jnp.ndarray, receivers: jnp.ndarray, edge_weight: jnp.ndarray,
               node_alpha: jnp.ndarray, edge_mask: jnp.ndarray, node_mask: jnp.ndarray,
-              n_iter: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+              n_iter: int, dense: Optional[bool] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Label propagation (eq. 5, read as a weighted AVERAGE) for ``n_iter`` iterations.
 
     Args:
@@ -29,6 +35,12 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
       node_alpha: (N,) float alpha_j in (0, 1), the learned trust of sender j.
       edge_mask, node_mask: (E,), (N,) bool; False = padding, which never contributes.
       n_iter: static number of iterations (the paper uses 10).
+      dense: static. True: each iteration is one (N, N) @ (N, G) matmul with the row-normalised
+        weight matrix (built by one scatter of E scalars); False: a gather of the (E, G) sender
+        rows and a segment sum. Same result (to float rounding); None picks dense for
+        N <= ``DENSE_MAX_NODES``. Why: XLA's CPU scatter-add of (E, G) rows dominated the whole
+        training step (10 iterations, forward and backward: 0.45 of 0.56 s at N = 512,
+        E = 9856, G = 250), while the dense form costs ~2 N^2 G flops an iteration.
 
     Update of an unknown node i (t -> t+1), with w_ij = alpha_j * e_ij over valid in-edges:
       p_i^{t+1} = sum_j w_ij p_j^t / sum_j w_ij
@@ -46,6 +58,7 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     (``jnp.where`` before any arithmetic). Gradients flow to ``pred`` and ``node_alpha``.
     """
     n_node = pred.shape[0]
+    dense = n_node <= DENSE_MAX_NODES if dense is None else dense
     known = known & node_mask
     valid = (edge_mask & node_mask[senders] & node_mask[receivers]
              & jnp.isfinite(edge_weight) & (edge_weight > 0))
@@ -60,15 +73,32 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     labels = jnp.where(known[:, None], labels, 0.0)
     p0 = jnp.where(known[:, None], labels, pred)
 
+    if dense:
+        # padded / invalid edges add exact zeros; every row of p is finite (masked above)
+        mat = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].add(w)
+        mat = mat / safe_denom[:, None]                                     # (N_recv, N_send)
+        adj = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].max(
+            valid.astype(w.dtype))
+
+        def average(p):
+            return jnp.matmul(mat, p, precision=jax.lax.Precision.HIGHEST)
+
+        def reached_from(reached):
+            return adj @ reached.astype(w.dtype) > 0
+    else:
+        def average(p):
+            return jax.ops.segment_sum(w[:, None] * p[senders], receivers, n_node) / \
+                safe_denom[:, None]
+
+        def reached_from(reached):
+            return jax.ops.segment_max((valid & reached[senders]).astype(jnp.int32),
+                                       receivers, n_node) > 0
+
     def body(_, carry):
         p, reached = carry
-        num = jax.ops.segment_sum(w[:, None] * p[senders], receivers, n_node)
-        avg = num / safe_denom[:, None]
-        reached_in = jax.ops.segment_max((valid & reached[senders]).astype(jnp.int32),
-                                         receivers, n_node) > 0
-        reached_next = reached | reached_in
+        reached_next = reached | reached_from(reached)
         update = reached_next & ~known & has_in
-        p = jnp.where(update[:, None], avg, p)
+        p = jnp.where(update[:, None], average(p), p)
         p = jnp.where(known[:, None], labels, p)
         return p, reached_next
 
@@ -78,7 +108,7 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     return p, reached & node_mask
 
 
-propagate_jit = jax.jit(propagate, static_argnames=("n_iter",))
+propagate_jit = jax.jit(propagate, static_argnames=("n_iter", "dense"))
 
 
 def blend(pred: jnp.ndarray, imputed: jnp.ndarray, theta: jnp.ndarray) -> tuple[jnp.ndarray,

@@ -133,3 +133,6 @@ def test_evaluate_fold_and_reports(tmp_path):
     assert (tmp_path / "plots" / "pcc_sections.png").exists()
     table = ev.summary_table(agg)
     assert "asign" in table and "overlap" in table and "pcc_spot" in table
+    assert "nan" not in table
+    known_row = next(l for l in table.splitlines() if l.startswith("known_mean"))
+    assert "undefined" in known_row

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asign_jax import imputation
 from asign_jax.imputation import CrossLayerImputation, blend, propagate, propagate_jit
 
 
@@ -14,6 +15,13 @@ def _undirected(pairs, weights):
     r = [b for a, b in pairs] + [a for a, b in pairs]
     w = list(weights) + list(weights)
     return np.array(s, np.int32), np.array(r, np.int32), np.array(w, np.float32)
+
+
+@pytest.fixture(params=[True, False], ids=["dense", "segment"], autouse=True)
+def dense_mode(request, monkeypatch):
+    """Every test runs with both forms of the propagation (``propagate(dense=...)``)."""
+    monkeypatch.setattr(imputation, "DENSE_MAX_NODES", 1 << 30 if request.param else 0)
+    return request.param
 
 
 def _run(pred, labels, known, s, r, w, alpha, n_iter=10, edge_mask=None, node_mask=None):
@@ -145,6 +153,27 @@ def test_jit_compiles_once_and_loops():
     # lax.fori_loop with static bounds lowers to one scan of length 10 (reverse-differentiable),
     # not 10 unrolled copies
     assert jaxpr.count("scan[") == 1 and "length=10" in jaxpr
+
+
+def test_dense_and_segment_forms_agree_with_gradients():
+    rng = np.random.default_rng(5)
+    pred, labels, known, s, r, w, alpha = _random_graph(rng)
+
+    def f(p, a, dense):
+        out, reached = propagate(p, labels, known, s, r, w, a, np.ones(s.shape[0], bool),
+                                 np.ones(30, bool), 10, dense=dense)
+        return jnp.sum(jnp.sin(out)), (out, reached)
+
+    results = [jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True),
+                       static_argnums=2)(pred, alpha, d) for d in (True, False)]
+    (_, (out_d, reached_d)), (gp_d, ga_d) = results[0]
+    (_, (out_s, reached_s)), (gp_s, ga_s) = results[1]
+    np.testing.assert_array_equal(reached_d, reached_s)
+    np.testing.assert_allclose(out_d, out_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out_d)[known], labels[known])
+    np.testing.assert_allclose(gp_d, gp_s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ga_d, ga_s, rtol=1e-4, atol=1e-5)
+    assert np.abs(ga_d).sum() > 0
 
 
 def test_blend_puts_alpha_on_model_prediction():
