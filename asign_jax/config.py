@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     lo.gamma_1 = 1.0
     lo.gamma_2 = 1.0
     lo.consistency_spots = "all" # all | labelled: spots used by the label-free L_c terms
+    lo.spot_supervision = "both" # model (p_s) | final (p'_s) | both: what the spot MSE + PCC see
 
     # ---- training ------------------------------------------------------------------------
     c.train = t = ml_collections.ConfigDict()
@@ -116,6 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.known_layer = 0            # index of the known layer of a held-out sample
     t.rotate_known_layer = False # evaluate every layer as the known one
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
+    t.known_mode = "fraction"    # fraction | layer (one whole labelled layer known per step)
+    t.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
+    t.feature_norm = "sample"    # sample | none: per-sample z-scoring of the image features
+    t.init_output_bias = True    # start each regression head's bias at the training label mean
     t.optimizer = "sgd"          # sgd | adam
     t.learning_rate = 1e-4
     t.momentum = 0.9

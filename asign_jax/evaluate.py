@@ -13,7 +13,10 @@ Conventions (also written into metrics.json under "conventions"):
   it is dominated by the mean gene profile). A gene (spot) whose truth or prediction is
   constant has no Pearson correlation: it is skipped and counted (``n_genes_skipped``,
   ``n_spots_skipped``); for a prediction that is constant across spots (known_mean) pcc_gene is
-  therefore undefined (NaN, printed "nan").
+  therefore undefined (NaN in the arrays, null in JSON, "undefined" in the summary table).
+- Methods: ``asign`` (the final p'_s), its two halves ``asign_model`` (the network's p_s) and
+  ``asign_propagation`` (the CLI's p_i), and the references ``known_mean`` and ``overlap``
+  (``asign_jax.baselines``), all on the same spots.
 - A fold's number = the UNWEIGHTED mean over its test sections (every section counts the same,
   whatever its spot count); a run's number = mean and population std (ddof 0) over folds.
 """
@@ -84,6 +87,11 @@ def section_metrics(pred: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarr
              "n_spots_skipped": int(np.isnan(r_spot).sum())}, r_gene)
 
 
+COMPONENTS = ("asign_model", "asign_propagation")
+"""ASIGN's two halves, scored like methods: the network's p_s and the CLI propagation p_i
+(p'_s = alpha p_s + (1 - alpha) p_i, eq. 6). They show where ASIGN's numbers come from."""
+
+
 def fold_means(sections: Sequence[dict], method: str) -> dict:
     """Unweighted mean over sections of each metric of ``method``."""
     return {m: _nanmean([_f(s["methods"][method][m]) for s in sections]) for m in METRICS}
@@ -151,7 +159,7 @@ def evaluate_fold(config, workdir: Path, fold, eval_fn, graphs: Mapping, genes: 
     """
     from asign_jax.training import batches
 
-    methods = ("asign",) + baselines.METHODS
+    methods = ("asign",) + COMPONENTS + baselines.METHODS
     sec_results, per_gene = [], {m: [] for m in methods}
     for sid in fold.test_samples:
         k = fold.known_layer[sid]
@@ -162,7 +170,9 @@ def evaluate_fold(config, workdir: Path, fold, eval_fn, graphs: Mapping, genes: 
         n = len(spot["layer"])
         truth = np.asarray(spot["label"], np.float32)
         layer = np.asarray(spot["layer"])
-        preds = {"asign": np.asarray(out["spot"], np.float32)[:n]}
+        preds = {"asign": np.asarray(out["spot"], np.float32)[:n],
+                 "asign_model": np.asarray(out["spot_model"], np.float32)[:n],
+                 "asign_propagation": np.asarray(out["imputed"], np.float32)[:n]}
         base, info = baselines.predict_sample(mspot, k, float(config.graph.spot_radius))
         preds.update(base)
         names = (list(sections.get(sid, [])) or list(getattr(graphs[sid], "section_names", []))
@@ -325,7 +335,8 @@ def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: S
     workdir = Path(workdir)
     agg = aggregate(fold_results)
     metrics = {"folds": list(fold_results), "mean": agg["asign"]["mean"], "std": agg["asign"]["std"],
-               "baselines": {m: v for m, v in agg.items() if m != "asign"},
+               "components": {m: v for m, v in agg.items() if m in COMPONENTS},
+               "baselines": {m: v for m, v in agg.items() if m in baselines.METHODS},
                "conventions": CONVENTIONS}
     write_json(workdir / "metrics.json", metrics)
     write_per_gene(workdir / "per_gene_pcc.csv", genes, per_gene_folds)

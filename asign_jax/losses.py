@@ -54,23 +54,35 @@ def asign_loss(out: dict, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
                ) -> tuple[jnp.ndarray, dict]:
     """L = gamma_1 L_p + gamma_2 L_c (eq. 9) for one padded sample; ``cfg`` is ``config.loss``.
 
-    L_p = MSE(p'_s, y_s) + lambda_s P(p'_s, y_s) + lambda_r P(p_r, y_r) + lambda_g P(p_g, y_g)
-      over the spots / region / global nodes in ``spot_mask`` / ``region_mask`` / ``global_mask``
-      (bool (N_s,), (N_r,), (N_q,); the labels the caller allows, e.g. label_mask & real).
-    L_c = lambda_1 P(p'_s, p_r[region_idx]) + lambda_2 P(p'_s, p_g[global_idx]) (eq. 8)
-      compares predictions only, no labels, so it runs over EVERY real spot (node padding mask
-      of ``spot``), test layers included: it is self-supervision from the images, which are
-      available there (``cfg.consistency_spots = "labelled"`` restricts it to ``spot_mask``).
-      The official code compared the region/global predictions with the spot GROUND TRUTH.
+    L_p = S + lambda_r P(p_r, y_r) + lambda_g P(p_g, y_g)  (eq. 7), with the spot terms
+      S = MSE(p, y_s) + lambda_s P(p, y_s) applied to the prediction(s) ``cfg.spot_supervision``
+      names: "model" = the network's p_s (eq. 7 as written: p_s is the MSAGNet prediction of
+      eq. 6), "final" = the CLI blend p'_s (what the official code supervises), "both" (the
+      default) = the sum of the two. Why both: with "model" alone the CLI's weights (alpha_j and
+      the eq.-6 blend) get no gradient; with "final" alone the image path only learns through
+      alpha * p_s and, in our runs, stayed near the mean (model-only pcc_gene ~0.0-0.1 where a
+      ridge regression on the same features reaches ~0.2).
+      Over the spots / region / global nodes in ``spot_mask`` / ``region_mask`` /
+      ``global_mask`` (bool (N_s,), (N_r,), (N_q,); the labels the caller allows).
+    L_c = lambda_1 P(p_s, p_r[region_idx]) + lambda_2 P(p_s, p_g[global_idx]) (eq. 8) on the
+      network's spot prediction p_s (the three image scales should agree; the propagated labels
+      are not an image prediction). It compares predictions only, no labels, so it runs over
+      EVERY real spot (node padding mask of ``spot``), test layers included: self-supervision
+      from the images, which are available there (``cfg.consistency_spots = "labelled"``
+      restricts it to ``spot_mask``). The official code compared the region/global predictions
+      with the spot GROUND TRUTH.
     Known spots: their p_i is their label, so p'_s there is partly the label itself; callers
     should leave them out of ``spot_mask`` (label_mask & ~known), or alpha is pushed toward the
     propagation side for free (official-code bug §9.10).
+    ``out`` needs "spot" (p'_s), "region", "global" and, unless spot_supervision is "final",
+    "spot_model" (p_s); without "spot_model", p'_s stands in for p_s.
 
-    Returns (loss, terms) with terms mse, pcc_spot, pcc_region, pcc_global, cons_region,
-    cons_global, L_p, L_c, loss (all scalars).
+    Returns (loss, terms) with terms mse, pcc_spot (of p'_s), mse_model, pcc_spot_model (of
+    p_s), pcc_region, pcc_global, cons_region, cons_global, L_p, L_c, loss (all scalars).
     """
     y_s, y_r, y_g = spot.nodes["label"], region.nodes["label"], glob.nodes["label"]
-    p_s, p_r, p_g = out["spot"], out["region"], out["global"]
+    p_final, p_r, p_g = out["spot"], out["region"], out["global"]
+    p_model = out.get("spot_model", p_final)
     real = node_mask(spot)
     spot_mask = spot_mask & real
     region_mask = region_mask & node_mask(region)
@@ -78,17 +90,26 @@ def asign_loss(out: dict, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
     which = cfg.get("consistency_spots", "all")
     if which not in ("all", "labelled"):
         raise ValueError(f"loss.consistency_spots must be 'all' or 'labelled', got {which!r}")
+    supervise = cfg.get("spot_supervision", "both")
+    if supervise not in ("final", "model", "both"):
+        raise ValueError(f"loss.spot_supervision must be 'final', 'model' or 'both', "
+                         f"got {supervise!r}")
     cons_mask = real if which == "all" else spot_mask
 
     t = {}
-    t["mse"] = masked_mse(p_s, y_s, spot_mask)
-    t["pcc_spot"] = pcc_loss(p_s, y_s, spot_mask)
+    t["mse"] = masked_mse(p_final, y_s, spot_mask)
+    t["pcc_spot"] = pcc_loss(p_final, y_s, spot_mask)
+    t["mse_model"] = masked_mse(p_model, y_s, spot_mask)
+    t["pcc_spot_model"] = pcc_loss(p_model, y_s, spot_mask)
     t["pcc_region"] = pcc_loss(p_r, y_r, region_mask)
     t["pcc_global"] = pcc_loss(p_g, y_g, global_mask)
-    t["cons_region"] = pcc_loss(p_s, p_r[spot.nodes["region_idx"]], cons_mask)
-    t["cons_global"] = pcc_loss(p_s, p_g[spot.nodes["global_idx"]], cons_mask)
-    t["L_p"] = (t["mse"] + cfg.lambda_s * t["pcc_spot"] + cfg.lambda_r * t["pcc_region"]
-                + cfg.lambda_g * t["pcc_global"])
+    t["cons_region"] = pcc_loss(p_model, p_r[spot.nodes["region_idx"]], cons_mask)
+    t["cons_global"] = pcc_loss(p_model, p_g[spot.nodes["global_idx"]], cons_mask)
+    spot_terms = {"final": t["mse"] + cfg.lambda_s * t["pcc_spot"],
+                  "model": t["mse_model"] + cfg.lambda_s * t["pcc_spot_model"]}
+    s = (spot_terms["final"] + spot_terms["model"] if supervise == "both"
+         else spot_terms[supervise])
+    t["L_p"] = s + cfg.lambda_r * t["pcc_region"] + cfg.lambda_g * t["pcc_global"]
     t["L_c"] = cfg.lambda_1 * t["cons_region"] + cfg.lambda_2 * t["cons_global"]
     t["loss"] = cfg.gamma_1 * t["L_p"] + cfg.gamma_2 * t["L_c"]
     return t["loss"], t

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 def load_inputs(config, workdir: Path):
     """Prepares data and builds graphs if missing; returns (genes, graphs, sections).
 
+    The graphs' image features are standardised per sample (``train.feature_norm``,
+    ``batches.standardize_features``): everything downstream sees the model's input view.
+
     genes: list[str]; graphs: {sample id: SampleGraph}; sections: {sample id: [names]}.
     """
     from asign_jax.preprocess.prepared import list_prepared
@@ -51,7 +54,9 @@ def load_inputs(config, workdir: Path):
     if missing:
         logger.info("graphs missing for %s: building them in %s", missing, workdir / "graphs")
         graph_io.build_all(workdir, config, sample_ids=missing)
-    graphs = {s: graph_io.load_sample_graph(workdir, s) for s in sample_ids}
+    norm = str(config.train.get("feature_norm", "sample"))
+    graphs = {s: batches.standardize_features(graph_io.load_sample_graph(workdir, s), norm)
+              for s in sample_ids}
     sections = {s: [str(n) for n in g.section_names] for s, g in graphs.items()}
     return genes, graphs, sections
 

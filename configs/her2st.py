@@ -27,6 +27,10 @@ def get_config():
     # Paper setting: --config.train.optimizer=sgd --config.train.learning_rate=1e-4
     c.model.hidden = 128
     c.train.optimizer = "adam"
+    # few training samples: stronger regularisation keeps the image path from overfitting
+    # (synthetic demo, 3 folds: pcc_gene 0.259 vs 0.234 with dropout 0.1 / weight decay 1e-4)
+    c.model.dropout = 0.3
+    c.train.weight_decay = 0.05
     c.train.learning_rate = 5e-4
     c.train.steps = 400
     c.train.log_every = 25

@@ -23,8 +23,11 @@ def get_config():
     c.model.hidden = 64
     c.model.heads = 4
     c.train.optimizer = "adam"      # the paper's SGD at 1e-4 needs far more steps than a demo
+    # few training samples: stronger regularisation keeps the image path from overfitting
+    # (synthetic demo, 3 folds: pcc_gene 0.259 vs 0.234 with dropout 0.1 / weight decay 1e-4)
+    c.model.dropout = 0.3
+    c.train.weight_decay = 0.05
     c.train.learning_rate = 3e-3
-    c.train.weight_decay = 1e-4
     c.train.steps = 200
     c.train.log_every = 25
     c.train.checkpoint_every = 50

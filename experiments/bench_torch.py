@@ -234,7 +234,7 @@ def torch_forward(p, tg, c, train):
     imputed = _propagate(p_s, sp["label"], sp["known"], s, r, ew, alpha_j, em, sp["node_mask"],
                          c.cli_iterations)
     a = torch.sigmoid(p["cli"]["theta"])
-    return {"spot": a * p_s + (1 - a) * imputed, "region": p_r, "global": p_g}
+    return {"spot": a * p_s + (1 - a) * imputed, "spot_model": p_s, "region": p_r, "global": p_g}
 
 
 def _pcc(pred, target, mask, eps=1e-6):
@@ -249,17 +249,25 @@ def _pcc(pred, target, mask, eps=1e-6):
 
 
 def torch_loss(out, tg, lc):
+    """``asign_jax.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
     sp, rg, gl = tg["spot"], tg["region"], tg["global"]
     ms = sp["label_mask"] & ~sp["known"] & sp["node_mask"]
     m = ms[:, None]
-    diff = torch.where(m, out["spot"], 0.0) - torch.where(m, sp["label"], 0.0)
-    mse = (diff * diff).sum() / (ms.sum() * diff.shape[1]).clamp(min=1)
-    l_p = (mse + lc.lambda_s * _pcc(out["spot"], sp["label"], ms)
+
+    def spot_terms(pred):
+        diff = torch.where(m, pred, 0.0) - torch.where(m, sp["label"], 0.0)
+        mse = (diff * diff).sum() / (ms.sum() * diff.shape[1]).clamp(min=1)
+        return mse + lc.lambda_s * _pcc(pred, sp["label"], ms)
+
+    which = lc.get("spot_supervision", "both")
+    s = {"final": spot_terms(out["spot"]), "model": spot_terms(out["spot_model"])}
+    l_p = ((s["final"] + s["model"] if which == "both" else s[which])
            + lc.lambda_r * _pcc(out["region"], rg["label"], rg["label_mask"] & rg["node_mask"])
            + lc.lambda_g * _pcc(out["global"], gl["label"], gl["label_mask"] & gl["node_mask"]))
     real = sp["node_mask"]
-    l_c = (lc.lambda_1 * _pcc(out["spot"], out["region"][sp["region_idx"]], real)
-           + lc.lambda_2 * _pcc(out["spot"], out["global"][sp["global_idx"]], real))
+    p_s = out["spot_model"]
+    l_c = (lc.lambda_1 * _pcc(p_s, out["region"][sp["region_idx"]], real)
+           + lc.lambda_2 * _pcc(p_s, out["global"][sp["global_idx"]], real))
     return lc.gamma_1 * l_p + lc.gamma_2 * l_c
 
 

@@ -103,7 +103,8 @@ def test_evaluate_fold_and_reports(tmp_path):
     def fake_eval(sample):                                      # truth + 0.5, padded
         n = sample["spot"].nodes["label"].shape[0]
         assert not sample["spot"].nodes["label_mask"][9:].any()   # it gets the MASKED sample
-        return {"spot": np.pad(truth + 0.5, ((0, n - len(truth)), (0, 0)))}
+        pred = np.pad(truth + 0.5, ((0, n - len(truth)), (0, 0)))
+        return {"spot": pred, "spot_model": pred - 0.5, "imputed": pred + 0.5}
 
     res, per_gene = ev.evaluate_fold(cfg, tmp_path, fold, fake_eval, graphs, genes,
                                      {"A": ["A0", "A1", "A2"]}, pool.pad, {"A": "A"})
@@ -113,6 +114,8 @@ def test_evaluate_fold_and_reports(tmp_path):
         assert s["methods"]["asign"]["pcc_gene"] == pytest.approx(1.0)
         assert math.isnan(s["methods"]["known_mean"]["pcc_gene"])    # constant prediction
         assert s["methods"]["known_mean"]["n_genes_skipped"] == G
+        assert s["methods"]["asign_model"]["mse"] == pytest.approx(0.0, abs=1e-10)
+        assert s["methods"]["asign_propagation"]["mse"] == pytest.approx(1.0, rel=1e-5)
     assert per_gene["asign"].shape == (2, G)
     adata = ad.read_h5ad(tmp_path / "predictions" / "A.h5ad")
     assert adata.shape == (27, G) and list(adata.var_names) == genes
@@ -124,7 +127,9 @@ def test_evaluate_fold_and_reports(tmp_path):
     res2 = json.loads(json.dumps(ev.json_safe(res)))            # as read back from done.json
     agg = ev.write_reports(tmp_path, [res2], [per_gene], genes)
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(m) >= {"folds", "mean", "std", "baselines"}
+    assert set(m) >= {"folds", "mean", "std", "baselines", "components"}
+    assert set(m["components"]) == {"asign_model", "asign_propagation"}
+    assert set(m["baselines"]) == {"known_mean", "overlap"}
     assert set(m["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
     assert m["mean"]["mse"] == pytest.approx(0.25, rel=1e-5) and m["std"]["mse"] == 0.0
     assert m["baselines"]["known_mean"]["mean"]["pcc_gene"] is None

@@ -88,28 +88,42 @@ def _sample(rng, ns=24, nr=6, nq=2, genes=5):
 def test_asign_loss_combines_terms():
     rng = np.random.default_rng(3)
     out, spot, region, glob, (ms, mr, mg) = _sample(rng)
+    out["spot_model"] = rng.normal(size=out["spot"].shape).astype(np.float32)
     cfg = base_config().loss
     cfg.gamma_1, cfg.gamma_2 = 0.7, 1.3
-    loss, t = asign_loss(out, spot, region, glob, ms, mr, mg, cfg)
-    ps, ys = out["spot"], spot.nodes["label"]
-    mse = np.mean((ps[ms] - ys[ms]) ** 2)
+    ys = spot.nodes["label"]
     real = np.arange(26) < 24
     pr_s = out["region"][spot.nodes["region_idx"]]
     pg_s = out["global"][spot.nodes["global_idx"]]
-    l_p = (mse + 0.75 * _np_pcc_loss(ps[ms], ys[ms])
-           + 0.5 * _np_pcc_loss(out["region"][mr], region.nodes["label"][mr])
-           + 0.5 * _np_pcc_loss(out["global"][mg], glob.nodes["label"][mg]))
-    # consistency: every REAL spot (no labels involved), not only the labelled half
-    l_c = 0.25 * _np_pcc_loss(ps[real], pr_s[real]) + 0.25 * _np_pcc_loss(ps[real], pg_s[real])
-    np.testing.assert_allclose(t["mse"], mse, rtol=1e-5)
-    np.testing.assert_allclose(t["L_p"], l_p, rtol=1e-4)
-    np.testing.assert_allclose(t["L_c"], l_c, rtol=1e-4)
-    np.testing.assert_allclose(loss, 0.7 * l_p + 1.3 * l_c, rtol=1e-4)
-    assert t["loss"] is loss
+    spot_terms = {k: np.mean((p[ms] - ys[ms]) ** 2) + 0.75 * _np_pcc_loss(p[ms], ys[ms])
+                  for k, p in (("final", out["spot"]), ("model", out["spot_model"]))}
+    rest = (0.5 * _np_pcc_loss(out["region"][mr], region.nodes["label"][mr])
+            + 0.5 * _np_pcc_loss(out["global"][mg], glob.nodes["label"][mg]))
+    # consistency: the MODEL prediction p_s, every REAL spot (no labels involved)
+    pm = out["spot_model"]
+    l_c = 0.25 * _np_pcc_loss(pm[real], pr_s[real]) + 0.25 * _np_pcc_loss(pm[real], pg_s[real])
+    expected = {"both": spot_terms["final"] + spot_terms["model"], **spot_terms}
+    for mode, s_terms in expected.items():
+        cfg.spot_supervision = mode
+        loss, t = asign_loss(out, spot, region, glob, ms, mr, mg, cfg)
+        np.testing.assert_allclose(t["mse"], np.mean((out["spot"][ms] - ys[ms]) ** 2), rtol=1e-5)
+        np.testing.assert_allclose(t["mse_model"], np.mean((pm[ms] - ys[ms]) ** 2), rtol=1e-5)
+        np.testing.assert_allclose(t["L_p"], s_terms + rest, rtol=1e-4)
+        np.testing.assert_allclose(t["L_c"], l_c, rtol=1e-4)
+        np.testing.assert_allclose(loss, 0.7 * (s_terms + rest) + 1.3 * l_c, rtol=1e-4)
+        assert t["loss"] is loss
+    # the CLI side learns only through p'_s: "model" alone gives it no gradient
+    cfg.spot_supervision = "model"
+    g = jax.grad(lambda o: asign_loss(o, spot, region, glob, ms, mr, mg, cfg)[0])(out)
+    assert not np.asarray(g["spot"]).any() and np.asarray(g["spot_model"]).any()
+    cfg.spot_supervision = "nonsense"
+    with pytest.raises(ValueError, match="spot_supervision"):
+        asign_loss(out, spot, region, glob, ms, mr, mg, cfg)
 
+    cfg.spot_supervision = "both"
     cfg.consistency_spots = "labelled"
     _, t2 = asign_loss(out, spot, region, glob, ms, mr, mg, cfg)
-    l_c2 = (0.25 * _np_pcc_loss(ps[ms], pr_s[ms]) + 0.25 * _np_pcc_loss(ps[ms], pg_s[ms]))
+    l_c2 = (0.25 * _np_pcc_loss(pm[ms], pr_s[ms]) + 0.25 * _np_pcc_loss(pm[ms], pg_s[ms]))
     np.testing.assert_allclose(t2["L_c"], l_c2, rtol=1e-4)
 
 

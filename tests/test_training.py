@@ -154,6 +154,53 @@ def test_draw_known_is_exact_and_only_labelled():
     assert not bool((k == k2).all())
 
 
+def test_draw_known_layer_picks_one_whole_labelled_layer():
+    layer = jnp.asarray(np.repeat(np.arange(4), 10))
+    mask = jnp.asarray(np.repeat([True, True, False, True], 10))     # layer 2 unlabelled
+    seen = set()
+    for seed in range(30):
+        k = np.asarray(loop.draw_known_layer(jax.random.PRNGKey(seed), mask, layer, 0.2))
+        layers = set(np.asarray(layer)[k].tolist())
+        assert len(layers) == 1 and k.sum() == 10 and not (k & ~np.asarray(mask)).any()
+        seen |= layers
+    assert seen == {0, 1, 3}
+    # one labelled layer only (a held-out sample, a 2D section): falls back to the fraction
+    one = jnp.asarray(np.repeat([True, False, False, False], 10))
+    k = np.asarray(loop.draw_known_layer(jax.random.PRNGKey(0), one, layer, 0.2))
+    assert k.sum() == 2 and (k <= np.asarray(one)).all()
+
+
+def test_standardize_features_per_sample(graphs):
+    g = graphs["A"]
+    z = batches.standardize_features(g, "sample")
+    for scale in batches.SCALES:
+        before, after = g.graph(scale).nodes, z.graph(scale).nodes
+        f = np.asarray(after["feat"], np.float64)
+        np.testing.assert_allclose(f.mean(0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(f.std(0), 1.0, atol=0.05)          # eps 1e-3 in the std
+        raw = np.asarray(before["feat"], np.float64)
+        if "tokens" in before:                                       # same statistics as feat
+            t = (np.asarray(before["tokens"], np.float64) - raw.mean(0)) / (raw.std(0) + 1e-3)
+            np.testing.assert_allclose(np.asarray(after["tokens"], np.float64), t, atol=2e-3)
+        np.testing.assert_array_equal(after["label"], before["label"])
+    assert batches.standardize_features(g, "none") is g
+    with pytest.raises(ValueError, match="feature_norm"):
+        batches.standardize_features(g, "global")
+
+
+def test_output_bias_starts_at_the_training_label_mean(graphs, model):
+    pool = batches.build_pool(graphs, fold_A(), seed=0)
+    st = state_lib.create_train_state(model, CFG.train, pool.example(), jax.random.PRNGKey(0))
+    st = loop.init_output_bias(st, pool)
+    a, b = (batches.unpadded_nodes(graphs[s], "spot") for s in ("A", "B"))
+    usable = np.concatenate([b["label"], a["label"][a["layer"] == 0]])   # A: known layer only
+    np.testing.assert_allclose(st.params["spot_head"]["out"]["bias"], usable.mean(0), rtol=1e-5)
+    # test-layer labels cannot move it
+    bad = batches.build_pool({"A": poison(graphs["A"], 0), "B": graphs["B"]}, fold_A(), seed=0)
+    for scale, m in loop.label_means(bad).items():
+        np.testing.assert_array_equal(m, loop.label_means(pool)[scale])
+
+
 def test_optimizer_matches_paper_schedule_and_weight_decay():
     c = base_config().train
     c.steps = 100
@@ -171,6 +218,20 @@ def test_optimizer_matches_paper_schedule_and_weight_decay():
     c.optimizer = "nope"
     with pytest.raises(ConfigError):
         state_lib.make_optimizer(c)
+
+
+def test_cli_parameters_get_the_learning_rate_multiplier():
+    c = base_config().train
+    c.optimizer, c.learning_rate, c.cli_lr_multiplier = "adam", 1e-3, 10.0
+    params = {"cli": {"theta": jnp.zeros(3)}, "spot_head": {"out": {"bias": jnp.zeros(3)}}}
+    tx = state_lib.make_optimizer(c)
+    u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(u["spot_head"]["out"]["bias"], -1e-3, rtol=1e-3)
+    np.testing.assert_allclose(u["cli"]["theta"], -1e-2, rtol=1e-3)
+    c.cli_lr_multiplier = 1.0
+    tx = state_lib.make_optimizer(c)
+    u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(u["cli"]["theta"], -1e-3, rtol=1e-3)
 
 
 # ---- training: leakage and resume -----------------------------------------------------------
@@ -228,7 +289,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(graphs, model, tmp_
     # each line is the mean over the steps since the previous line; after the resume at step 4
     # the step-6 line averages steps 5-6 only, every other window is recomputed identically
     assert [log[i] for i in (0, 2, 3)] == [cut[i] for i in (0, 2, 3)]
-    assert log[-1]["loss"] < 0.7 * log[0]["loss"]              # it learns
+    assert log[-1]["loss"] < 0.85 * log[0]["loss"]             # it learns (from a mean-label start)
     assert log[0]["lr"] == pytest.approx(float(state_lib.make_schedule(cfg.train)(2)))
     # a finished fold restores its final params
     restored = loop.restore_params(cfg, model, pool, tmp_path / "cut")

@@ -36,21 +36,34 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     object keeps a jitted step from recompiling across folds and relaunches.
     """
     key = tuple(str(train_cfg.get(k)) for k in ("optimizer", "learning_rate", "momentum",
-                                                  "weight_decay", "final_lr_fraction", "steps"))
+                                                  "weight_decay", "final_lr_fraction", "steps",
+                                                  "cli_lr_multiplier"))
     if key not in _OPTIMIZERS:
         _OPTIMIZERS[key] = _build_optimizer(train_cfg)
     return _OPTIMIZERS[key]
+
+
+def _is_cli(params):
+    """Pytree of bools like ``params``: True on the CLI block's parameters (module "cli")."""
+    return {k: jax.tree.map(lambda _: k == "cli", v) for k, v in params.items()}
 
 
 def _build_optimizer(train_cfg) -> optax.GradientTransformation:
     schedule = make_schedule(train_cfg)
     wd = float(train_cfg.weight_decay)
     if train_cfg.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(wd),
-                           optax.sgd(schedule, momentum=float(train_cfg.momentum)))
-    if train_cfg.optimizer == "adam":
-        return optax.adamw(schedule, weight_decay=wd)
-    raise ConfigError(f"train.optimizer={train_cfg.optimizer!r}: expected 'sgd' or 'adam'")
+        tx = optax.chain(optax.add_decayed_weights(wd),
+                         optax.sgd(schedule, momentum=float(train_cfg.momentum)))
+    elif train_cfg.optimizer == "adam":
+        tx = optax.adamw(schedule, weight_decay=wd)
+    else:
+        raise ConfigError(f"train.optimizer={train_cfg.optimizer!r}: expected 'sgd' or 'adam'")
+    mult = float(train_cfg.get("cli_lr_multiplier", 1.0))
+    if mult != 1.0:
+        # the CLI has a handful of scalars per gene / a Dense(1); with Adam each moves at most
+        # ~lr a step, far too slow for a blend weight that must travel several logits
+        tx = optax.chain(tx, optax.masked(optax.scale(mult), _is_cli))
+    return tx
 
 
 _INIT_FNS: dict = {}
