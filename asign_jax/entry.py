@@ -26,3 +26,15 @@ def define_flags(workdir_help: str = "Run folder.", **extra_strings: tuple) -> f
             flags.DEFINE_string(name, default, help_)
     flags.mark_flags_as_required(["config", "workdir"])
     return flags.FLAGS
+
+
+def start(argv) -> None:
+    """Common start of a ``main(argv)``: refuses stray positional arguments, logs at INFO and
+    quiets absl's own logger (orbax's per-save chatter)."""
+    import logging
+
+    from absl import app
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)

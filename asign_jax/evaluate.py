@@ -87,7 +87,9 @@ def section_metrics(pred: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarr
              "n_spots_skipped": int(np.isnan(r_spot).sum())}, r_gene)
 
 
-COMPONENTS = ("asign_model", "asign_propagation")
+MODEL_OUTPUTS = {"asign": "spot", "asign_model": "spot_model", "asign_propagation": "imputed"}
+"""Method name -> key of the model's output dict (``models.msagnet.ASIGN``)."""
+COMPONENTS = tuple(m for m in MODEL_OUTPUTS if m != "asign")
 """ASIGN's two halves, scored like methods: the network's p_s and the CLI propagation p_i
 (p'_s = alpha p_s + (1 - alpha) p_i, eq. 6). They show where ASIGN's numbers come from."""
 
@@ -159,7 +161,7 @@ def evaluate_fold(config, workdir: Path, fold, eval_fn, graphs: Mapping, genes: 
     """
     from asign_jax.training import batches
 
-    methods = ("asign",) + COMPONENTS + baselines.METHODS
+    methods = tuple(MODEL_OUTPUTS) + baselines.METHODS
     sec_results, per_gene = [], {m: [] for m in methods}
     for sid in fold.test_samples:
         k = fold.known_layer[sid]
@@ -170,9 +172,7 @@ def evaluate_fold(config, workdir: Path, fold, eval_fn, graphs: Mapping, genes: 
         n = len(spot["layer"])
         truth = np.asarray(spot["label"], np.float32)
         layer = np.asarray(spot["layer"])
-        preds = {"asign": np.asarray(out["spot"], np.float32)[:n],
-                 "asign_model": np.asarray(out["spot_model"], np.float32)[:n],
-                 "asign_propagation": np.asarray(out["imputed"], np.float32)[:n]}
+        preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in MODEL_OUTPUTS.items()}
         base, info = baselines.predict_sample(mspot, k, float(config.graph.spot_radius))
         preds.update(base)
         names = (list(sections.get(sid, [])) or list(getattr(graphs[sid], "section_names", []))
@@ -353,11 +353,8 @@ def rescore(config, workdir) -> dict:
 
 
 def main(argv):
-    from absl import app
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
+    from asign_jax.entry import start
+    start(argv)
     rescore(_FLAGS.config, _FLAGS.workdir)
 
 

@@ -202,11 +202,8 @@ def evaluate_all(config, workdir) -> dict:
 
 
 def main(argv):
-    from absl import app
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
+    from asign_jax.entry import start
+    start(argv)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

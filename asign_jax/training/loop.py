@@ -255,11 +255,12 @@ def init_output_bias(state: TrainState, pool) -> TrainState:
     whatever the parameter values, so ``opt_state`` stays valid.
     """
     params = dict(state.params)
+    means = label_means(pool)
     for scale, head in HEADS.items():
         if head not in params:
             continue
         out = dict(params[head]["out"])
-        out["bias"] = jnp.asarray(label_means(pool)[scale], out["bias"].dtype)
+        out["bias"] = jnp.asarray(means[scale], out["bias"].dtype)
         params[head] = {**params[head], "out": out}
     return state.replace(params=params)
 
