@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- model ---------------------------------------------------------------------------
     c.model = m = ml_collections.ConfigDict()
+    m.name = "asign"             # asign (see asign_jax.models.factory.MODELS)
     m.hidden = 256
     m.heads = 4
     m.gat_layers = 3
@@ -114,6 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.folds = ()                 # tuple of tuples of held-out sample ids; () = one per sample
     t.extra_train_samples = ()   # samples only ever used for training (e.g. HER2ST B4)
+    t.val_samples = ()           # validation samples: held out like a test sample in every fold;
+                                 # selection reads their hidden layers, never a test layer
     t.known_layer = 0            # index of the known layer of a held-out sample
     t.rotate_known_layer = False # evaluate every layer as the known one
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step

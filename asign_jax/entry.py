@@ -1,15 +1,27 @@
-"""Shared command-line flags for the entry points (prepare, register, train, evaluate).
+"""What every ``python -m asign_jax.<command>`` shares: flags, logging, and error handling.
 
-Flags are defined only when a module runs as ``__main__`` (never at import), so the
-entry-point modules can import each other without absl's DuplicateFlagError.
+``run(main, workdir_help, **extra)`` defines ``--config`` (an ml_collections config file,
+``--config.a.b=v`` overrides), ``--workdir``, ``--verbose`` and the command's extra flags,
+then calls ``main(flags)``. The project's own errors (bad data, bad config) end the command
+with one line on stderr and exit code 2; ``--verbose`` shows the traceback.
 """
 
-from absl import flags
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from asign_jax.errors import ConfigError, DataError
+
+EXIT_BAD_INPUT = 2
 
 
-def define_flags(workdir_help: str = "Run folder.", **extra_strings: tuple) -> flags.FlagValues:
-    """Defines --config (ml_collections config file, ``--config.a.b=v`` overrides) and
-    --workdir once, plus extra string/bool flags given as ``name=(default, help)``."""
+def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.FlagValues:
+    """Defines --config, --workdir, --verbose and ``extra`` string/bool flags given as
+    ``name=(default, help)``; returns ``flags.FLAGS``."""
     from ml_collections import config_flags
 
     if "config" not in flags.FLAGS:
@@ -17,7 +29,9 @@ def define_flags(workdir_help: str = "Run folder.", **extra_strings: tuple) -> f
                                         lock_config=False)
     if "workdir" not in flags.FLAGS:
         flags.DEFINE_string("workdir", None, workdir_help)
-    for name, (default, help_) in extra_strings.items():
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
+    for name, (default, help_) in extra.items():
         if name in flags.FLAGS:
             continue
         if isinstance(default, bool):
@@ -28,13 +42,21 @@ def define_flags(workdir_help: str = "Run folder.", **extra_strings: tuple) -> f
     return flags.FLAGS
 
 
-def start(argv) -> None:
-    """Common start of a ``main(argv)``: refuses stray positional arguments, logs at INFO and
-    quiets absl's own logger (orbax's per-save chatter)."""
-    import logging
+def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> None:
+    """Defines the flags and runs ``main(flags.FLAGS)`` under absl (see the module doc)."""
+    fv = define_flags(workdir_help, **extra)
 
-    from absl import app
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
+        try:
+            main(fv)
+        except (DataError, ConfigError) as e:
+            if fv.verbose:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+
+    app.run(_main)

@@ -2,7 +2,7 @@
 
     python experiments/bench_step.py [--repeats 7] [--samples_per_step 1]
 
-Two random graphs with the contract's shapes (``batches.random_sample_graph``; k_intra 8 and
+Two random graphs with the contract's shapes (``random_sample_graph``; k_intra 8 and
 k_cross 12 / 4 / 2 for spot / region / global, as in the base config), one sample per step:
   (a) patient-C size: 910 spots over 5 layers (182 each), 300 region + 80 global nodes,
       250 genes, 2048-d features, T = 16 tokens (float16, as stored);
@@ -23,12 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # graph_helpers.random_sample_graph
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from asign_jax.config import base_config  # noqa: E402
-from asign_jax.training import batches, folds, loop, state as state_lib  # noqa: E402
+from asign_jax.models import factory  # noqa: E402
+from asign_jax.training import batches, folds, state as state_lib, step as step_lib  # noqa: E402
+from graph_helpers import random_sample_graph  # noqa: E402
 
 CASES = {
     "a_patientC_910spots_2048d": dict(n_layers=5, spots_per_layer=182, n_region=300,
@@ -51,18 +54,16 @@ def load_config():
 
 
 def bench(name, shape, config, repeats):
-    from asign_jax.models.msagnet import ASIGN
-
     t0 = time.time()
-    graphs = {s: batches.random_sample_graph(i, k=K_INTRA, k_cross=K_CROSS, sample_id=s, **shape)
+    graphs = {s: random_sample_graph(i, k=K_INTRA, k_cross=K_CROSS, sample_id=s, **shape)
               for i, s in enumerate(("H", "T"))}
     fold = folds.Fold(index=0, test_samples=("H",), train_samples=("T",), known_layer={"H": 0})
     pool = batches.build_pool(graphs, fold, seed=0)
     t_build = time.time() - t0
-    model = ASIGN(cfg=config.model, n_genes=shape["n_genes"])
+    model, loss_fn = factory.build(config, shape["n_genes"])
     st = state_lib.create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(st.params))
-    step = loop.make_train_step(model, config)
+    step = step_lib.make_train_step(model, loss_fn, config)
     s = int(config.train.samples_per_step)
     batch = jax.device_put(pool.take(pool.step_indices(0, s)))
     rng = jax.random.PRNGKey(0)

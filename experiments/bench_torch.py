@@ -32,14 +32,13 @@ except ImportError:           # pragma: no cover - depends on the environment
     torch = None
 
 import jax
-import jax.numpy as jnp
 import jraph
 import optax
 
 from asign_jax.config import base_config
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA
-from asign_jax.losses import asign_loss
-from asign_jax.models import ASIGN
+from asign_jax.training.losses import asign_loss
+from asign_jax.models.asign import ASIGN
 
 LN_EPS = 1e-6                  # flax LayerNorm default
 
@@ -249,7 +248,7 @@ def _pcc(pred, target, mask, eps=1e-6):
 
 
 def torch_loss(out, tg, lc):
-    """``asign_jax.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
+    """``asign_jax.training.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
     sp, rg, gl = tg["spot"], tg["region"], tg["global"]
     ms = sp["label_mask"] & ~sp["known"] & sp["node_mask"]
     m = ms[:, None]

@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from asign_jax import baselines
-from asign_jax import evaluate as ev
+from asign_jax import atomic
 from asign_jax.config import base_config
+from asign_jax.evaluation import metrics as ev
+from asign_jax.evaluation import references as baselines
+from asign_jax.evaluation import reports, scoring
 from asign_jax.training import batches, folds
+from graph_helpers import random_sample_graph
 
 G = 6
 
@@ -46,7 +49,7 @@ def test_aggregate_is_mean_over_sections_then_folds_with_population_std():
     assert agg["mean"]["mse"] == pytest.approx(4.0)
     assert agg["std"]["mse"] == pytest.approx(2.0)              # np.std([2, 6])
     assert math.isnan(agg["mean"]["pcc_spot"])
-    assert ev.json_safe({"a": float("nan"), "b": np.float32(2)}) == {"a": None, "b": 2.0}
+    assert atomic.json_safe({"a": float("nan"), "b": np.float32(2)}) == {"a": None, "b": 2.0}
 
 
 # ---- baselines ------------------------------------------------------------------------------
@@ -73,8 +76,8 @@ def test_overlap_is_iou_weighted_with_nearest_fallback():
 
 
 def test_baselines_read_only_the_known_layer():
-    g = batches.random_sample_graph(0, n_layers=3, spots_per_layer=9, n_region=3, n_global=3,
-                                    n_genes=G, feat_dim=4, n_tokens=1, k=2)
+    g = random_sample_graph(0, n_layers=3, spots_per_layer=9, n_region=3, n_global=3,
+                            n_genes=G, feat_dim=4, n_tokens=1, k=2)
     m = batches.mask_sample(g, "test", known_layer=1)
     spot = batches.unpadded_nodes(m, "spot")
     preds, info = baselines.predict_sample(spot, 1, radius=112.0)
@@ -93,21 +96,23 @@ def test_evaluate_fold_and_reports(tmp_path):
     cfg = base_config()
     cfg.train.eval_genes = ("g1", "missing")
     genes = [f"g{i}" for i in range(G)]
-    graphs = {s: batches.random_sample_graph(i, n_layers=3, spots_per_layer=9, n_region=3,
-                                             n_global=3, n_genes=G, feat_dim=4, n_tokens=1,
-                                             k=2, sample_id=s) for i, s in enumerate("AB")}
-    fold = folds.Fold(index=0, test_samples=("A",), train_samples=("B",), known_layer={"A": 0})
+    graphs = {s: random_sample_graph(i, n_layers=3, spots_per_layer=9, n_region=3,
+                                     n_global=3, n_genes=G, feat_dim=4, n_tokens=1,
+                                     k=2, sample_id=s) for i, s in enumerate("ABC")}
+    fold = folds.Fold(index=0, test_samples=("A",), train_samples=("B",),
+                      known_layer={"A": 0, "C": 1}, val_samples=("C",))
     pool = batches.build_pool(graphs, fold, seed=0)
+    assert pool.roles == ("test", "train", "val")
     truth = np.asarray(graphs["A"].spot.nodes["label"])
 
-    def fake_eval(sample):                                      # truth + 0.5, padded
+    def fake_eval(sample):                                      # A's truth + 0.5, padded
         n = sample["spot"].nodes["label"].shape[0]
-        assert not sample["spot"].nodes["label_mask"][9:].any()   # it gets the MASKED sample
+        assert sample["spot"].nodes["label_mask"].sum() == 9      # it gets the MASKED sample
         pred = np.pad(truth + 0.5, ((0, n - len(truth)), (0, 0)))
         return {"spot": pred, "spot_model": pred - 0.5, "imputed": pred + 0.5}
 
-    res, per_gene = ev.evaluate_fold(cfg, tmp_path, fold, fake_eval, graphs, genes,
-                                     {"A": ["A0", "A1", "A2"]}, pool.pad, {"A": "A"})
+    res, per_gene, predictions = scoring.evaluate_fold(cfg, fold, fake_eval, graphs, pool.pad)
+    assert res["role"] == "test" and res["samples"] == ["A"]
     assert [s["section"] for s in res["sections"]] == ["A1", "A2"]   # known layer not scored
     for s in res["sections"]:
         assert s["methods"]["asign"]["mse"] == pytest.approx(0.25, rel=1e-5)
@@ -117,6 +122,13 @@ def test_evaluate_fold_and_reports(tmp_path):
         assert s["methods"]["asign_model"]["mse"] == pytest.approx(0.0, abs=1e-10)
         assert s["methods"]["asign_propagation"]["mse"] == pytest.approx(1.0, rel=1e-5)
     assert per_gene["asign"].shape == (2, G)
+    val, val_per_gene, _ = scoring.evaluate_fold(cfg, fold, fake_eval, graphs, pool.pad, "val")
+    assert val["role"] == "val" and [s["section"] for s in val["sections"]] == ["C0", "C2"]
+    with pytest.raises(ValueError, match="no val samples"):
+        scoring.evaluate_fold(cfg, folds.Fold(0, ("A",), ("B",), {"A": 0}), fake_eval, graphs,
+                              pool.pad, "val")
+    reports.write_predictions(tmp_path / "predictions" / "A.h5ad", predictions[0], genes, 0)
+    reports.plot_gene_maps(tmp_path / "plots", "A", predictions[0], genes, cfg.train.eval_genes)
     adata = ad.read_h5ad(tmp_path / "predictions" / "A.h5ad")
     assert adata.shape == (27, G) and list(adata.var_names) == genes
     np.testing.assert_allclose(adata.layers["truth"], truth)
@@ -124,10 +136,12 @@ def test_evaluate_fold_and_reports(tmp_path):
     assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap"}
     assert (tmp_path / "plots" / "genemap_A_A1_g1.png").exists()
 
-    res2 = json.loads(json.dumps(ev.json_safe(res)))            # as read back from done.json
-    agg = ev.write_reports(tmp_path, [res2], [per_gene], genes)
+    res2 = json.loads(json.dumps(atomic.json_safe(res)))            # as read back from done.json
+    agg = reports.write_reports(tmp_path, [res2], [per_gene], genes, val_results=[val])
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(m) >= {"folds", "mean", "std", "baselines", "components"}
+    assert set(m) >= {"folds", "mean", "std", "baselines", "components", "validation"}
+    assert m["validation"]["folds"][0]["samples"] == ["C"]
+    assert set(m["validation"]["methods"]) == set(m["folds"][0]["mean"])
     assert set(m["components"]) == {"asign_model", "asign_propagation"}
     assert set(m["baselines"]) == {"known_mean", "overlap"}
     assert set(m["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
@@ -136,7 +150,7 @@ def test_evaluate_fold_and_reports(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "per_gene_pcc.csv")))
     assert len(rows) == G and float(rows[0]["pcc_asign"]) == pytest.approx(1.0)
     assert (tmp_path / "plots" / "pcc_sections.png").exists()
-    table = ev.summary_table(agg)
+    table = reports.summary_table(agg)
     assert "asign" in table and "overlap" in table and "pcc_spot" in table
     assert "nan" not in table
     known_row = next(l for l in table.splitlines() if l.startswith("known_mean"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.graph import build, io, iou, padding
+from asign_jax.graph import build, contract, io, iou, padding
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, WEIGHT_FLOOR
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
 from asign_jax.registration.result import RegisteredSample
@@ -320,7 +320,7 @@ def test_sample_graph_nodes_follow_contract(sample_graphs):
             "region": {"feat", "tokens", "label", "label_mask", "known", "layer", "xy",
                        "global_idx"},
             "global": {"feat", "tokens", "label", "label_mask", "known", "layer", "xy"}}
-    for scale in build.SCALES:
+    for scale in contract.SCALES:
         g = sg.graph(scale)
         assert set(g.nodes) == keys[scale] and set(g.edges) == {"weight", "type"}
         n = int(g.n_node[0])
@@ -363,13 +363,13 @@ def test_padding_round_trip_masks_degrees_and_stack(sample_graphs):
     budget = padding.budget_for(graphs, multiple=64)
     padded = [padding.pad_sample(sg, budget) for sg in graphs]
     for sg, p in zip(graphs, padded):
-        for scale in build.SCALES:
+        for scale in contract.SCALES:
             g, gp = sg.graph(scale), p.graph(scale)
             n, e = int(g.n_node[0]), int(g.n_edge[0])
             assert gp.nodes["feat"].shape[0] == budget[scale].n_node
             assert len(gp.senders) == budget[scale].n_edge
             assert budget[scale].n_node % 64 == 0 and budget[scale].n_edge % 64 == 0
-            nm, em = np.asarray(padding.node_mask(gp)), np.asarray(padding.edge_mask(gp))
+            nm, em = np.asarray(contract.node_mask(gp)), np.asarray(contract.edge_mask(gp))
             assert nm[:n].all() and not nm[n:].any() and em[:e].all() and not em[e:].any()
             # padded edges connect padded nodes; every node (padding too) has in-degree >= 1
             assert np.all(gp.senders[e:] >= n) and np.all(gp.receivers[e:] >= n)
@@ -382,9 +382,9 @@ def test_padding_round_trip_masks_degrees_and_stack(sample_graphs):
             np.testing.assert_array_equal(gp.edges["weight"][:e], g.edges["weight"])
         # indices still point at the right (real) nodes
         ri = p.spot.nodes["region_idx"][:int(sg.spot.n_node[0])]
-        assert np.all(np.asarray(padding.node_mask(p.region))[ri])
+        assert np.all(np.asarray(contract.node_mask(p.region))[ri])
         un = padding.unpad_sample(p)
-        for scale in build.SCALES:
+        for scale in contract.SCALES:
             jax.tree.map(np.testing.assert_array_equal, un.graph(scale), sg.graph(scale))
     stacked = padding.stack_samples(padded)
     assert stacked["spot"].nodes["feat"].shape == (2, budget.spot.n_node, 8)
@@ -399,7 +399,7 @@ def test_save_load_and_build_all(tmp_path, sample_graphs, caplog):
     assert path == tmp_path / "graphs" / "S1.npz" and not list(path.parent.glob("*.tmp"))
     back = io.load_sample_graph(tmp_path, "S1")
     assert back.section_names == sg.section_names and back.stats == sg.stats
-    for scale in build.SCALES:
+    for scale in contract.SCALES:
         jax.tree.map(np.testing.assert_array_equal, back.graph(scale), sg.graph(scale))
         np.testing.assert_array_equal(back.layer_offsets[scale], sg.layer_offsets[scale])
     # build_all: S1 registered, S2 not (identity with a warning)
@@ -414,7 +414,7 @@ def test_save_load_and_build_all(tmp_path, sample_graphs, caplog):
     assert set(paths) == {"S1", "S2"} and "UNREGISTERED" in caplog.text
     assert "cross" in caplog.text
     s1 = io.load_sample_graph(tmp_path, "S1")
-    for scale in build.SCALES:
+    for scale in contract.SCALES:
         jax.tree.map(np.testing.assert_array_equal, s1.graph(scale), sg.graph(scale))
     s2 = io.load_sample_graph(tmp_path, "S2")
     np.testing.assert_allclose(s2.spot.nodes["xy"],

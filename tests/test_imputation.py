@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asign_jax import imputation
-from asign_jax.imputation import CrossLayerImputation, blend, propagate, propagate_jit
+from asign_jax.models import cli as imputation
+from asign_jax.models.cli import CrossLayerImputation, blend, propagate, propagate_jit
 
 
 def _undirected(pairs, weights):

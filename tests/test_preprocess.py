@@ -4,8 +4,6 @@ Expected numbers are computed by hand in the comments.
 """
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from asign_jax.data.section import Sample, Section
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.preprocess.genes import mean_expression, select_genes
 from asign_jax.preprocess.normalize import normalize
-from asign_jax.preprocess.pipeline import prepare_samples, section_summary
+from asign_jax.preprocess.prepare import prepare_samples, section_summary
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared
 from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region_global,
                                         tile_counts)
@@ -268,8 +266,8 @@ def test_prepare_samples_spot_outside_image(tmp_path):
 
 # ------------------------------------------------------------------------------- prepare()
 def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
-    import asign_jax.registration
-    from asign_jax.prepare import prepare
+    from asign_jax import pipeline
+    from asign_jax.preprocess import prepare as prepare_mod
 
     seen = {}
 
@@ -281,15 +279,12 @@ def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
         seen["generate"] = (Path(root), seed)
 
     registered = []
-    monkeypatch.setitem(sys.modules, "asign_jax.data.loaders",
-                        types.SimpleNamespace(load_samples=load_samples))
-    monkeypatch.setitem(sys.modules, "asign_jax.data.synthetic",
-                        types.SimpleNamespace(generate=generate))
-    monkeypatch.setitem(sys.modules, "asign_jax.features.extract",
-                        types.SimpleNamespace(make_extractor=lambda cfg: FakeExtractor()))
-    monkeypatch.setattr(asign_jax.registration, "register_sample",
-                        lambda p, c, w, ground_truth=None: registered.append((p.sample_id, Path(w))),
-                        raising=False)
+    monkeypatch.setattr(pipeline, "load_samples", load_samples)
+    monkeypatch.setattr(pipeline, "generate", generate)
+    monkeypatch.setattr(prepare_mod, "make_extractor", lambda cfg: FakeExtractor())
+    monkeypatch.setattr(pipeline, "register_sample",
+                        lambda p, c, w, ground_truth=None: registered.append((p.sample_id, Path(w))))
+    prepare = pipeline.prepare
 
     cfg = small_config()
     cfg.data.format = "synthetic"

@@ -14,11 +14,12 @@ import pytest
 from asign_jax.config import base_config
 from asign_jax.errors import DataError
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
-from asign_jax.registration import RegisteredSample, register_sample, register_stack
+from asign_jax.registration.affine import apply_affine
 from asign_jax.registration.ants_refine import ants_refine
 from asign_jax.registration.keypoints import initial_affine
 from asign_jax.registration.preprocess import load_section
-from asign_jax.registration.stack import apply_affine
+from asign_jax.registration.result import RegisteredSample
+from asign_jax.registration.stack import register_sample, register_stack
 
 BG = (242, 238, 242)
 
@@ -293,7 +294,7 @@ def test_single_section_and_bad_image(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_synthetic_tre_within_tenth_of_pitch(seed, tmp_path):
     from asign_jax.data.synthetic import generate
-    from asign_jax.register import run
+    from asign_jax.pipeline import register
 
     cfg = base_config()
     s = cfg.synthetic
@@ -309,7 +310,7 @@ def test_synthetic_tre_within_tenth_of_pitch(seed, tmp_path):
     wd = tmp_path / "wd"
     _prepared("A", names, paths, pix, [(1024, 1024)] * 3).save(wd)
     (wd / "prepared" / "index.json").write_text(json.dumps({"samples": ["A"], "genes": []}))
-    qcs = run(cfg, wd)
+    qcs = register(cfg, wd)
     pitch = float(s.spot_pitch)
     for sec in qcs["A"]["sections"]:
         assert sec["tre_px"] is not None and sec["tre_px"] <= 0.1 * pitch, sec

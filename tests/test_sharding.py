@@ -17,8 +17,10 @@ SCRIPT = textwrap.dedent("""
     import functools
     import jax, numpy as np, optax
     from asign_jax.config import base_config
-    from asign_jax.models.msagnet import ASIGN
-    from asign_jax.training import batches, folds, loop, sharding, state as state_lib
+    from asign_jax.models import factory
+    from asign_jax.training import batches, checkpoint, folds, loop, sharding, state as state_lib, step
+    from asign_jax.training.losses import asign_loss
+    from graph_helpers import random_sample_graph
 
     assert jax.device_count() == 4, jax.devices()
     c = base_config()
@@ -27,19 +29,20 @@ SCRIPT = textwrap.dedent("""
     c.train.samples_per_step = 4
     c.train.learning_rate = 1e-2
     G = 8
-    graphs = {s: batches.random_sample_graph(i, n_layers=2, spots_per_layer=8, n_region=8,
-                                             n_global=6, n_genes=G, feat_dim=8, n_tokens=2,
-                                             k=3, sample_id=s)
+    graphs = {s: random_sample_graph(i, n_layers=2, spots_per_layer=8, n_region=8,
+                                     n_global=6, n_genes=G, feat_dim=8, n_tokens=2,
+                                     k=3, sample_id=s)
               for i, s in enumerate("ABCD")}
     fold = folds.Fold(index=0, test_samples=("A",), train_samples=("B", "C", "D"),
                       known_layer={"A": 0})
     pool = batches.build_pool(graphs, fold, seed=0)
-    model = ASIGN(cfg=c.model, n_genes=G)
+    model = factory.build(c, G)[0]
     st = state_lib.create_train_state(model, c.train, pool.example(), jax.random.PRNGKey(0))
     batch = pool.take(np.arange(4))
     rng = jax.random.PRNGKey(7)
     step_rng = jax.random.fold_in(rng, 0)            # what train_step uses at step 0
-    f = functools.partial(loop.loss_and_grads, model=model, loss_cfg=c.loss, known_fraction=0.2)
+    f = functools.partial(step.loss_and_grads, model=model, loss_fn=asign_loss,
+                          **step.step_options(c))
 
     mesh = sharding.make_mesh(4)
     assert mesh is not None and mesh.size == 4
@@ -64,7 +67,7 @@ SCRIPT = textwrap.dedent("""
     # the single-device gradients: compare with the optimizer applied to g1 on the host
     apply = jax.jit(lambda g, o, p: optax.apply_updates(p, st.tx.update(g, o, p)[0]))
     expect = apply(g1, st.opt_state, st.params)
-    s4, m4 = loop.make_train_step(model, c, mesh=mesh)(sharding.replicate(st, mesh), batch, rng)
+    s4, m4 = step.make_train_step(model, asign_loss, c, mesh=mesh)(sharding.replicate(st, mesh), batch, rng)
     assert int(s4.step) == 1
     np.testing.assert_allclose(float(m4["loss"]), float(l1), rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(expect), jax.tree.leaves(s4.params)):
@@ -75,9 +78,9 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     c.train.checkpoint_every, c.train.log_every = 1, 1
     with tempfile.TemporaryDirectory() as d:
-        loop.train_fold(c, model, pool, 0, Path(d) / "ck", Path(d) / "m.jsonl", mesh=mesh,
+        loop.train_fold(c, model, asign_loss, pool, 0, Path(d) / "ck", Path(d) / "m.jsonl", mesh=mesh,
                         stop_after=2, progress=False)
-        mngr = loop.checkpoint_manager(Path(d) / "ck")
+        mngr = checkpoint.checkpoint_manager(Path(d) / "ck")
         assert mngr.latest_step() == 2
         mngr.close()
         log = [json.loads(l) for l in (Path(d) / "m.jsonl").read_text().splitlines()]
@@ -88,7 +91,8 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_step_matches_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", NPROC="8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                           os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -14,7 +14,11 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
-from asign_jax.training import batches, folds, loop, state as state_lib
+from asign_jax.models import factory
+from asign_jax.preprocess import standardize
+from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
+from asign_jax.training.losses import asign_loss
+from graph_helpers import random_sample_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
@@ -40,14 +44,13 @@ CFG = tiny_config()
 
 @pytest.fixture(scope="module")
 def model():
-    from asign_jax.models.msagnet import ASIGN
-    return ASIGN(cfg=CFG.model, n_genes=G)
+    return factory.build(CFG, G)[0]
 
 
 def make_graph(seed, sid, n_layers=3):
-    return batches.random_sample_graph(seed, n_layers=n_layers, spots_per_layer=8, n_region=6,
-                                       n_global=3, n_genes=G, feat_dim=8, n_tokens=2, k=4,
-                                       sample_id=sid)
+    return random_sample_graph(seed, n_layers=n_layers, spots_per_layer=8, n_region=6,
+                               n_global=3, n_genes=G, feat_dim=8, n_tokens=2, k=4,
+                               sample_id=sid)
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +151,9 @@ def test_pool_order_is_a_pure_function_of_step(graphs):
 
 def test_draw_known_is_exact_and_only_labelled():
     mask = jnp.asarray(np.arange(50) % 5 != 0)                 # 40 labelled
-    k = loop.draw_known(jax.random.PRNGKey(0), mask, 0.2)
+    k = known.draw_known(jax.random.PRNGKey(0), mask, 0.2)
     assert int(k.sum()) == 8 and not bool((k & ~mask).any())
-    k2 = loop.draw_known(jax.random.PRNGKey(1), mask, 0.2)
+    k2 = known.draw_known(jax.random.PRNGKey(1), mask, 0.2)
     assert not bool((k == k2).all())
 
 
@@ -159,20 +162,20 @@ def test_draw_known_layer_picks_one_whole_labelled_layer():
     mask = jnp.asarray(np.repeat([True, True, False, True], 10))     # layer 2 unlabelled
     seen = set()
     for seed in range(30):
-        k = np.asarray(loop.draw_known_layer(jax.random.PRNGKey(seed), mask, layer, 0.2))
+        k = np.asarray(known.draw_known_layer(jax.random.PRNGKey(seed), mask, layer, 0.2))
         layers = set(np.asarray(layer)[k].tolist())
         assert len(layers) == 1 and k.sum() == 10 and not (k & ~np.asarray(mask)).any()
         seen |= layers
     assert seen == {0, 1, 3}
     # one labelled layer only (a held-out sample, a 2D section): falls back to the fraction
     one = jnp.asarray(np.repeat([True, False, False, False], 10))
-    k = np.asarray(loop.draw_known_layer(jax.random.PRNGKey(0), one, layer, 0.2))
+    k = np.asarray(known.draw_known_layer(jax.random.PRNGKey(0), one, layer, 0.2))
     assert k.sum() == 2 and (k <= np.asarray(one)).all()
 
 
 def test_standardize_features_per_sample(graphs):
     g = graphs["A"]
-    z = batches.standardize_features(g, "sample")
+    z = standardize.standardize_features(g, "sample")
     for scale in batches.SCALES:
         before, after = g.graph(scale).nodes, z.graph(scale).nodes
         f = np.asarray(after["feat"], np.float64)
@@ -183,9 +186,9 @@ def test_standardize_features_per_sample(graphs):
             t = (np.asarray(before["tokens"], np.float64) - raw.mean(0)) / (raw.std(0) + 1e-3)
             np.testing.assert_allclose(np.asarray(after["tokens"], np.float64), t, atol=2e-3)
         np.testing.assert_array_equal(after["label"], before["label"])
-    assert batches.standardize_features(g, "none") is g
+    assert standardize.standardize_features(g, "none") is g
     with pytest.raises(ValueError, match="feature_norm"):
-        batches.standardize_features(g, "global")
+        standardize.standardize_features(g, "global")
 
 
 def test_output_bias_starts_at_the_training_label_mean(graphs, model):
@@ -251,9 +254,9 @@ def test_poisoned_test_labels_leave_training_bit_identical(graphs, model, tmp_pa
     runs = {}
     for name, gs in (("clean", graphs), ("poisoned", bad)):
         pool = batches.build_pool(gs, fold_A(), seed=0)
-        st = loop.train_fold(cfg, model, pool, 0, tmp_path / name, tmp_path / f"{name}.jsonl",
+        st = loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path / name, tmp_path / f"{name}.jsonl",
                              progress=False)
-        out = loop.make_eval_fn(model)(st.params, pool.pad(batches.mask_sample(gs["A"], "test", 0)))
+        out = step.make_eval_fn(model)(st.params, pool.pad(batches.mask_sample(gs["A"], "test", 0)))
         runs[name] = (jax.device_get(st.params), _log(tmp_path / f"{name}.jsonl"),
                       np.asarray(out["spot"]))
     (p1, l1, o1), (p2, l2, o2) = runs["clean"], runs["poisoned"]
@@ -263,23 +266,23 @@ def test_poisoned_test_labels_leave_training_bit_identical(graphs, model, tmp_pa
     # the test has teeth: the same poison WITHOUT the mask wrecks the step
     unmasked = batches.mask_sample(bad["A"], "train")
     pool = batches.build_pool(graphs, fold_A(), seed=0)
-    leaky = batches.stack([pool.pad(unmasked)] * 2)
+    leaky = jax.tree.map(lambda *a: np.stack(a), *[pool.pad(unmasked)] * 2)
     st = state_lib.create_train_state(model, cfg.train, pool.example(), jax.random.PRNGKey(0))
-    _, metrics = loop.make_train_step(model, cfg)(st, leaky, jax.random.PRNGKey(0))
+    _, metrics = step.make_train_step(model, asign_loss, cfg)(st, leaky, jax.random.PRNGKey(0))
     assert not np.isfinite(float(metrics["loss"]))
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(graphs, model, tmp_path):
     cfg = tiny_config()                                        # 12 steps, checkpoint every 4
     pool = batches.build_pool(graphs, fold_A(), seed=0)
-    full = loop.train_fold(cfg, model, pool, 0, tmp_path / "full", tmp_path / "full.jsonl",
+    full = loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path / "full", tmp_path / "full.jsonl",
                            progress=False)
-    assert loop.train_fold(cfg, model, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
+    assert loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
                            stop_after=6, progress=False) is None
-    mngr = loop.checkpoint_manager(tmp_path / "cut")
+    mngr = checkpoint.checkpoint_manager(tmp_path / "cut")
     assert mngr.latest_step() == 4                             # steps 5-6 were lost
     mngr.close()
-    resumed = loop.train_fold(cfg, model, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
+    resumed = loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path / "cut", tmp_path / "cut.jsonl",
                               progress=False)
     assert int(resumed.step) == int(full.step) == 12
     assert _equal_trees(jax.device_get(full.params), jax.device_get(resumed.params))
@@ -292,8 +295,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(graphs, model, tmp_
     assert log[-1]["loss"] < 0.85 * log[0]["loss"]             # it learns (from a mean-label start)
     assert log[0]["lr"] == pytest.approx(float(state_lib.make_schedule(cfg.train)(2)))
     # a finished fold restores its final params
-    restored = loop.restore_params(cfg, model, pool, tmp_path / "cut")
-    assert _equal_trees(jax.device_get(full.params), restored)
+    fresh = state_lib.create_train_state(model, cfg.train, pool.example(), jax.random.PRNGKey(0))
+    restored, at = checkpoint.restore_params(fresh, tmp_path / "cut")
+    assert at == 12 and _equal_trees(jax.device_get(full.params), restored)
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -308,7 +312,7 @@ def test_end_to_end_test_config(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config()
-    from asign_jax.train import train_and_evaluate
+    from asign_jax.pipeline import train_and_evaluate
     agg = train_and_evaluate(config, tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}

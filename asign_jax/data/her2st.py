@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from asign_jax.data import validate
 from asign_jax.data.section import Sample, Section

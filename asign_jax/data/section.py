@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from asign_jax.data.image import read_rgb
 from asign_jax.errors import DataError
 
 
@@ -68,7 +69,6 @@ class Section:
 
     def read_image(self) -> np.ndarray:
         """Returns the full-resolution RGB image, (H, W, 3) uint8."""
-        from asign_jax.data.image import read_rgb
         if self.image_path is None:
             raise DataError(f"section {self.name!r} has no image")
         return read_rgb(self.image_path)

@@ -28,7 +28,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from asign_jax.data import validate
 from asign_jax.data.section import Sample, Section

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,10 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from asign_jax import atomic
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
+from asign_jax.features.embeddings import EmbeddingsReader
 from asign_jax.features.resnet import (DEFAULT_RESIDUAL_INIT_SCALE, ResNet50,
                                        fixed_seed_variables)
+from asign_jax.features.torch_import import load_torchvision_state_dict
 from asign_jax.preprocess.patches import crop_patches
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,6 @@ class FeatureExtractor:
         self._weights_id = "fixed-seed"
         if variables is None:
             if weights:
-                from asign_jax.features.torch_import import load_torchvision_state_dict
                 variables = load_torchvision_state_dict(weights)
             else:
                 variables = fixed_seed_variables(int(features_cfg.init_seed))
@@ -284,10 +285,7 @@ def _load_cache(path: Path, n: int, r: int, q: int) -> Optional[dict]:
 
 
 def _save_cache(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    atomic.write_npz(path, **arrays)
 
 
 def make_extractor(features_cfg):
@@ -295,7 +293,6 @@ def make_extractor(features_cfg):
     if features_cfg.encoder == "resnet50":
         return FeatureExtractor(features_cfg)
     if features_cfg.encoder == "embeddings":
-        from asign_jax.features.embeddings import EmbeddingsReader
         return EmbeddingsReader(features_cfg)
     raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected 'resnet50' or "
                       "'embeddings'")

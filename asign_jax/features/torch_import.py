@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asign_jax import atomic
 from asign_jax.errors import DataError
 from asign_jax.features.resnet import ResNet50
 
@@ -151,10 +152,7 @@ def convert_to_npz(src, dst) -> Path:
     src, dst = Path(src), Path(dst)
     sd = _read_state_dict(src)
     state_dict_to_variables(sd, source=str(src))  # validate before writing
-    tmp = dst.with_name(dst.name + ".tmp.npz")
-    np.savez(tmp, **sd)
-    tmp.replace(dst)
-    return dst
+    return atomic.write_npz(dst, **sd)
 
 
 if __name__ == "__main__":

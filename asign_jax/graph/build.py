@@ -50,12 +50,12 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from asign_jax.errors import DataError
-from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, WEIGHT_FLOOR
+from asign_jax.graph.contract import (EDGE_CROSS, EDGE_INTRA, EDGE_SELF, SCALES, WEIGHT_FLOOR,
+                                      SampleGraph)
 from asign_jax.graph.iou import overlap_matrix
 
 log = logging.getLogger(__name__)
 
-SCALES = ("spot", "region", "global")
 MIN_DISTANCE_PX = 1.0      # intra distances below this count as this (coincident centres)
 BLOCK_ELEMS = 1 << 21      # cost entries per block (8 MB of float32)
 CELL_QUERIES = 128         # radius mode: target number of query nodes per spatial cell
@@ -78,40 +78,6 @@ class ScaleEdges:
     weight: np.ndarray
     type: np.ndarray
     stats: dict
-
-
-@dataclasses.dataclass
-class SampleGraph:
-    """One sample's 3D graphs, one ``jraph.GraphsTuple`` of numpy arrays per scale.
-
-    Attributes:
-      sample_id: the sample.
-      section_names: (L,) section names in layer order.
-      spot, region, global_: the graphs (node/edge keys as in ``contract.py``); one graph
-        each (n_node of shape (1,)) as built, two after ``padding.pad_sample``.
-      layer_offsets: {"spot"|"region"|"global": (L+1,) int64}; the nodes of layer l are
-        ``offsets[l]:offsets[l+1]`` (padding, appended at the end, does not move them).
-      stats: {scale: {"n_intra", "n_cross", "n_self", "frac_overlap", "frac_iou_edge", ...}}.
-    """
-
-    sample_id: str
-    section_names: list[str]
-    spot: jraph.GraphsTuple
-    region: jraph.GraphsTuple
-    global_: jraph.GraphsTuple
-    layer_offsets: dict[str, np.ndarray]
-    stats: dict = dataclasses.field(default_factory=dict)
-
-    def graph(self, scale: str) -> jraph.GraphsTuple:
-        """The graph of ``scale`` in ("spot", "region", "global")."""
-        return {"spot": self.spot, "region": self.region, "global": self.global_}[scale]
-
-    def replace_graphs(self, graphs: dict[str, jraph.GraphsTuple], **changes) -> "SampleGraph":
-        """A copy with the graphs of ``graphs`` (keys as in SCALES) swapped in."""
-        kw = {"spot": graphs.get("spot", self.spot), "region": graphs.get("region", self.region),
-              "global_": graphs.get("global", self.global_)}
-        kw.update(changes)
-        return dataclasses.replace(self, **kw)
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
 import jraph
 import numpy as np
 
+from asign_jax import atomic
 from asign_jax.errors import DataError
-from asign_jax.graph.build import SCALES, SampleGraph, build_sample_graph
+from asign_jax.graph.build import build_sample_graph
+from asign_jax.graph.contract import SCALES, SampleGraph
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared
 from asign_jax.registration.result import RegisteredSample
 
@@ -47,11 +48,7 @@ def save_sample_graph(sample_graph: SampleGraph, workdir: Path) -> Path:
         arrays[f"offsets/{scale}"] = np.asarray(sample_graph.layer_offsets[scale])
     meta = {"format": GRAPH_FORMAT, "sample_id": sample_graph.sample_id,
             "section_names": list(sample_graph.section_names), "stats": sample_graph.stats}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, _meta=np.asarray(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_npz(path, _meta=np.asarray(json.dumps(meta)), **arrays)
 
 
 def load_sample_graph(workdir: Path, sample_id: str) -> SampleGraph:

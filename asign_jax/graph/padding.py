@@ -18,12 +18,10 @@ import dataclasses
 import logging
 
 import jax
-import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from asign_jax.graph.build import SCALES, SampleGraph
-from asign_jax.graph.contract import EDGE_SELF
+from asign_jax.graph.contract import EDGE_SELF, SCALES, SampleGraph
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +112,6 @@ def unpad_sample(sample_graph: SampleGraph) -> SampleGraph:
     """Inverse of ``pad_sample`` (``jraph.unpad_with_graphs`` per scale)."""
     return sample_graph.replace_graphs(
         {s: jraph.unpad_with_graphs(sample_graph.graph(s)) for s in SCALES})
-
-
-def node_mask(graph: jraph.GraphsTuple):
-    """(n_node,) bool, True for real nodes of a graph padded by ``pad_graph`` (jit-safe).
-
-    Call it per sample (inside vmap/shard_map for stacked batches): it reads n_node[-1].
-    Works on graphs of numpy arrays under jit too (n_node is made a jax array first).
-    """
-    return jraph.get_node_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node)))
-
-
-def edge_mask(graph: jraph.GraphsTuple):
-    """(n_edge,) bool, True for real edges of a graph padded by ``pad_graph`` (jit-safe)."""
-    return jraph.get_edge_padding_mask(graph._replace(n_node=jnp.asarray(graph.n_node),
-                                                      n_edge=jnp.asarray(graph.n_edge)))
 
 
 def as_pytree(sample_graph: SampleGraph) -> dict[str, jraph.GraphsTuple]:

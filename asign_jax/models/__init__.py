@@ -1,8 +1,3 @@
-"""MSAGNet + CLI: ``ASIGN`` is the model the training code builds (see msagnet.py)."""
-
-from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
-from asign_jax.models.gat import GATLayer, masked_segment_softmax
-from asign_jax.models.msagnet import ASIGN, RegressionHead, SpatialGraphBlock
-
-__all__ = ["ASIGN", "RegressionHead", "SpatialGraphBlock", "GATLayer", "masked_segment_softmax",
-           "MultiHeadAttention", "TransformerLayer"]
+"""Models: ASIGN (``asign.py``: MSAGNet + CLI) with its blocks (``attention.py``, ``gat.py``,
+``cli.py``). ``factory.build_model(config, n_genes)`` turns ``config.model.name`` into a module;
+a new model is one file here plus one line in ``factory.MODELS``."""

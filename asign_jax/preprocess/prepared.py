@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from asign_jax import atomic
 from asign_jax.errors import DataError
 
 _ARRAY_FIELDS = (
@@ -101,9 +102,7 @@ class PreparedSection:
         arrays["spot_ids"] = np.asarray(self.spot_ids, dtype=str)
         meta = np.asarray(json.dumps({"name": self.name, "layer": int(self.layer),
                                        "image_path": str(self.image_path)}))
-        tmp = Path(str(path) + ".tmp.npz")
-        np.savez(tmp, _meta=meta, **arrays)
-        tmp.replace(path)
+        atomic.write_npz(path, _meta=meta, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "PreparedSection":
@@ -137,9 +136,7 @@ class PreparedSample:
             s.save(d / f"{s.name}.npz")
         meta = {"sample_id": self.sample_id, "sections": [s.name for s in self.sections],
                 "genes": [str(g) for g in self.genes], "normalization": self.normalization}
-        tmp = d / "sample.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(d / "sample.json")
+        atomic.write_json(d / "sample.json", meta)
         return d
 
     @classmethod

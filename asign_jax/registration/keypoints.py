@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from asign_jax.errors import ConfigError
-from asign_jax.registration.preprocess import SectionImage
+from asign_jax.registration.preprocess import SectionImage, resize_long_side
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,6 @@ def _content(sec: SectionImage, size: int) -> tuple[np.ndarray, np.ndarray, np.n
     (h, w) float32 mask; (3, 3) small px -> low px."""
     import cv2
 
-    from asign_jax.registration.preprocess import resize_long_side
     lab = cv2.cvtColor(np.ascontiguousarray(sec.rgb), cv2.COLOR_RGB2LAB).astype(np.float32)
     img, m = resize_long_side(lab, size)
     msk, _ = resize_long_side(sec.mask.astype(np.float32), size)

@@ -15,15 +15,12 @@ tre_px: null without ground truth.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from asign_jax.registration.stack import StackResult
+from asign_jax import atomic
+from asign_jax.registration.affine import apply_affine, identity_small
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +45,7 @@ def tre(registered_xy: np.ndarray, original_xy: np.ndarray, affine_l: np.ndarray
 
 
 def write_qc(qc: dict, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(qc, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic.write_json(path, qc)
 
 
 def format_table(sample_id: str, qc: dict) -> str:
@@ -71,12 +63,10 @@ def format_table(sample_id: str, qc: dict) -> str:
     return "\n".join(rows)
 
 
-def _panel(res: "StackResult", aligned: bool, spot_key: str, radius_px: float) -> np.ndarray:
+def _panel(res, aligned: bool, spot_key: str, radius_px: float) -> np.ndarray:
     """(h, w, 3) uint8 panel in the reference's small frame: the mean gray of the sections,
     each section's tissue outline and spot circles in its colour."""
     import cv2
-
-    from asign_jax.registration.stack import apply_affine, identity_small
 
     ref = res.sections[res.reference]
     h, w = ref.shape
@@ -114,7 +104,7 @@ def _panel(res: "StackResult", aligned: bool, spot_key: str, radius_px: float) -
     return canvas
 
 
-def draw_overlay(res: "StackResult", path: Path, spot_key: str = "spot",
+def draw_overlay(res, path: Path, spot_key: str = "spot",
                  radius_px: float = 112.0, title: str = "") -> Path:
     """Saves a 2-panel PNG (before / after registration) of the stack in the reference frame:
     each section's tissue outline and spot circles (radius ``radius_px`` full-res px) in its

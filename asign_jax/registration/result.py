@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asign_jax import atomic
 from asign_jax.errors import DataError
 
 
@@ -47,10 +48,7 @@ class RegisteredSample:
             arrays[f"global_xy_{i}"] = self.global_xy[i]
         meta = json.dumps({"sample_id": self.sample_id, "reference": int(self.reference),
                            "section_names": list(self.section_names)})
-        tmp = d / "registered.tmp.npz"
-        np.savez(tmp, _meta=np.asarray(meta), **arrays)
-        tmp.replace(d / "registered.npz")
-        return d / "registered.npz"
+        return atomic.write_npz(d / "registered.npz", _meta=np.asarray(meta), **arrays)
 
     @classmethod
     def load(cls, workdir: Path, sample_id: str) -> "RegisteredSample":

@@ -28,19 +28,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from asign_jax.errors import DataError
+from asign_jax.registration import qc as qcmod
+from asign_jax.registration.affine import apply_affine, identity_small
 from asign_jax.registration.ants_refine import SynWarp, ants_refine
 from asign_jax.registration.keypoints import InitialAffine, dice, initial_affine, warp_mask
 from asign_jax.registration.preprocess import SectionImage, load_section
+from asign_jax.registration.result import RegisteredSample
 
 log = logging.getLogger(__name__)
 
 ImageLike = Union[str, Path, np.ndarray]
-
-
-def apply_affine(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """(n, 2) points through a (3, 3) affine."""
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    return xy @ m[:2, :2].T + m[:2, 2]
 
 
 @dataclasses.dataclass
@@ -104,11 +101,6 @@ class StackResult:
                           ) -> np.ndarray:
         """Warps an image (h, w[, c]) in section l's small frame into the reference's."""
         return _warp_chain(self, img_small, l, nearest)
-
-
-def identity_small(moving: SectionImage, fixed: SectionImage) -> np.ndarray:
-    """(3, 3) moving small -> fixed small for the identity in full-res px."""
-    return fixed.to_small @ moving.to_full
 
 
 def _warp_affine(img: np.ndarray, a: np.ndarray, shape, nearest=False) -> np.ndarray:
@@ -193,7 +185,6 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
 
     from tqdm import tqdm
 
-    from asign_jax.registration import qc as qcmod
 
     t0 = time.perf_counter()
     n = len(images)
@@ -330,8 +321,6 @@ def register_sample(prepared, config, workdir: Path,
     Returns:
       RegisteredSample.
     """
-    from asign_jax.registration import qc as qcmod
-    from asign_jax.registration.result import RegisteredSample
 
     rcfg = config.registration
     region_size = int(config.data.region_size)

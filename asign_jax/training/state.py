@@ -7,6 +7,8 @@ decay, same schedule) for short demo runs.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -21,12 +23,13 @@ class TrainState(train_state.TrainState):
 
 def make_schedule(train_cfg) -> optax.Schedule:
     """Cosine decay from ``learning_rate`` to ``final_lr_fraction * learning_rate`` at ``steps``."""
-    return optax.cosine_decay_schedule(init_value=float(train_cfg.learning_rate),
-                                       decay_steps=max(int(train_cfg.steps), 1),
-                                       alpha=float(train_cfg.final_lr_fraction))
+    return _schedule(float(train_cfg.learning_rate), int(train_cfg.steps),
+                     float(train_cfg.final_lr_fraction))
 
 
-_OPTIMIZERS: dict = {}
+def _schedule(learning_rate: float, steps: int, final_lr_fraction: float) -> optax.Schedule:
+    return optax.cosine_decay_schedule(init_value=learning_rate, decay_steps=max(steps, 1),
+                                       alpha=final_lr_fraction)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
@@ -35,12 +38,10 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     Memoised on the settings: the optimizer is a static field of the TrainState, so the same
     object keeps a jitted step from recompiling across folds and relaunches.
     """
-    key = tuple(str(train_cfg.get(k)) for k in ("optimizer", "learning_rate", "momentum",
-                                                  "weight_decay", "final_lr_fraction", "steps",
-                                                  "cli_lr_multiplier"))
-    if key not in _OPTIMIZERS:
-        _OPTIMIZERS[key] = _build_optimizer(train_cfg)
-    return _OPTIMIZERS[key]
+    return _optimizer(str(train_cfg.optimizer), float(train_cfg.learning_rate),
+                      float(train_cfg.momentum), float(train_cfg.weight_decay),
+                      float(train_cfg.final_lr_fraction), int(train_cfg.steps),
+                      float(train_cfg.cli_lr_multiplier))
 
 
 def _is_cli(params):
@@ -48,35 +49,32 @@ def _is_cli(params):
     return {k: jax.tree.map(lambda _: k == "cli", v) for k, v in params.items()}
 
 
-def _build_optimizer(train_cfg) -> optax.GradientTransformation:
-    schedule = make_schedule(train_cfg)
-    wd = float(train_cfg.weight_decay)
-    if train_cfg.optimizer == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(wd),
-                         optax.sgd(schedule, momentum=float(train_cfg.momentum)))
-    elif train_cfg.optimizer == "adam":
-        tx = optax.adamw(schedule, weight_decay=wd)
+@functools.lru_cache(maxsize=None)
+def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: float,
+               final_lr_fraction: float, steps: int, cli_lr_multiplier: float
+               ) -> optax.GradientTransformation:
+    schedule = _schedule(learning_rate, steps, final_lr_fraction)
+    if name == "sgd":
+        tx = optax.chain(optax.add_decayed_weights(weight_decay),
+                         optax.sgd(schedule, momentum=momentum))
+    elif name == "adam":
+        tx = optax.adamw(schedule, weight_decay=weight_decay)
     else:
-        raise ConfigError(f"train.optimizer={train_cfg.optimizer!r}: expected 'sgd' or 'adam'")
-    mult = float(train_cfg.get("cli_lr_multiplier", 1.0))
-    if mult != 1.0:
+        raise ConfigError(f"train.optimizer={name!r}: expected 'sgd' or 'adam'")
+    if cli_lr_multiplier != 1.0:
         # the CLI has a handful of scalars per gene / a Dense(1); with Adam each moves at most
         # ~lr a step, far too slow for a blend weight that must travel several logits
-        tx = optax.chain(tx, optax.masked(optax.scale(mult), _is_cli))
+        tx = optax.chain(tx, optax.masked(optax.scale(cli_lr_multiplier), _is_cli))
     return tx
 
 
-_INIT_FNS: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _init_fn(model):
-    """Jitted ``(params_rng, dropout_rng, sample) -> variables`` (memoised per model)."""
-    if id(model) not in _INIT_FNS:
-        def init(r, d, ex):
-            return model.init({"params": r, "dropout": d}, ex["spot"], ex["region"],
-                              ex["global"], ex["spot"].nodes["known"], train=False)
-        _INIT_FNS[id(model)] = (jax.jit(init), model)
-    return _INIT_FNS[id(model)][0]
+    """Jitted ``(params_rng, dropout_rng, sample) -> variables`` (one per model configuration)."""
+    def init(r, d, ex):
+        return model.init({"params": r, "dropout": d}, ex["spot"], ex["region"], ex["global"],
+                          ex["spot"].nodes["known"], train=False)
+    return jax.jit(init)
 
 
 def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> TrainState:

@@ -12,7 +12,7 @@ Data flow (N_s spots, N_r region nodes, N_q global nodes, hidden H, G genes):
    Dense(H)(global feat) with no context. The region/global "features" used as context are
    these same projections of the pooled tile features.
 3. Regression head per scale: LayerNorm + Dense(G) -> p_s, p_r, p_g.
-4. CLI (``asign_jax.imputation``): label propagation from the known spots + eq.-6 blend -> p'_s.
+4. CLI (``asign_jax.models.cli``): label propagation from the known spots + eq.-6 blend -> p'_s.
 
 Only the GAT message passing and the CLI propagation move information between nodes of the
 same graph; spot outputs read their region/global tile by index (a gather), never the reverse.
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
-from asign_jax.graph.padding import edge_mask, node_mask
-from asign_jax.imputation import CrossLayerImputation
+from asign_jax.graph.contract import edge_mask, node_mask
+from asign_jax.models.cli import CrossLayerImputation
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
-from asign_jax.graph.padding import node_mask
+from asign_jax.graph.contract import node_mask
 
 PCC_EPS = 1e-6
 

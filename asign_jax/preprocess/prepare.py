@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,8 +20,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from asign_jax import atomic
 from asign_jax.data.section import Sample, Section
 from asign_jax.errors import ConfigError, DataError
+from asign_jax.features.extract import make_extractor
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.normalize import check_method, normalize
 from asign_jax.preprocess.patches import count_outside
@@ -192,7 +193,6 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     (out_dir / "genes.txt").write_text("\n".join(genes) + "\n")
 
     if extractor is None:
-        from asign_jax.features.extract import make_extractor
         logger.info("building the feature extractor (encoder=%s)", config.features.encoder)
         extractor = make_extractor(config.features)
 
@@ -214,8 +214,18 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
 
     index = {"samples": ids, "genes": [str(g) for g in genes],
              "normalization": data_cfg.normalization}
-    tmp = out_dir / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out_dir / "index.json")
+    atomic.write_json(out_dir / "index.json", index)
     logger.info("wrote %s", out_dir / "index.json")
     return prepared_samples
+
+
+def prepared_table(prepared, spot_size: int) -> str:
+    """Per-section table: sample, section, spots, region/global tiles, padded spot patches."""
+    rows = [section_summary(p.sample_id, s, spot_size) for p in prepared for s in p.sections]
+    head = ("sample", "section", "spots", "region_tiles", "global_tiles", "padded_spots")
+    cells = [head] + [tuple(str(r[k]) for k in head) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["  ".join(c[i].rjust(widths[i]) if i >= 2 else c[i].ljust(widths[i])
+                       for i in range(len(head))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""What a run writes: metrics.json, per_gene_pcc.csv, predictions/<sample>.h5ad, plots, and
+the summary table on stdout."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from asign_jax import atomic
+from asign_jax.evaluation import references as baselines
+from asign_jax.evaluation.metrics import CONVENTIONS, METRICS, aggregate, nan_or
+from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
+
+
+def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
+                      fold_index: int) -> Path:
+    """AnnData: X = ASIGN prediction, layers truth / known_mean / overlap, obs per spot."""
+    import anndata as ad
+    import pandas as pd
+
+    preds, truth, spot = p.preds, p.truth, p.spot
+    section_names, known_layer = p.section_names, p.known_layer
+    layer = np.asarray(spot["layer"]).astype(int)
+    xy = np.asarray(spot["xy"], np.float64)
+    counters: dict = {}
+    index = []
+    for l in layer:
+        counters[l] = counters.get(l, -1) + 1
+        index.append(f"{section_names[l]}_{counters[l]}")
+    # object-dtype strings: anndata 0.12 cannot write pandas 3's default Arrow strings
+    obs = pd.DataFrame({"section": pd.Categorical.from_codes(
+                            layer, categories=pd.Index(list(section_names), dtype=object)),
+                        "layer": layer, "known": layer == known_layer, "x": xy[:, 0],
+                        "y": xy[:, 1], "z": layer.astype(np.float64)},
+                       index=pd.Index(index, dtype=object))
+    adata = ad.AnnData(X=preds["asign"].astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object)))
+    adata.layers["truth"] = truth.astype(np.float32)
+    for m, p in preds.items():
+        if m != "asign":
+            adata.layers[m] = p.astype(np.float32)
+    adata.uns["fold"] = int(fold_index)
+    adata.uns["known_layer"] = int(known_layer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(path)
+    return path
+
+
+def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequence[str],
+                   eval_genes: Sequence[str]) -> list[Path]:
+    """Per test section and gene of ``eval_genes`` present: truth | ASIGN | overlap scatter."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preds, truth, section_names, known_layer = p.preds, p.truth, p.section_names, p.known_layer
+    genes = [str(g) for g in genes]
+    layer = p.layer.astype(int)
+    xy = np.asarray(p.spot["xy"])
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for gname in eval_genes:
+        if gname not in genes:
+            continue
+        g = genes.index(gname)
+        for l in sorted(set(layer.tolist()) - {known_layer}):
+            rows = layer == l
+            panels = [("truth", truth[rows, g]), ("ASIGN", preds["asign"][rows, g]),
+                      ("overlap", preds["overlap"][rows, g])]
+            vmin, vmax = np.percentile(truth[rows, g], [1, 99])
+            fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+            for ax, (title, v) in zip(axes, panels):
+                sc = ax.scatter(xy[rows, 0], xy[rows, 1], c=v, s=12, cmap="viridis",
+                                vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6)
+                ax.set_title(f"{title}: {gname}")
+                ax.set_aspect("equal")
+                ax.invert_yaxis()
+                ax.set_xticks([])
+                ax.set_yticks([])
+            fig.colorbar(sc, ax=axes, shrink=0.8)
+            fig.suptitle(f"{stem} section {section_names[l]} (layer {l}; known layer {known_layer})")
+            p = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
+            fig.savefig(p, dpi=90)
+            plt.close(fig)
+            written.append(p)
+    return written
+
+
+def plot_section_box(path: Path, fold_results: Sequence[dict]) -> Path:
+    """Box plot of the per-section pcc_gene and pcc_spot of every method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(fold_results[0]["mean"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("pcc_gene", "pcc_spot")):
+        data = []
+        for m in methods:
+            v = np.array([nan_or(s["methods"][m][metric]) for fr in fold_results for s in fr["sections"]])
+            data.append(v[~np.isnan(v)])
+        ax.boxplot(data, tick_labels=methods)
+        ax.set_title(f"per-section {metric}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_per_gene(path: Path, genes: Sequence[str], per_gene_folds: Sequence[dict]) -> Path:
+    """CSV gene, <method>...: per-gene PCC, mean over each fold's sections then over folds."""
+    methods = list(per_gene_folds[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = {m: np.nanmean(np.stack([np.nanmean(pg[m], axis=0) for pg in per_gene_folds]), axis=0)
+                 for m in methods}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["gene"] + [f"pcc_{m}" for m in methods])
+        for i, g in enumerate(genes):
+            w.writerow([g] + ["" if np.isnan(table[m][i]) else f"{table[m][i]:.6f}" for m in methods])
+    return path
+
+
+def summary_table(agg: dict) -> str:
+    """Method x metric table, "mean +- std" over folds; "undefined" where a metric has no value
+    (pcc_gene of ``known_mean``: a constant prediction has no correlation)."""
+    head = ["method"] + list(METRICS)
+    rows = [head]
+    cell = lambda v, m: ("undefined" if np.isnan(v["mean"][m])
+                         else f"{v['mean'][m]:.4f} +- {v['std'][m]:.4f}")
+    for meth, v in agg.items():
+        rows.append([meth] + [cell(v, m) for m in METRICS])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: Sequence[dict],
+                  genes: Sequence[str], val_results: Sequence[dict] = ()) -> dict:
+    """metrics.json, per_gene_pcc.csv and plots/pcc_sections.png; returns the test aggregate.
+
+    metrics.json: the test block ("folds", "mean"/"std" of ASIGN, "components", "baselines")
+    and, when the folds have validation samples, a "validation" block of the same layout
+    (the only scores any selection may read).
+    """
+    workdir = Path(workdir)
+    agg = aggregate(fold_results)
+    metrics = {"folds": list(fold_results), "mean": agg["asign"]["mean"], "std": agg["asign"]["std"],
+               "components": {m: v for m, v in agg.items() if m in COMPONENTS},
+               "baselines": {m: v for m, v in agg.items() if m in baselines.METHODS},
+               "conventions": CONVENTIONS}
+    if val_results:
+        vagg = aggregate(val_results)
+        metrics["validation"] = {"folds": list(val_results), "methods": vagg}
+    atomic.write_json(workdir / "metrics.json", metrics)
+    write_per_gene(workdir / "per_gene_pcc.csv", genes, per_gene_folds)
+    plot_section_box(workdir / "plots" / "pcc_sections.png", fold_results)
+    return agg

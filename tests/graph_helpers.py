@@ -1,0 +1,86 @@
+"""Test helpers: random sample graphs with the contract's shapes (also used by
+``experiments/bench_step.py``, which puts this folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import jraph
+import numpy as np
+
+from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, SampleGraph
+
+
+def random_sample_graph(seed: int, *, n_layers: int, spots_per_layer: int, n_region: int,
+                        n_global: int, n_genes: int, feat_dim: int, n_tokens: int,
+                        k=8, k_cross=None, sample_id: str = "rand", token_dtype=np.float16):
+    """A random SampleGraph of the contract's shapes (tests and benchmarks).
+
+    Spots sit on a jittered grid per layer; every node receives ``k`` random edges from its own
+    layer and ``k_cross`` (default k // 2) from other layers, plus the symmetric counterparts;
+    ``k`` / ``k_cross`` are ints or {"spot"|"region"|"global": int}. Region / global nodes are
+    split evenly over the layers and spots point to random tiles of their layer.
+    """
+    rng = np.random.default_rng(seed)
+
+    def layers_of(n):
+        return np.sort(np.arange(n) % n_layers).astype(np.int32)
+
+    def per_scale(v, scale, default):
+        v = default if v is None else v
+        return int(v[scale]) if isinstance(v, dict) else int(v)
+
+    def edges(layer, scale):
+        k_in = per_scale(k, scale, 8)
+        k_cr = per_scale(k_cross, scale, k_in // 2)
+        n = len(layer)
+        s, r, t = [], [], []
+        for i in range(n):
+            same = np.flatnonzero(layer == layer[i])
+            other = np.flatnonzero(layer != layer[i])
+            same = same[same != i]
+            for pool, kk, typ in ((same, k_in, EDGE_INTRA), (other, k_cr, EDGE_CROSS)):
+                if len(pool) == 0 or kk == 0:
+                    continue
+                js = rng.choice(pool, size=min(kk, len(pool)), replace=False)
+                s += list(js) + [i] * len(js)
+                r += [i] * len(js) + list(js)
+                t += [typ] * (2 * len(js))
+        pairs = np.unique(np.stack([r, s, t], 1), axis=0)     # sorted by (receiver, sender)
+        return (pairs[:, 1].astype(np.int32), pairs[:, 0].astype(np.int32),
+                rng.uniform(0.05, 1.0, len(pairs)).astype(np.float32), pairs[:, 2].astype(np.int32))
+
+    def graph(layer, extra, scale):
+        n = len(layer)
+        s, r, w, t = edges(layer, scale)
+        nodes = {"feat": rng.normal(size=(n, feat_dim)).astype(np.float32),
+                 "label": rng.normal(-5.0, 1.0, size=(n, n_genes)).astype(np.float32),
+                 "label_mask": np.ones(n, bool), "known": np.zeros(n, bool),
+                 "layer": layer, "xy": rng.uniform(0, 2000, size=(n, 2)).astype(np.float32),
+                 **extra}
+        return jraph.GraphsTuple(nodes=nodes, edges={"weight": w, "type": t}, senders=s,
+                                 receivers=r, globals=None, n_node=np.array([n], np.int32),
+                                 n_edge=np.array([len(s)], np.int32))
+
+    def idx_into(layer_from, layer_to):
+        out = np.empty(len(layer_from), np.int32)
+        for l in range(n_layers):
+            cand = np.flatnonzero(layer_to == l)
+            sel = layer_from == l
+            out[sel] = rng.choice(cand, size=sel.sum())
+        return out
+
+    l_s = np.repeat(np.arange(n_layers, dtype=np.int32), spots_per_layer)
+    l_r, l_g = layers_of(n_region), layers_of(n_global)
+    tok = lambda n: rng.normal(size=(n, n_tokens, feat_dim)).astype(token_dtype)
+    glob = graph(l_g, {"tokens": tok(n_global)}, "global")
+    region = graph(l_r, {"tokens": tok(n_region), "global_idx": idx_into(l_r, l_g)}, "region")
+    spot = graph(l_s, {"region_idx": idx_into(l_s, l_r), "global_idx": idx_into(l_s, l_g)}, "spot")
+    # a spot's global tile is its region's global tile
+    spot.nodes["global_idx"] = region.nodes["global_idx"][spot.nodes["region_idx"]]
+    side = int(np.ceil(np.sqrt(spots_per_layer)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:spots_per_layer]
+    spot.nodes["xy"] = (np.tile(grid, (n_layers, 1)) * 200.0
+                        + rng.normal(0, 30, size=(len(l_s), 2))).astype(np.float32)
+    offs = lambda lay: np.concatenate([[0], np.cumsum(np.bincount(lay, minlength=n_layers))])
+    return SampleGraph(sample_id=sample_id, section_names=[f"{sample_id}{l}" for l in range(n_layers)],
+                       spot=spot, region=region, global_=glob,
+                       layer_offsets={"spot": offs(l_s), "region": offs(l_r), "global": offs(l_g)})
