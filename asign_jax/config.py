@@ -1,11 +1,18 @@
 """The one config schema. ``configs/<dataset>.py`` start from ``base_config()`` and override.
 
-Every field can be overridden on the command line as ``--config.a.b=value``.
+Every field can be overridden on the command line as ``--config.a.b=value``. ``validate``
+checks a whole config before any work (every command and every ``pipeline`` stage calls it):
+the same fields as ``base_config`` (no unknown or missing key) and each value in its range.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any, Iterable
+
 import ml_collections
+
+from asign_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -117,7 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.extra_train_samples = ()   # samples only ever used for training (e.g. HER2ST B4)
     t.val_samples = ()           # validation samples: held out like a test sample in every fold;
                                  # selection reads their hidden layers, never a test layer
-    t.known_layer = 0            # index of the known layer of a held-out sample
+    t.known_layer = 0            # index of the known layer of a held-out sample; negative
+                                 # counts from the last layer (-1 = last), as in Python
     t.rotate_known_layer = False # evaluate every layer as the known one
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
     t.known_mode = "fraction"    # fraction | layer (one whole labelled layer known per step)
@@ -136,3 +144,141 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_genes = ("ERBB2",)    # genes drawn in the true-vs-predicted maps
 
     return c
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+CHOICES = {
+    "data.format": ("her2st", "stnet", "visium", "synthetic"),
+    "data.normalization": ("asign", "triplex", "stnet"),
+    "features.encoder": ("resnet50", "embeddings"),
+    "features.dtype": ("float32", "bfloat16", "float16"),
+    "registration.estimator": ("affine", "partial"),
+    "registration.robust": ("magsac", "ransac"),
+    "registration.ants_transform": ("Affine", "Rigid", "SyN", "none"),
+    "registration.ants_metric": ("mattes", "GC", "meansquares"),
+    "loss.consistency_spots": ("all", "labelled"),
+    "loss.spot_supervision": ("model", "final", "both"),
+    "train.known_mode": ("fraction", "layer"),
+    "train.feature_norm": ("sample", "none"),
+    "train.optimizer": ("sgd", "adam"),
+}
+"""Fields with a fixed set of values (``model.name`` is checked against the model factory)."""
+
+POSITIVE = (
+    "data.n_genes", "data.spot_size", "data.region_size", "data.global_size",
+    "data.min_section_spots",
+    "synthetic.n_samples", "synthetic.n_sections", "synthetic.n_genes", "synthetic.n_types",
+    "synthetic.image_size", "synthetic.spot_pitch",
+    "features.spot_input", "features.region_input", "features.global_input",
+    "features.token_grid", "features.batch_size",
+    "registration.long_side", "registration.min_inliers", "registration.ants_threads",
+    "registration.reproj_threshold", "registration.max_keypoints",
+    "graph.k_intra", "graph.spot_radius", "graph.cosine_all_max_nodes", "graph.cosine_radius",
+    "graph.region_k_intra", "graph.global_k_intra",
+    "model.hidden", "model.heads", "model.transformer_mlp_ratio",
+    "train.learning_rate", "train.cli_lr_multiplier", "train.steps", "train.samples_per_step",
+    "train.log_every", "train.checkpoint_every",
+)
+"""Fields that must be > 0."""
+
+NON_NEGATIVE = (
+    "synthetic.max_rotation_deg", "synthetic.max_translation_px", "synthetic.max_scale",
+    "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
+    "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
+    "loss.lambda_s", "loss.lambda_r", "loss.lambda_g", "loss.lambda_1", "loss.lambda_2",
+    "loss.gamma_1", "loss.gamma_2", "train.weight_decay",
+)
+"""Fields that must be >= 0."""
+
+FRACTIONS = ("registration.ratio", "model.dropout", "train.known_fraction", "train.momentum",
+             "train.final_lr_fraction")
+"""Fields that must lie in [0, 1]."""
+
+
+def _fields(c, prefix: str = "") -> dict:
+    """{dotted name: value} of every leaf of a ConfigDict (or a mapping of mappings)."""
+    out = {}
+    for k, v in c.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, (ml_collections.ConfigDict, dict)):
+            out.update(_fields(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def fields(config) -> dict:
+    """{dotted name: value} of every field of ``config`` (references resolved)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.copy_and_resolve_references()
+    return _fields(config)
+
+
+def _names(names: Iterable[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={value!r}: must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r}: must be finite")
+    return value
+
+
+def validate(config) -> None:
+    """Raises ConfigError (one line naming the field) unless every field of ``config`` is valid.
+
+    Checks: exactly the fields of ``base_config`` (a typo such as ``train.stepz`` in a config
+    file would otherwise be ignored silently), the choices of ``CHOICES``, sizes and counts
+    > 0 (``POSITIVE``), weights >= 0 (``NON_NEGATIVE``), fractions in [0, 1] (``FRACTIONS``),
+    ``data.global_size`` a multiple of ``data.region_size``, an integer ``train.known_layer``
+    (its range is checked against the samples once they are read) and the fold lists as tuples
+    of sample ids. Data-dependent checks (folds, known layer range) are in ``training.folds``.
+    """
+    have, want = fields(config), fields(base_config())
+    unknown = set(have) - set(want)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {_names(unknown)} (not in "
+                          "asign_jax.config.base_config; a typo?)")
+    missing = set(want) - set(have)
+    if missing:
+        raise ConfigError(f"config field(s) {_names(missing)} missing: start the config from "
+                          "asign_jax.config.base_config()")
+    for name, choices in CHOICES.items():
+        if have[name] not in choices:
+            raise ConfigError(f"{name}={have[name]!r}: expected one of {', '.join(choices)}")
+    for name in POSITIVE:
+        if _number(name, have[name]) <= 0:
+            raise ConfigError(f"{name}={have[name]!r}: must be > 0")
+    for name in NON_NEGATIVE:
+        if _number(name, have[name]) < 0:
+            raise ConfigError(f"{name}={have[name]!r}: must be >= 0")
+    for name in FRACTIONS:
+        if not 0.0 <= _number(name, have[name]) <= 1.0:
+            raise ConfigError(f"{name}={have[name]!r}: must be in [0, 1]")
+    if have["data.global_size"] % have["data.region_size"]:
+        raise ConfigError(f"data.global_size={have['data.global_size']}: must be a multiple of "
+                          f"data.region_size={have['data.region_size']}")
+    if have["data.smooth"] and have["data.normalization"] != "triplex":
+        raise ConfigError(f"data.smooth=True: only defined for data.normalization='triplex' "
+                          f"(got {have['data.normalization']!r})")
+    if have["model.hidden"] % have["model.heads"]:
+        raise ConfigError(f"model.hidden={have['model.hidden']}: must be a multiple of "
+                          f"model.heads={have['model.heads']}")
+    k = have["train.known_layer"]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ConfigError(f"train.known_layer={k!r}: must be an integer layer index "
+                          "(negative counts from the last layer)")
+    for name in ("train.extra_train_samples", "train.val_samples", "train.eval_genes"):
+        v = have[name]
+        if not isinstance(v, (tuple, list)) or not all(isinstance(s, str) for s in v):
+            raise ConfigError(f"{name}={v!r}: must be a tuple of strings")
+    folds = have["train.folds"]
+    if not isinstance(folds, (tuple, list)) or not all(
+            isinstance(f, (tuple, list)) and f and all(isinstance(s, str) for s in f)
+            for f in folds):
+        raise ConfigError(f"train.folds={folds!r}: must be a tuple of non-empty tuples of "
+                          "sample ids, e.g. (('A',), ('B', 'C'))")

@@ -1,32 +1,39 @@
 """What every ``python -m asign_jax.<command>`` shares: flags, logging, and error handling.
 
 ``run(main, workdir_help, **extra)`` defines ``--config`` (an ml_collections config file,
-``--config.a.b=v`` overrides), ``--workdir``, ``--verbose`` and the command's extra flags,
-then calls ``main(flags)``. The project's own errors (bad data, bad config) end the command
-with one line on stderr and exit code 2; ``--verbose`` shows the traceback.
+``--config.a.b=v`` overrides; the config is locked, so an unknown field is refused),
+``--workdir``, ``--verbose`` and the command's extra flags, validates the config
+(``asign_jax.config.validate``) before any work, then calls ``main(flags)``.
+
+The project's own errors end the command with ONE line on stderr (``--verbose`` shows the
+traceback): a bad flag, config value, input file or run folder (DataError, ConfigError,
+RunFolderError) exits with code 2; training that cannot go on (TrainingError, e.g. a
+non-finite loss) with code 1.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Callable
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from asign_jax.errors import ConfigError, DataError
+from asign_jax.config import validate
+from asign_jax.errors import ConfigError, DataError, TrainingError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.FlagValues:
     """Defines --config, --workdir, --verbose and ``extra`` string/bool flags given as
     ``name=(default, help)``; returns ``flags.FLAGS``."""
-    from ml_collections import config_flags
-
     if "config" not in flags.FLAGS:
         config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                        lock_config=False)
+                                        lock_config=True)
     if "workdir" not in flags.FLAGS:
         flags.DEFINE_string("workdir", None, workdir_help)
     if "verbose" not in flags.FLAGS:
@@ -42,6 +49,43 @@ def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.Fla
     return flags.FLAGS
 
 
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with one-line errors (exit 2). Without it, an unknown
+    ``--config.a.b`` field or a config file that cannot be loaded ends in a long traceback."""
+    verbose = "--verbose" in argv
+    try:
+        args = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()       # a config file that failed to load raises only here
+        return args
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0], EXIT_BAD_INPUT)
+    except (AttributeError, KeyError) as e:       # ml_collections: no such config field
+        if verbose:
+            raise
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        guess = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', str(e))
+        key = guess.group(2) if guess else None
+        bad = [a for a in overrides if key in a[len("--config."):].split(".")] if key else []
+        field = (bad or overrides or ["--config"])[0]
+        hint = ""
+        if bad:
+            parts = field[len("--config."):].split(".")
+            parts[parts.index(key)] = guess.group(1)
+            hint = f" (did you mean {'.'.join(parts)}?)"
+        _fail(f"{field}: unknown config field{hint}", EXIT_BAD_INPUT)
+    except Exception as e:  # noqa: BLE001 - the config file itself failed to load
+        if verbose:
+            raise
+        last = [line.strip() for line in str(e).splitlines() if line.strip()][-1:]
+        _fail(f"--config: cannot load the config file ({last[0] if last else type(e).__name__})",
+              EXIT_BAD_INPUT)
+
+
 def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> None:
     """Defines the flags and runs ``main(flags.FLAGS)`` under absl (see the module doc)."""
     fv = define_flags(workdir_help, **extra)
@@ -52,11 +96,11 @@ def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> No
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
         try:
+            validate(fv.config)
             main(fv)
-        except (DataError, ConfigError) as e:
+        except (DataError, ConfigError, TrainingError) as e:
             if fv.verbose:
                 raise
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
+            _fail(str(e), EXIT_FAILED if isinstance(e, TrainingError) else EXIT_BAD_INPUT)
 
-    app.run(_main)
+    app.run(_main, flags_parser=parse_flags)

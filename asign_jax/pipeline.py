@@ -1,4 +1,4 @@
-"""The stages of a run folder, each loaded when present and built when missing.
+"""The stages of a run folder, each reused when its manifest matches, else built.
 
     <workdir>/synthetic_data   (synthetic only) generated sections  <- data.synthetic.generate
     <workdir>/prepared         genes, normalised labels, tiles, features <- preprocess
@@ -6,9 +6,18 @@
     <workdir>/graphs           3D spot graphs                       <- graph
     <workdir>/checkpoints/fold_<k>  training + scores of one fold   <- training, evaluation
     <workdir>/metrics.json, per_gene_pcc.csv, predictions/, plots/  <- evaluation.reports
+    <workdir>/tfds             (export) the prepared + registered sections as a tfds dataset
 
-The ``python -m asign_jax.<command>`` mains (prepare, register, train, evaluate) are a few lines
-each around the functions here.
+Every stage writes a manifest (``asign_jax.runfolder``): the config fields it depends on, the
+build ids of the stages it read, and a completion marker written last. A stage is reused only
+when it completed with the same fields and inputs; a killed stage is resumed; a stage made
+with another config stops the command with one line, or with ``overwrite=True`` is rebuilt
+together with every stage after it. Registration is a stage of its own: a multi-section sample
+is never turned into a graph before its registration completed.
+
+The ``python -m asign_jax.<command>`` mains (prepare, register, train, evaluate, export) are a
+few lines each around the functions here. Every function validates the config first
+(``asign_jax.config.validate``).
 """
 
 from __future__ import annotations
@@ -24,18 +33,22 @@ import numpy as np
 from tqdm import tqdm
 
 from asign_jax import atomic
+from asign_jax.config import validate
+from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import generate
+from asign_jax.errors import ConfigError, DataError
 from asign_jax.evaluation import reports, scoring
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.prepare import prepare_samples, prepared_table
-from asign_jax.preprocess.prepared import PreparedSample, list_prepared
+from asign_jax.preprocess.prepared import (PreparedSample, left_out_note, list_prepared,
+                                           read_left_out)
 from asign_jax.preprocess.standardize import standardize_features
 from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
-from asign_jax.errors import DataError
+from asign_jax.runfolder import NEW, REUSE, RunFolder, stage_fields
 from asign_jax.training import batches, checkpoint, sharding
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
@@ -44,19 +57,45 @@ from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
 
+EVALUATE_REMEDY = ("evaluate with the config the run was trained with, or retrain with "
+                   "`python -m asign_jax.train --overwrite`")
+
+
+def validated(config):
+    """``config`` checked (``config.validate`` + a known ``model.name``), as a resolved copy
+    (the caller's config is never modified)."""
+    validate(config)
+    if config.model.name not in factory.MODELS:
+        raise ConfigError(f"model.name={config.model.name!r}: expected one of "
+                          f"{', '.join(sorted(factory.MODELS))}")
+    return config.copy_and_resolve_references()
+
+
+def check_folds(config, n_layers: dict, left_out: dict, *, strict: bool = True):
+    """``make_folds`` on the samples' layer counts; its error says which sections the reader
+    left out (e.g. a missing image). ``strict=False`` (prepare) only warns."""
+    try:
+        return make_folds(config.train, n_layers)
+    except ConfigError as e:
+        msg = f"{e}{left_out_note(left_out)}"
+        if strict:
+            raise ConfigError(msg) from None
+        logger.warning("training with this config would stop: %s", msg)
+        return None
+
 
 # ---- data stages ----------------------------------------------------------------------------
 
-def prepare(config, workdir, *, skip_registration: bool = False) -> list[PreparedSample]:
-    """Runs the whole preprocessing stage; returns the list of PreparedSample.
-
-    Writes ``<workdir>/prepared/`` (see ``asign_jax.preprocess.prepared``), feature caches in
-    ``<workdir>/cache/features`` and, when registering, ``<workdir>/registration/``.
-    """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = config.copy_and_resolve_references()  # never mutate the caller's config
-
+def _prepare_stage(config, rf: RunFolder, *, strict_folds: bool) -> None:
+    """Builds ``prepared/`` unless it matches (generate -> read -> genes, tiles, features)."""
+    workdir = rf.workdir
+    fields = stage_fields("prepare", config)
+    state = rf.check("prepare", fields, {})
+    if state == REUSE:
+        logger.info("prepared data: reusing %s (same config and input files)",
+                    workdir / "prepared")
+        return
+    rf.start("prepare", fields, {}, state)
     if config.data.format == "synthetic":
         root = Path(config.data.root) if config.data.root else workdir / "synthetic_data"
         logger.info("stage 0/3: generating synthetic data in %s", root)
@@ -68,54 +107,117 @@ def prepare(config, workdir, *, skip_registration: bool = False) -> list[Prepare
     logger.info("loaded %d samples: %s", len(samples),
                 ", ".join(f"{s.sample_id}[{','.join(x.name for x in s.sections)}]"
                           for s in samples))
+    check_folds(config, {s.sample_id: s.n_layers for s in samples},
+                {s.sample_id: s.left_out for s in samples if s.left_out}, strict=strict_folds)
 
     logger.info("stage 2/3: genes (%d, %s normalisation), tiles (%d/%d px), features (%s)",
                 config.data.n_genes, config.data.normalization, config.data.region_size,
                 config.data.global_size, config.features.encoder)
-    prepared = prepare_samples(samples, config, workdir)
+    prepare_samples(samples, config, workdir)
+    rf.finish("prepare", files=[x.image_path for s in samples for x in s.sections])
 
-    if skip_registration:
-        logger.info("stage 3/3: registration skipped (--skip_registration)")
-    elif not config.registration.enabled:
-        logger.info("stage 3/3: registration skipped (registration.enabled=False)")
+
+def _register_stage(config, rf: RunFolder, only: Optional[list[str]] = None) -> None:
+    """Registers every prepared sample (or those in ``only``) not registered yet under the
+    same config; single-section samples and ``registration.enabled=False`` get identity
+    coordinates. The stage completes once every prepared sample is registered."""
+    workdir = rf.workdir
+    fields = stage_fields("register", config)
+    inputs = {"prepare": rf.build_id("prepare")}
+    state = rf.check("register", fields, inputs)
+    if state == REUSE:
+        logger.info("registration: reusing %s (same config)", workdir / "registration")
+        return
+    done = rf.start("register", fields, inputs, state)
+    ids = list_prepared(workdir)
+    todo = [s for s in ids if s not in done and (not only or s in only)]
+    why = ("registration.enabled=False: identity coordinates" if not config.registration.enabled
+           else f"onto the middle section, results in {workdir / 'registration'}")
+    logger.info("stage 3/3: registering %s (%s)", ", ".join(todo) or "nothing", why)
+    for sid in tqdm(todo, desc="register samples"):
+        prepared = PreparedSample.load(workdir, sid)
+        register_sample(prepared, config, workdir,
+                        ground_truth=load_ground_truth(config, prepared, workdir))
+        rf.item_done("register", sid)
+    left = sorted(set(ids) - rf.items("register"))
+    if left:
+        logger.warning("registration: %s not registered yet; `asign_jax.train` registers them "
+                       "before building graphs", left)
     else:
-        for p in prepared:
-            if p.n_layers < 2:
-                logger.info("stage 3/3: sample %r has a single section; nothing to register",
-                            p.sample_id)
-                continue
-            logger.info("stage 3/3: registering sample %r (%d sections)", p.sample_id,
-                        p.n_layers)
-            register_sample(p, config, workdir,
-                            ground_truth=load_ground_truth(config, p, workdir))
+        rf.finish("register")
 
+
+def _graph_stage(config, rf: RunFolder) -> None:
+    """Builds ``graphs/<sample>.npz`` for every sample not built under the same config."""
+    workdir = rf.workdir
+    fields = stage_fields("graph", config)
+    inputs = {"prepare": rf.build_id("prepare"), "register": rf.build_id("register")}
+    state = rf.check("graph", fields, inputs)
+    if state == REUSE:
+        return
+    done = rf.start("graph", fields, inputs, state)
+    todo = [s for s in list_prepared(workdir) if s not in done]
+    logger.info("building the 3D graphs of %s in %s", todo, workdir / "graphs")
+    for sid in todo:
+        graph_io.build_sample(workdir, config, sid)
+        rf.item_done("graph", sid)
+    rf.finish("graph")
+
+
+def _require_data(config, rf: RunFolder, how: str, stages=("prepare", "register", "graph")):
+    """RunFolderError unless each of ``stages`` completed and matches ``config``."""
+    inputs: dict = {}
+    for stage in stages:
+        rf.require(stage, stage_fields(stage, config), dict(inputs), how)
+        inputs[stage] = rf.build_id(stage)
+
+
+def prepare(config, workdir, *, skip_registration: bool = False,
+            overwrite: bool = False) -> list[PreparedSample]:
+    """The prepare and register stages; returns the list of PreparedSample.
+
+    Writes ``<workdir>/prepared/`` (see ``asign_jax.preprocess.prepared``), feature caches in
+    ``<workdir>/cache/features`` and, unless ``skip_registration``, ``<workdir>/registration/``.
+    """
+    config = validated(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rf = RunFolder(workdir, overwrite=overwrite)
+    _prepare_stage(config, rf, strict_folds=False)
+    if skip_registration:
+        logger.info("stage 3/3: registration skipped (--skip_registration); `asign_jax.train` "
+                    "registers before building graphs")
+    else:
+        _register_stage(config, rf)
+
+    prepared = [PreparedSample.load(workdir, s) for s in list_prepared(workdir)]
     genes = prepared[0].genes
     print("\n" + prepared_table(prepared, config.data.spot_size))
     print(f"\n{len(genes)} genes ({config.data.normalization} normalisation): "
           f"first {genes[0]}, last {genes[-1]}")
     print(f"prepared data: {workdir / 'prepared'} (index.json, genes.txt, <sample>/*.npz)")
-    if not skip_registration and config.registration.enabled:
+    if not skip_registration:
         print(f"registration:  {workdir / 'registration'}")
     return prepared
 
 
-def register(config, workdir, samples: Optional[list[str]] = None) -> dict:
-    """Registers the prepared samples (all, or ``samples``); returns {sample_id: qc dict}."""
+def register(config, workdir, samples: Optional[list[str]] = None, *,
+             overwrite: bool = False) -> dict:
+    """The register stage for all prepared samples (or ``samples``); returns {sample: qc}."""
+    config = validated(config)
     workdir = Path(workdir)
+    rf = RunFolder(workdir, overwrite=overwrite)
+    _require_data(config, rf, "run `python -m asign_jax.prepare` first", stages=("prepare",))
     ids = list_prepared(workdir)
     if samples:
         missing = sorted(set(samples) - set(ids))
         if missing:
-            raise DataError(f"{workdir / 'prepared' / 'index.json'}: samples {missing} are not "
-                            f"prepared (have {ids})")
-        ids = [s for s in ids if s in samples]
-    qcs = {}
+            raise ConfigError(f"--samples: {missing} are not prepared in {workdir} "
+                              f"(have {ids})")
     t0 = time.perf_counter()
-    for sid in tqdm(ids, desc="samples"):
-        prepared = PreparedSample.load(workdir, sid)
-        register_sample(prepared, config, workdir,
-                        ground_truth=load_ground_truth(config, prepared, workdir))
-        qcs[sid] = json.loads((workdir / "registration" / sid / "qc.json").read_text())
+    _register_stage(config, rf, only=samples)
+    qcs = {sid: json.loads((workdir / "registration" / sid / "qc.json").read_text())
+           for sid in (samples or ids) if sid in rf.items("register")}
     print()
     for sid, qc in qcs.items():
         print(format_table(sid, qc))
@@ -124,29 +226,53 @@ def register(config, workdir, samples: Optional[list[str]] = None) -> dict:
     return qcs
 
 
-def load_inputs(config, workdir: Path):
-    """Prepares data and builds graphs if missing; returns (genes, graphs).
+def load_inputs(config, workdir, *, overwrite: bool = False, build: bool = True):
+    """Reuses or builds prepare -> register -> graph; returns (genes, graphs).
 
+    ``build=False`` (evaluate, export) only reuses: a missing or stale stage is an error.
     The graphs' image features are standardised per sample (``train.feature_norm``,
     ``preprocess.standardize``): everything downstream sees the model's input view.
 
     genes: list[str]; graphs: {sample id: SampleGraph}.
     """
+    config = validated(config)
     workdir = Path(workdir)
-    index = workdir / "prepared" / "index.json"
-    if not index.exists():
-        logger.info("no %s: preparing the data (asign_jax.prepare)", index)
-        prepare(config, workdir)
+    rf = RunFolder(workdir, overwrite=overwrite)
+    if build:
+        _prepare_stage(config, rf, strict_folds=True)
+        _register_stage(config, rf)
+        _graph_stage(config, rf)
+    else:
+        _require_data(config, rf, "run `python -m asign_jax.train` first")
+    return _read_inputs(config, workdir)
+
+
+def _read_inputs(config, workdir: Path):
     sample_ids = list_prepared(workdir)
-    genes = [str(g) for g in json.loads(index.read_text())["genes"]]
-    missing = [s for s in sample_ids if not graph_io.graph_path(workdir, s).exists()]
-    if missing:
-        logger.info("graphs missing for %s: building them in %s", missing, workdir / "graphs")
-        graph_io.build_all(workdir, config, sample_ids=missing)
+    genes = [str(g) for g in json.loads((workdir / "prepared" / "index.json").read_text())["genes"]]
     norm = str(config.train.feature_norm)
     graphs = {s: standardize_features(graph_io.load_sample_graph(workdir, s), norm)
               for s in sample_ids}
     return genes, graphs
+
+
+def export(config, workdir, fmt: str = "tfds", out: Optional[str] = None):
+    """Writes the prepared + registered sections as a tensorflow-datasets dataset
+    (``asign_jax.data.tfds``); returns the builder. Needs completed prepare and register
+    stages matching ``config``."""
+    config = validated(config)
+    if fmt != "tfds":
+        raise ConfigError(f"--format={fmt!r}: expected 'tfds'")
+    rf = RunFolder(workdir)
+    _require_data(config, rf, "run `python -m asign_jax.prepare` first",
+                  stages=("prepare", "register"))
+    builder = tfds_export.build(workdir, data_dir=out)
+    name = f"{builder.name}/{builder.builder_config.name}:{builder.version}"
+    print(f"tfds dataset: {builder.data_dir}")
+    print(f"  splits (one per sample): {', '.join(builder.sample_ids)}")
+    print(f"  read it (no TensorFlow needed): import tensorflow_datasets as tfds; "
+          f"src = tfds.data_source({name!r}, data_dir={str(Path(builder.data_dir).parents[2])!r})")
+    return builder
 
 
 # ---- folds ----------------------------------------------------------------------------------
@@ -204,6 +330,8 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
 
 
 def _save_fold(workdir: Path, fold: Fold, scores: dict) -> None:
+    """``done.json`` (the fold's results per role) and ``per_gene.npz``; the fold's manifest,
+    written after them, marks the fold complete."""
     d = fold_dir(workdir, fold)
     d.mkdir(parents=True, exist_ok=True)
     arrays = {f"{role}/{m}": v for role, (_, pg) in scores.items() for m, v in pg.items()}
@@ -220,11 +348,16 @@ def _load_fold(workdir: Path, fold: Fold) -> dict:
                        if k.startswith(role + "/")}) for role, r in results.items()}
 
 
-def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
+def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict) -> dict:
+    """The reports stage: metrics.json, per_gene_pcc.csv, plots/pcc_sections.png and the
+    summary table, from the folds' results; ``builds``: {fold name: its build id}."""
+    workdir = rf.workdir
+    rf.start("reports", stage_fields("reports", config), builds, NEW)
     test = [s["test"] for s in scores]
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val)
+    rf.finish("reports")
     print(f"\nTest layers of {len(test)} fold(s); mean +- std over folds "
           f"(pcc_gene: per gene across spots; pcc_spot: per spot across genes, official-code metric)")
     print(reports.summary_table(agg))
@@ -236,28 +369,44 @@ def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
 
 # ---- train + evaluate -----------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
-                       progress: bool = True) -> Optional[dict]:
+def _folds(config, workdir: Path, graphs: dict) -> list[Fold]:
+    return check_folds(config, {s: len(g.section_names) for s, g in graphs.items()},
+                       read_left_out(workdir))
+
+
+def train_and_evaluate(config, workdir, *, overwrite: bool = False,
+                       stop_after: Optional[int] = None, progress: bool = True
+                       ) -> Optional[dict]:
     """The whole pipeline; returns {method: {"mean", "std"}} or None if stopped (``stop_after``).
 
-    ``stop_after`` (testing): stop the first unfinished fold after that many steps, as if the
-    process had been killed; relaunching resumes from its latest checkpoint.
+    Every stage is reused when its manifest matches; a fold that did not finish resumes from
+    its latest checkpoint. ``overwrite``: rebuild stages made with another config (and every
+    stage after them) instead of stopping. ``stop_after`` (testing): stop the first unfinished
+    fold after that many steps, as if the process had been killed.
     """
+    config = validated(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    genes, graphs = load_inputs(config, workdir)
-    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
+    rf = RunFolder(workdir, overwrite=overwrite)
+    genes, graphs = load_inputs(config, workdir, overwrite=overwrite)
+    folds = _folds(config, workdir, graphs)
+    inputs = {"graph": rf.build_id("graph")}
+    fields = {f.name: stage_fields(f.name, config, fold=f) for f in folds}
+    states = {f.name: rf.check(f.name, fields[f.name], inputs) for f in folds}   # before work
     names = prediction_names(folds)
     model, loss_fn = factory.build(config, len(genes))
     mesh = _mesh(config)
     logger.info("%d fold(s), %d genes, %d devices; run folder %s", len(folds), len(genes),
                 jax.device_count(), workdir)
-    scores = []
+    scores, builds = [], {}
     for fold in folds:
-        if (fold_dir(workdir, fold) / "done.json").exists():
-            logger.info("%s: done (%s); skipping", fold.name, fold_dir(workdir, fold) / "done.json")
+        if states[fold.name] == REUSE:
+            logger.info("%s: done with the same config; reusing %s", fold.name,
+                        fold_dir(workdir, fold))
             scores.append(_load_fold(workdir, fold))
+            builds[fold.name] = rf.build_id(fold.name)
             continue
+        rf.start(fold.name, fields[fold.name], inputs, states[fold.name])
         logger.info("%s", fold.describe())
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
@@ -268,22 +417,33 @@ def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
         params = jax.device_get(state.params)
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
         _save_fold(workdir, fold, fold_scores)
+        builds[fold.name] = rf.finish(fold.name)
         scores.append(fold_scores)
-    return _finish(workdir, scores, genes)
+    return _finish(config, rf, scores, genes, builds)
 
 
 def evaluate_all(config, workdir) -> dict:
     """Re-scores every fold from its latest checkpoint (no training); rewrites the reports.
 
-    The folds' done.json files are left alone (they mark finished training).
+    Needs the data stages and each fold's manifest to match ``config``; a fold that never
+    started is skipped, an unfinished one is scored at its latest checkpoint (with a warning).
+    The folds' own results (done.json) are left alone.
     """
+    config = validated(config)
     workdir = Path(workdir)
-    genes, graphs = load_inputs(config, workdir)
-    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
+    rf = RunFolder(workdir, remedy=EVALUATE_REMEDY)
+    genes, graphs = load_inputs(config, workdir, build=False)
+    folds = _folds(config, workdir, graphs)
+    inputs = {"graph": rf.build_id("graph")}
     names = prediction_names(folds)
     model, _ = factory.build(config, len(genes))
-    scores = []
+    scores, builds = [], {}
     for fold in folds:
+        if rf.check(fold.name, stage_fields(fold.name, config, fold=fold),
+                    inputs) == NEW:
+            logger.warning("%s: never trained (no %s); skipped", fold.name,
+                           rf.manifest_path(fold.name))
+            continue
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
         state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
         try:
@@ -299,6 +459,8 @@ def evaluate_all(config, workdir) -> dict:
         for r, _ in fold_scores.values():
             r["step"] = step
         scores.append(fold_scores)
+        builds[fold.name] = rf.read(fold.name)["build"]
     if not scores:
-        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no fold checkpoint to evaluate")
-    return _finish(workdir, scores, genes)
+        raise DataError(f"{workdir / 'checkpoints'}: no fold checkpoint to evaluate; run "
+                        "`python -m asign_jax.train` first")
+    return _finish(config, rf, scores, genes, builds)

@@ -262,11 +262,14 @@ def test_section_features_and_cache(extractor, tmp_path, monkeypatch):
     extractor.section_features("A1", image, moved, region_origin, global_origin, cfg.data,
                                cache_dir=tmp_path)
     assert calls and len(list(tmp_path.glob("A1-*.npz"))) == 2
-    key_a = extractor.cache_key("A1", image.shape[:2], spot_xy, region_origin, global_origin,
-                                cfg.data)
+    key_a = extractor.cache_key("A1", image, spot_xy, region_origin, global_origin, cfg.data)
+    fixed = image.copy()                                     # e.g. a truncated file copied again
+    fixed[-1, -1, 0] ^= 1
+    assert key_a != extractor.cache_key("A1", fixed, spot_xy, region_origin, global_origin,
+                                        cfg.data)
     cfg.data.spot_size = 48
-    assert key_a != extractor.cache_key("A1", image.shape[:2], spot_xy, region_origin,
-                                        global_origin, cfg.data)
+    assert key_a != extractor.cache_key("A1", image, spot_xy, region_origin, global_origin,
+                                        cfg.data)
     with pytest.raises(DataError, match="B2"):
         extractor.section_features("B2", image[..., 0], spot_xy, region_origin, global_origin,
                                    cfg.data)

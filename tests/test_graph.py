@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import jax
 import numpy as np
 import pytest
 
 from asign_jax.config import base_config
+from asign_jax.errors import DataError
 from asign_jax.graph import build, contract, io, iou, padding
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, WEIGHT_FLOOR
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
@@ -402,20 +404,25 @@ def test_save_load_and_build_all(tmp_path, sample_graphs, caplog):
     for scale in contract.SCALES:
         jax.tree.map(np.testing.assert_array_equal, back.graph(scale), sg.graph(scale))
         np.testing.assert_array_equal(back.layer_offsets[scale], sg.layer_offsets[scale])
-    # build_all: S1 registered, S2 not (identity with a warning)
+    # build_all: S1 registered, S2 not: a 3D graph on unaligned sections is refused
     cfg = base_config()
     p2, _, _ = sample_graphs[1]
     for p in (prepared, p2):
         p.save(tmp_path)
     (tmp_path / "prepared" / "index.json").write_text(json.dumps({"samples": ["S1", "S2"]}))
     registered.save(tmp_path)
+    missing = tmp_path / "registration" / "S2" / "registered.npz"
+    with pytest.raises(DataError, match=re.escape(f"{missing}: sample 'S2' ")):
+        io.build_all(tmp_path, cfg)
     with caplog.at_level(logging.INFO):
-        paths = io.build_all(tmp_path, cfg)
-    assert set(paths) == {"S1", "S2"} and "UNREGISTERED" in caplog.text
-    assert "cross" in caplog.text
+        paths = io.build_all(tmp_path, cfg, sample_ids=["S1"])
+    assert set(paths) == {"S1"} and "cross" in caplog.text
     s1 = io.load_sample_graph(tmp_path, "S1")
     for scale in contract.SCALES:
         jax.tree.map(np.testing.assert_array_equal, s1.graph(scale), sg.graph(scale))
+    # registration.enabled=False: sections taken as aligned, their own pixel coordinates
+    cfg.registration.enabled = False
+    io.build_all(tmp_path, cfg, sample_ids=["S2"])
     s2 = io.load_sample_graph(tmp_path, "S2")
     np.testing.assert_allclose(s2.spot.nodes["xy"],
                                np.concatenate([s.pixel_xy for s in p2.sections]), atol=1e-3)

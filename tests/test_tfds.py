@@ -1,6 +1,9 @@
-"""The tfds builder over prepared samples, read back without TensorFlow."""
+"""The tfds export of prepared + registered samples, read back without TensorFlow (and, through
+``tfds.data_source``, without asign_jax)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ pytest.importorskip("array_record")
 from asign_jax.data.tfds import AsignPrepared, build, data_source  # noqa: E402
 from asign_jax.errors import DataError  # noqa: E402
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection  # noqa: E402
+from asign_jax.registration.result import RegisteredSample  # noqa: E402
 
 G, D, T = 3, 4, 2
 
@@ -51,6 +55,12 @@ def write_workdir(wd, seed=0):
     ]
     for s in samples:
         s.save(wd)
+        secs = s.sections
+        shift = [sec.pixel_xy + 10.0 * sec.layer for sec in secs]   # "registered" = shifted
+        RegisteredSample(s.sample_id, len(secs) // 2, [x.name for x in secs],
+                         np.tile(np.eye(3), (len(secs), 1, 1)), shift,
+                         [x.region_centers(512) for x in secs],
+                         [x.global_centers(1024) for x in secs]).save(wd)
     (wd / "prepared" / "index.json").write_text(json.dumps(
         {"samples": ["C", "B"], "genes": genes.tolist(), "normalization": "asign"}))
     return samples
@@ -68,6 +78,8 @@ def assert_example_equal(ex, sample_id, sec):
         want = getattr(sec, k)
         assert ex[k].dtype == want.dtype, k
         np.testing.assert_array_equal(ex[k], want, err_msg=k)
+    np.testing.assert_array_equal(ex["registered_spot_xy"], sec.pixel_xy + 10.0 * sec.layer)
+    np.testing.assert_array_equal(ex["registered_global_xy"], sec.global_centers(1024))
 
 
 def test_build_and_read_back_without_tf(tmp_path):
@@ -84,8 +96,18 @@ def test_build_and_read_back_without_tf(tmp_path):
     both = data_source(wd)                             # "C+B" in index order
     assert [both[i]["section"].decode() for i in range(len(both))] == ["C2", "C3", "B4"]
     # the builder never imported TensorFlow
-    import sys
     assert "tensorflow" not in sys.modules
+    # a user loads the export by name, in a process that never imports asign_jax
+    name = f"{builder.name}/{builder.builder_config.name}:{builder.version}"
+    code = ("import sys, tensorflow_datasets as tfds; "
+            f"src = tfds.data_source({name!r}, data_dir={str(wd / 'tfds')!r}); "
+            "ex = src['C'][1]; print(ex['section'].decode(), ex['spot_labels'].sum()); "
+            "assert 'asign_jax' not in sys.modules and 'tensorflow' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sec = samples[0].sections[1]
+    got = out.stdout.split()
+    assert got[0] == "C3" and float(got[1]) == pytest.approx(float(sec.spot_labels.sum()), rel=1e-5)
 
 
 def test_fingerprint_changes_with_prepared_data(tmp_path):

@@ -118,11 +118,16 @@ def read_her2st(root, sections: Optional[Sequence[str]] = None, *,
         names = sorted(dict.fromkeys(names), key=parse_section_id)
 
     no_image = [n for n in names if find_image(root, n) is None]
+    left_out: dict[str, dict[str, str]] = {}
     if no_image:
         if images_only:
             logger.warning("HER2ST %s: sections without an image left out: %s", root,
                            ", ".join(no_image))
             names = [n for n in names if n not in no_image]
+            for n in no_image:
+                patient = parse_section_id(n)[0]
+                left_out.setdefault(patient, {})[n] = (
+                    f"no image in {root / 'ST-imgs' / patient / n}")
         else:
             logger.warning("HER2ST %s: sections without an image (counts only): %s", root,
                            ", ".join(no_image))
@@ -130,4 +135,5 @@ def read_her2st(root, sections: Optional[Sequence[str]] = None, *,
     by_patient: dict[str, list[Section]] = {}
     for n in names:
         by_patient.setdefault(parse_section_id(n)[0], []).append(read_section(root, n))
-    return [Sample(sample_id=p, sections=by_patient[p]) for p in sorted(by_patient)]
+    return [Sample(sample_id=p, sections=by_patient[p], left_out=left_out.get(p, {}))
+            for p in sorted(by_patient)]

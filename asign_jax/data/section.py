@@ -89,10 +89,15 @@ class Section:
 
 @dataclasses.dataclass
 class Sample:
-    """Ordered consecutive sections of one tissue block (index 0 = first section)."""
+    """Ordered consecutive sections of one tissue block (index 0 = first section).
+
+    ``left_out``: {section name: why} of the block's sections the reader left out (e.g. no
+    image), so that a later "sample has 1 layer" error can say why.
+    """
 
     sample_id: str
     sections: list[Section]
+    left_out: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:

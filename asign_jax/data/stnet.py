@@ -112,11 +112,16 @@ def read_stnet(root, sections: Optional[Sequence[str]] = None, *,
     if no_image:
         logger.warning("ST-Net %s: sections without an image%s: %s", root,
                        " left out" if images_only else " (counts only)", ", ".join(no_image))
-        if images_only:
-            wanted = [n for n in wanted if n not in no_image]
+    left_out: dict[str, dict[str, str]] = {}
+    if no_image and images_only:
+        wanted = [n for n in wanted if n not in no_image]
+        for n in no_image:
+            patient, path = by_name[n]
+            left_out.setdefault(patient, {})[n] = f"no image {path.with_name(n + '.jpg')}"
 
     by_patient: dict[str, list[Section]] = {}
     for n in wanted:
         patient, path = by_name[n]
         by_patient.setdefault(patient, []).append(read_section(path))
-    return [Sample(sample_id=p, sections=by_patient[p]) for p in sorted(by_patient)]
+    return [Sample(sample_id=p, sections=by_patient[p], left_out=left_out.get(p, {}))
+            for p in sorted(by_patient)]

@@ -1,20 +1,28 @@
-"""A ``tensorflow_datasets`` builder over the prepared samples of a work directory.
+"""A ``tensorflow_datasets`` builder over the prepared, registered samples of a run folder.
 
-One example per section (images are not stored); one split per sample, named by the sample
-id, so ``split="A+B"`` reads several samples, in layer order (shuffling is disabled).
+This is the ``python -m asign_jax.export --format tfds`` output: a standard, random-access
+dataset other tools read without asign_jax (``tfds.data_source(name, data_dir=...)``; the
+export prints the name). One example per section (images are not stored, their features
+are); one split per sample, named by the sample id, so ``split="A+B"`` reads several
+samples, in layer order (shuffling is disabled). ``registered_*_xy`` are the registration
+stage's coordinates in the sample's reference section (identity for a single section or
+``registration.enabled=False``).
 
 What it needs (TensorFlow is NOT installed): only ``tensorflow-datasets`` and
 ``array_record``. The builder writes ``file_format="array_record"`` and is read with
 ``builder.as_data_source()`` (random access, numpy out); ``as_dataset()`` needs TensorFlow and
 cannot read array_record, so it is not used. Only ``Tensor``/``Scalar``/``Text`` features are
 used, as they encode numpy without TF (``tfds.features.Image`` cannot encode an array without
-TF). Strings come back as ``bytes`` (``spot_ids``: object array of bytes). Two tfds 4.9.10
+TF). Strings come back as ``bytes`` (``spot_ids``: object array of bytes). Three tfds 4.9.10
 traps are worked around: a builder defined in a package fails in ``download_and_prepare``
 because the default ``code_path`` touches ``importlib_resources`` (not installed), so the
-class overrides ``code_path``; and a float64 ``Tensor`` with the default encoding is stored
-as float32, so ``array_xy``/``pixel_xy`` use ``Encoding.BYTES`` (exact). The builder config
-name is a content hash of the prepared files, so re-running ``prepare`` gives a fresh dataset
-instead of a stale one: ``<workdir>/tfds/asign_prepared/<hash>/1.0.0`` (or under ``data_dir``).
+class overrides ``code_path``; a float64 ``Tensor`` with the default encoding is stored
+as float32, so the coordinates use ``Encoding.BYTES`` (exact); and a registered builder class
+would shadow the files in ``tfds.data_source("asign_prepared/...")`` (it needs ``workdir``),
+so the class is left out of tfds' registry and readers get tfds' read-only builder from the
+files. The builder config name is a content hash of the prepared and registration files, so
+re-running ``prepare`` gives a fresh dataset instead of a stale one:
+``<workdir>/tfds/asign_prepared/<hash>/1.0.0`` (or under ``data_dir``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from etils import epath
 
 from asign_jax.errors import DataError
 from asign_jax.preprocess.prepared import PreparedSection, list_prepared
+from asign_jax.registration.result import RegisteredSample
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +48,15 @@ _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def _fingerprint(workdir: Path) -> str:
-    """Content hash (blake2b, 12 hex chars) of index.json and every prepared sample file."""
+    """Content hash (blake2b, 12 hex chars) of index.json, every prepared sample file and
+    every registration result."""
     d = Path(workdir) / "prepared"
     h = hashlib.blake2b((d / "index.json").read_bytes(), digest_size=16)
-    for p in sorted(d.glob("*/*")):
+    files = sorted(d.glob("*/*")) + sorted((Path(workdir) / "registration").glob("*/registered.npz"))
+    for p in files:
         if p.name.endswith((".tmp", ".tmp.npz")):
             continue
-        h.update(str(p.relative_to(d)).encode())
+        h.update(str(p.relative_to(workdir)).encode())
         with open(p, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
@@ -63,7 +74,7 @@ def _section_path(workdir: Path, sample_id: str, name: str) -> Path:
     return Path(workdir) / "prepared" / sample_id / f"{name}.npz"
 
 
-class AsignPrepared(tfds.core.GeneratorBasedBuilder):
+class AsignPrepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Prepared ASIGN sections (builder name ``asign_prepared``); one split per sample."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -133,6 +144,9 @@ class AsignPrepared(tfds.core.GeneratorBasedBuilder):
             "global_labels": T(shape=(None, g), dtype=f32),
             "global_feats": T(shape=(None, d), dtype=f32),
             "global_tokens": T(shape=(None, t, d), dtype=np.float16),
+            "registered_spot_xy": T(shape=(None, 2), dtype=f64, encoding=raw),
+            "registered_region_xy": T(shape=(None, 2), dtype=f64, encoding=raw),
+            "registered_global_xy": T(shape=(None, 2), dtype=f64, encoding=raw),
         }
         return tfds.core.DatasetInfo(
             builder=self, description="ASIGN prepared sections (asign_jax.prepare output).",
@@ -143,11 +157,18 @@ class AsignPrepared(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, sample_id):
         keys = [k for k in self.info.features.keys()
-                if k not in ("sample_id", "section", "layer")]
-        for name in _sections(self._workdir, sample_id):
+                if k not in ("sample_id", "section", "layer") and not k.startswith("registered")]
+        reg = RegisteredSample.load(self._workdir, sample_id)
+        names = _sections(self._workdir, sample_id)
+        if list(reg.section_names) != names:
+            raise DataError(f"{self._workdir / 'registration' / sample_id}: registered sections "
+                            f"{list(reg.section_names)} are not the prepared ones {names}")
+        for i, name in enumerate(names):
             path = _section_path(self._workdir, sample_id, name)
             s = PreparedSection.load(path)
-            ex = {"sample_id": sample_id, "section": s.name, "layer": int(s.layer)}
+            ex = {"sample_id": sample_id, "section": s.name, "layer": int(s.layer),
+                  "registered_spot_xy": reg.spot_xy[i], "registered_region_xy": reg.region_xy[i],
+                  "registered_global_xy": reg.global_xy[i]}
             for k in keys:
                 v = getattr(s, k)
                 if v is None:

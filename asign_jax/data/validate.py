@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import gzip
 import logging
 import zlib
@@ -223,7 +224,7 @@ def intersect_genes(samples: list[Sample]) -> list[Sample]:
                             s.name, dropped, len(s.genes))
             new.append(s if dropped == 0 and np.array_equal(s.genes, keep)
                        else s.subset_genes(keep))
-        out.append(Sample(sample_id=sample.sample_id, sections=new))
+        out.append(dataclasses.replace(sample, sections=new))
     logger.info("gene intersection: %d genes shared by %d sections", len(keep), len(sections))
     return out
 

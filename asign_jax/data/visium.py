@@ -217,7 +217,7 @@ def read_visium(root, samples: Optional[dict[str, list[str]]] = None, *,
         samples = {d: [d] for d in dirs}
     out = []
     for sample_id, dirs in samples.items():
-        sections = []
+        sections, left_out = [], {}
         for d in dirs:
             section_dir = root / d
             if not section_dir.is_dir():
@@ -225,8 +225,10 @@ def read_visium(root, samples: Optional[dict[str, list[str]]] = None, *,
                                 f"{sample_id!r} does not exist")
             if images_only and find_image(section_dir, image_globs)[0] is None:
                 logger.warning("Visium section %s has no image; left out", section_dir)
+                left_out[section_dir.name] = (f"no image in {section_dir} (globs "
+                                              f"{list(image_globs)}, no spatial/{HIRES})")
                 continue
             sections.append(read_section(section_dir, image_globs=image_globs))
         if sections:
-            out.append(Sample(sample_id=sample_id, sections=sections))
+            out.append(Sample(sample_id=sample_id, sections=sections, left_out=left_out))
     return out

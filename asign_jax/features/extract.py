@@ -10,7 +10,8 @@
 Results of ``FeatureExtractor.section_features`` are cached per section in ``cache_dir`` as
 ``<section>-<key>.npz``; the key hashes everything the features depend on (encoder, weights
 file path/size/mtime, init seed, patch and input sizes, token grid, dtype, section name,
-image shape, a hash of the coordinates), so a changed setting never reuses a stale file.
+a hash of the image's pixels, a hash of the coordinates), so a changed setting or a replaced
+image (e.g. a truncated file copied again) never reuses a stale file.
 """
 
 from __future__ import annotations
@@ -184,9 +185,9 @@ class FeatureExtractor:
 
     # ---------------------------------------------------------------------------- sections
 
-    def cache_key(self, section_name, image_shape, spot_xy, region_origin, global_origin,
+    def cache_key(self, section_name, image: np.ndarray, spot_xy, region_origin, global_origin,
                   data_cfg) -> str:
-        """Hex key of everything a section's features depend on."""
+        """Hex key of everything a section's features depend on (``image``: (H, W, 3) uint8)."""
         c = self.cfg
         desc = {
             "version": CACHE_VERSION, "encoder": "resnet50", "weights": self._weights_id,
@@ -196,7 +197,9 @@ class FeatureExtractor:
                       int(data_cfg.global_size)],
             "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
             "token_grid": self.token_grid, "section": str(section_name),
-            "image_shape": [int(v) for v in image_shape],
+            "image_shape": [int(v) for v in image.shape],
+            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
+                                     digest_size=16).hexdigest(),
             "coords": _coords_hash(spot_xy, region_origin, global_origin),
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
@@ -225,7 +228,7 @@ class FeatureExtractor:
                             f"{None if image is None else (image.shape, image.dtype)}")
         cache_path = None
         if cache_dir is not None:
-            key = self.cache_key(section_name, image.shape[:2], spot_xy, region_origin,
+            key = self.cache_key(section_name, image, spot_xy, region_origin,
                                  global_origin, data_cfg)
             cache_path = Path(cache_dir) / f"{_safe_name(section_name)}-{key}.npz"
             cached = _load_cache(cache_path, len(spot_xy), len(region_origin),

@@ -82,27 +82,30 @@ def load_sample_graph(workdir: Path, sample_id: str) -> SampleGraph:
                        stats=meta.get("stats", {}))
 
 
-def registered_or_identity(workdir: Path, prepared: PreparedSample, config) -> RegisteredSample:
-    """The sample's RegisteredSample; unregistered pixel coordinates where there is none.
+def registered_sample(workdir: Path, prepared: PreparedSample, config) -> RegisteredSample:
+    """The sample's coordinates in its reference section's frame (the registration stage).
 
-    Identity (pixel_xy and the tile centres of each section's own image) is used for a
-    single-section sample, when ``config.registration.enabled`` is False, or when no
-    registration file exists (with a warning for a multi-section sample: its cross-layer
-    IoU is then only meaningful if the sections are already aligned).
+    A single-section sample, or any sample with ``registration.enabled=False``, keeps each
+    section's own pixel coordinates (identity). A multi-section sample with registration
+    enabled needs ``<workdir>/registration/<sample>/registered.npz``: without it the 3D graph
+    would join unaligned sections, so that is a DataError naming the file and the fix.
     """
     names = [s.name for s in prepared.sections]
-    reg_file = Path(workdir) / "registration" / prepared.sample_id / "registered.npz"
-    use_identity = len(names) == 1 or not config.registration.enabled
-    if not use_identity and not reg_file.exists():
-        log.warning("sample %s: %s missing; building the 3D graph on UNREGISTERED pixel "
-                    "coordinates", prepared.sample_id, reg_file)
-        use_identity = True
-    if use_identity:
+    if len(names) == 1 or not config.registration.enabled:
         return RegisteredSample.identity(
             prepared.sample_id, names, [s.pixel_xy for s in prepared.sections],
             [s.region_centers(config.data.region_size) for s in prepared.sections],
             [s.global_centers(config.data.global_size) for s in prepared.sections])
-    return RegisteredSample.load(workdir, prepared.sample_id)
+    reg_file = Path(workdir) / "registration" / prepared.sample_id / "registered.npz"
+    if not reg_file.exists():
+        raise DataError(f"{reg_file}: sample {prepared.sample_id!r} ({len(names)} sections) is "
+                        "not registered; run `python -m asign_jax.register` (or set "
+                        "registration.enabled=False for sections that are already aligned)")
+    reg = RegisteredSample.load(workdir, prepared.sample_id)
+    if list(reg.section_names) != names:
+        raise DataError(f"{reg_file}: registered sections {list(reg.section_names)} are not the "
+                        f"prepared ones {names}; register again")
+    return reg
 
 
 def _log_stats(sg: SampleGraph) -> None:
@@ -115,19 +118,20 @@ def _log_stats(sg: SampleGraph) -> None:
                  100 * st["frac_iou_edge"])
 
 
-def build_all(workdir: Path, config, sample_ids: Optional[Iterable[str]] = None,
-              workers: Optional[int] = None) -> dict[str, Path]:
+def build_sample(workdir: Path, config, sample_id: str) -> Path:
+    """Builds and saves the graph of one prepared, registered sample; returns its path."""
+    prepared = PreparedSample.load(workdir, sample_id)
+    sg = build_sample_graph(prepared, registered_sample(workdir, prepared, config), config.graph,
+                            config.data)
+    _log_stats(sg)
+    return save_sample_graph(sg, workdir)
+
+
+def build_all(workdir: Path, config, sample_ids: Optional[Iterable[str]] = None
+              ) -> dict[str, Path]:
     """Builds and saves the graph of every prepared sample (or of ``sample_ids``).
 
     Returns {sample_id: path of the saved graph}.
     """
-    workdir = Path(workdir)
     ids = list(sample_ids) if sample_ids is not None else list_prepared(workdir)
-    out = {}
-    for sid in ids:
-        prepared = PreparedSample.load(workdir, sid)
-        registered = registered_or_identity(workdir, prepared, config)
-        sg = build_sample_graph(prepared, registered, config.graph, config.data, workers=workers)
-        _log_stats(sg)
-        out[sid] = save_sample_graph(sg, workdir)
-    return out
+    return {sid: build_sample(workdir, config, sid) for sid in ids}

@@ -8,7 +8,8 @@
    spots (``stnet`` uses the per-spot total over all genes, taken before subsetting), build
    region/global tiles with labels = normalisation of summed member counts (triplex smoothing
    applies to spots only), extract features (image read once, freed after);
-3. save each ``PreparedSample`` and ``<workdir>/prepared/index.json``.
+3. save each ``PreparedSample`` and ``<workdir>/prepared/index.json`` (which also lists the
+   sections the reader left out, and why).
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     bar.close()
 
     index = {"samples": ids, "genes": [str(g) for g in genes],
-             "normalization": data_cfg.normalization}
+             "normalization": data_cfg.normalization,
+             "left_out": {s.sample_id: s.left_out for s in samples if s.left_out}}
     atomic.write_json(out_dir / "index.json", index)
     logger.info("wrote %s", out_dir / "index.json")
     return prepared_samples

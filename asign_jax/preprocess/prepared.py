@@ -2,7 +2,8 @@
 
 Layout in a work directory::
 
-    <workdir>/prepared/index.json               {"genes": [...], "normalization": ..., "samples": [...]}
+    <workdir>/prepared/index.json               {"genes": [...], "normalization": ..., "samples": [...],
+                                                 "left_out": {sample: {section: why}}}
     <workdir>/prepared/<sample_id>/sample.json   {"sample_id", "sections": [names], "genes": [...], ...}
     <workdir>/prepared/<sample_id>/<section>.npz one PreparedSection (arrays below)
 
@@ -158,3 +159,15 @@ def list_prepared(workdir: Path) -> list[str]:
     if not index.exists():
         raise DataError(f"{index}: no prepared data; run `python -m asign_jax.prepare` first")
     return list(json.loads(index.read_text())["samples"])
+
+
+def read_left_out(workdir: Path) -> dict:
+    """{sample: {section: why}} of the sections the reader left out (``index.json``)."""
+    index = Path(workdir) / "prepared" / "index.json"
+    return json.loads(index.read_text()).get("left_out", {}) if index.exists() else {}
+
+
+def left_out_note(left_out: dict) -> str:
+    """The note ``" (sections left out when reading: C3 (no image in ...))"``, or ``""``."""
+    items = [f"{name} ({why})" for sample in left_out.values() for name, why in sample.items()]
+    return f" (sections left out when reading: {'; '.join(items)})" if items else ""

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from asign_jax.data.image import check_image_file, header_size
 from asign_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -64,18 +65,6 @@ def scale_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header (no full decode)."""
-    from PIL import Image
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types
-        raise DataError(f"{path}: cannot read image header ({e})") from e
-    return int(h), int(w)
-
-
 def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """Reads an image at low resolution.
 
@@ -86,9 +75,8 @@ def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, i
     import cv2
 
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: image file does not exist")
-    full_hw = _image_size(path)
+    check_image_file(path)
+    full_hw = header_size(path)
     factor = 1
     img = None
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")

@@ -2,7 +2,8 @@
 
 One fold = ``config.train.steps`` calls of the jitted ``step.train_step`` on batches drawn from
 the fold's ``batches.Pool`` (a pure function of the seed and the step number, so a relaunch
-replays exactly the steps it lost).
+replays exactly the steps it lost). A non-finite loss stops the fold at once (TrainingError
+naming the fold and the step, as big_vision does); the checkpoints before it are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asign_jax import atomic
+from asign_jax.errors import TrainingError
 from asign_jax.training import checkpoint, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
@@ -114,7 +116,11 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
     mngr = checkpoint.checkpoint_manager(ckpt_dir)
     start = 0
     if mngr.latest_step() is not None:
-        state = checkpoint.restore(mngr, state)
+        try:
+            state = checkpoint.restore(mngr, state)
+        except BaseException:
+            mngr.close()
+            raise
         start = int(state.step)
         logger.info("fold %d: resumed from %s at step %d", fold_index, ckpt_dir, start)
         if start > total:
@@ -140,10 +146,19 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
             batch = pool.take(pool.step_indices(step, int(tc.samples_per_step)))
             state, metrics = step_fn(state, batch, rng)
             # wait for the step so the bar's rate is the real one (batches are assembled on
-            # the host in ~1 ms, so little overlap is lost)
-            jax.block_until_ready(metrics["loss"])
-            pending.append(metrics)
+            # the host in ~1 ms, so little overlap is lost) and the loss can be checked
+            loss = float(metrics["loss"])
             done = step + 1
+            if not np.isfinite(loss):
+                mngr.wait_until_finished()
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "loss")
+                kept = mngr.latest_step()
+                kept = f"checkpoint of step {kept} kept" if kept else "no checkpoint yet"
+                raise TrainingError(
+                    f"fold {fold_index}: training loss is {loss} at step {done} ({terms}); "
+                    f"stopped, {kept} in {ckpt_dir}: lower train.learning_rate or look for "
+                    "NaN/inf in the inputs")
+            pending.append(metrics)
             if done % int(tc.log_every) == 0 or done == total:
                 mean = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
                 pending = []

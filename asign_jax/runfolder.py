@@ -1,0 +1,304 @@
+"""Run-folder manifests: what built each stage, whether it finished, and when it may be reused.
+
+Stages and where their manifest lives (each reads only stages above it)::
+
+    prepare    <workdir>/prepared/manifest.json
+    register   <workdir>/registration/manifest.json      (inputs: prepare)
+    graph      <workdir>/graphs/manifest.json            (inputs: prepare, register)
+    fold_<k>   <workdir>/checkpoints/fold_<k>/manifest.json  (inputs: graph)
+    reports    <workdir>/manifest.json                   (inputs: every fold)
+
+A manifest is ``{"stage", "config": {field: value}, "inputs": {stage: build id}, "files":
+{path: [size, mtime_ns]}, "items": [...], "complete", "build"}``: the config fields the stage
+depends on (``stage_fields``), the build ids of the stages it read, the input files it read
+(checked again before reuse), the samples already done (registration and graphs resume per
+sample) and, written LAST, ``complete: true`` with a fresh random build id. A rebuilt stage
+gets a new build id, so every stage that read the old one no longer matches.
+
+``RunFolder.check`` decides, before any work: REUSE (complete, same fields, same inputs,
+input files unchanged), RESUME (same fields and inputs, not complete: a killed run; finished
+items are kept) or NEW (nothing there). Anything else raises RunFolderError with one line
+("run folder X (prepared/) was made with data.n_genes=40; you asked for 20: use a new
+--workdir or pass --overwrite") unless the RunFolder was opened with ``overwrite=True``: then
+that stage and every stage after it are deleted and rebuilt. Matching stages are reused even
+with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable, Optional
+
+from asign_jax import atomic
+from asign_jax.config import fields
+from asign_jax.errors import RunFolderError
+
+logger = logging.getLogger(__name__)
+
+REUSE, RESUME, NEW = "reuse", "resume", "new"
+
+OUTPUTS = {
+    "prepare": ("prepared",),
+    "register": ("registration",),
+    "graph": ("graphs",),
+    "folds": ("checkpoints", "metrics.jsonl", "predictions", "plots"),
+    "reports": ("manifest.json", "metrics.json", "per_gene_pcc.csv"),
+    "export": ("tfds",),
+}
+"""What each kind of stage writes, relative to the run folder (``folds``: all folds)."""
+
+DOWNSTREAM = {
+    "prepare": ("register", "graph", "folds", "reports", "export"),
+    "register": ("graph", "folds", "reports", "export"),
+    "graph": ("folds", "reports"),
+    "fold": ("reports",),
+    "reports": (),
+}
+"""The kinds of stage made from each kind's output: deleted when it is rebuilt."""
+
+DEPENDS = {
+    "prepare": ("data.", "features."),
+    "register": ("registration.", "seed"),
+    "graph": ("graph.",),
+    "fold": ("model.", "loss.", "train.", "seed"),
+    "reports": ("train.eval_genes",),
+}
+"""Config fields (prefixes) each stage depends on; see ``IGNORED`` for the exceptions."""
+
+IGNORED = frozenset({
+    # how, not what: batch size of the frozen encoder, ANTs threads, logging cadence
+    "features.batch_size", "registration.ants_threads", "train.log_every",
+    "train.checkpoint_every", "train.eval_genes",
+    # a fold records its own composition (samples, known layers) instead of the fold config
+    "train.folds", "train.extra_train_samples", "train.val_samples", "train.known_layer",
+    "train.rotate_known_layer",
+})
+"""Fields that never invalidate a stage (a fold's composition is compared instead)."""
+
+PATH_FIELDS = ("data.root", "features.weights", "features.embeddings")
+
+
+def kind(stage: str) -> str:
+    """The kind of a stage: ``fold`` for ``fold_<k>``, else the stage name itself."""
+    return "fold" if stage.startswith("fold_") else stage
+
+
+def stage_fields(stage: str, config, fold=None) -> dict:
+    """{dotted field: value} of the config fields ``stage`` depends on (``DEPENDS``).
+
+    Paths are made absolute, except the synthetic data generated inside the run folder
+    (``<workdir>/synthetic_data``, so a moved run folder stays valid). ``data.root`` of a real
+    dataset left empty means "whatever the run folder was prepared from" and is not compared.
+    The synthetic generator's fields and the seed belong to ``prepare`` when
+    ``data.format == "synthetic"``; a fold adds its
+    composition (``fold.test_samples``, ``fold.train_samples``, ``fold.val_samples``,
+    ``fold.known_layer``).
+    """
+    allf = fields(config)
+    prefixes = DEPENDS[kind(stage)]
+    if stage == "prepare" and allf["data.format"] == "synthetic":
+        prefixes += ("synthetic.", "seed")
+    out = {k: v for k, v in allf.items() if k not in IGNORED
+           and any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
+    for k in PATH_FIELDS:
+        if out.get(k):
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    if stage == "prepare":
+        if allf["data.format"] == "synthetic" and not allf["data.root"]:
+            out["data.root"] = "<workdir>/synthetic_data"
+        elif not allf["data.root"]:
+            out["data.root"] = None
+    if fold is not None:
+        out.update({"fold.test_samples": list(fold.test_samples),
+                    "fold.train_samples": list(fold.train_samples),
+                    "fold.val_samples": list(fold.val_samples),
+                    "fold.known_layer": dict(fold.known_layer)})
+    return json.loads(json.dumps(out, default=list))    # tuples -> lists, as read back
+
+
+def _fmt(v) -> str:
+    return "<absent>" if v is _ABSENT else repr(v)
+
+
+_ABSENT = object()
+
+
+class RunFolder:
+    """The manifests of one run folder (see the module doc).
+
+    Args:
+      workdir: the run folder.
+      overwrite: rebuild stages that do not match (and everything after them) instead of
+        refusing.
+      remedy: the advice at the end of a refusal.
+    """
+
+    def __init__(self, workdir, *, overwrite: bool = False,
+                 remedy: str = "use a new --workdir or pass --overwrite"):
+        self.workdir = Path(workdir)
+        self.overwrite = bool(overwrite)
+        self.remedy = remedy
+
+    # ---- where things are --------------------------------------------------------------------
+
+    def folder(self, stage: str) -> Path:
+        """The folder holding ``stage``'s manifest."""
+        if kind(stage) == "fold":
+            return self.workdir / "checkpoints" / stage
+        if stage == "reports":
+            return self.workdir
+        return self.workdir / OUTPUTS[stage][0]
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.folder(stage) / "manifest.json"
+
+    def _outputs(self, stage: str) -> list[Path]:
+        if kind(stage) == "fold":
+            return [self.folder(stage)]
+        return [self.workdir / p for p in OUTPUTS[stage]]
+
+    def _where(self, stage: str) -> str:
+        rel = self.folder(stage).relative_to(self.workdir).as_posix()
+        return f"run folder {self.workdir} ({'reports' if rel == '.' else rel + '/'})"
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def read(self, stage: str) -> Optional[dict]:
+        """The manifest of ``stage``, or None. An unreadable manifest counts as none."""
+        path = self.manifest_path(stage)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            logger.warning("%s: unreadable manifest; treated as missing", path)
+            return None
+
+    def build_id(self, stage: str) -> str:
+        """The build id of a COMPLETE stage; RunFolderError when it is missing or unfinished."""
+        m = self.read(stage)
+        if m is None or not m["complete"]:
+            raise RunFolderError(f"{self._where(stage)}: stage {stage!r} has not completed")
+        return m["build"]
+
+    def items(self, stage: str) -> set:
+        m = self.read(stage)
+        return set(m["items"]) if m else set()
+
+    # ---- deciding ----------------------------------------------------------------------------
+
+    def _difference(self, m: dict, config: dict, inputs: dict) -> Optional[str]:
+        """Why manifest ``m`` does not match, or None."""
+        keys = [k for k in sorted(set(m["config"]) | set(config))
+                if config.get(k, _ABSENT) is not None
+                and m["config"].get(k, _ABSENT) != config.get(k, _ABSENT)]
+        if keys:
+            was = ", ".join(f"{k}={_fmt(m['config'].get(k, _ABSENT))}" for k in keys)
+            now = (_fmt(config.get(keys[0], _ABSENT)) if len(keys) == 1 else
+                   ", ".join(f"{k}={_fmt(config.get(k, _ABSENT))}" for k in keys))
+            return f"was made with {was}; you asked for {now}"
+        for up in sorted(set(m["inputs"]) | set(inputs)):
+            if m["inputs"].get(up) != inputs.get(up):
+                return f"was made from an earlier {up!r} stage (rebuilt since)"
+        for path, (size, mtime) in m["files"].items():
+            p = self.workdir / path                    # an absolute path stays as it is
+            if not p.exists():
+                return f"was made from {p}, which no longer exists"
+            st = p.stat()
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                return (f"was made from {p} ({size} bytes), which has changed since "
+                        f"({st.st_size} bytes now)")
+        return None
+
+    def check(self, stage: str, config: dict, inputs: dict) -> str:
+        """REUSE, RESUME or NEW for ``stage`` built from ``config`` fields and ``inputs``
+        ({upstream stage: build id}); raises RunFolderError when the stage is there but does
+        not match (without ``overwrite``). With ``overwrite`` a mismatch is NEW."""
+        m = self.read(stage)
+        if m is None:
+            present = [p for p in self._outputs(stage)
+                       if p.exists() and p != self.manifest_path(stage)]
+            if not present or stage == "reports":
+                return NEW
+            problem = "has no manifest.json (made by an older asign_jax, or by hand)"
+        else:
+            problem = self._difference(m, config, inputs)
+            if problem is None:
+                if m["complete"]:
+                    return REUSE
+                logger.info("%s: stage %r did not finish (killed?); it resumes",
+                            self._where(stage), stage)
+                return RESUME
+        if not self.overwrite:
+            raise RunFolderError(f"{self._where(stage)} {problem}: {self.remedy}")
+        logger.warning("%s %s: --overwrite: rebuilding %r and every stage after it",
+                       self._where(stage), problem, stage)
+        return NEW
+
+    def require(self, stage: str, config: dict, inputs: dict, how: str) -> None:
+        """Raises RunFolderError unless ``stage`` is complete and matches; ``how`` says
+        which command builds it."""
+        if self.check(stage, config, inputs) != REUSE:
+            raise RunFolderError(f"{self._where(stage)}: stage {stage!r} is missing or did not "
+                                 f"finish; {how}")
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def _delete(self, paths: Iterable[Path]) -> None:
+        for p in paths:
+            if p.is_dir():
+                logger.info("deleting %s", p)
+                shutil.rmtree(p)
+            elif p.exists():
+                logger.info("deleting %s", p)
+                p.unlink()
+
+    def start(self, stage: str, config: dict, inputs: dict, state: str) -> set:
+        """Marks ``stage`` as being built; returns the items already done (RESUME) or set().
+
+        NEW deletes the stage's old outputs and every stage after it (``DOWNSTREAM``): when
+        any of those hold something other than reports, that needs ``overwrite``.
+        """
+        if state == RESUME:
+            return self.items(stage)
+        later = [self.workdir / p for k in DOWNSTREAM[kind(stage)] for p in OUTPUTS[k]]
+        later = [p for p in later if p.exists()]
+        blocking = [p for p in later if p.name not in OUTPUTS["reports"]]
+        if blocking and not self.overwrite:
+            raise RunFolderError(
+                f"{self._where(stage)}: stage {stage!r} must be built, but "
+                f"{', '.join(p.name for p in blocking)} made from its old output exist: "
+                f"{self.remedy}")
+        self._delete(([] if stage == "reports" else self._outputs(stage)) + later)
+        self._write(stage, {"stage": stage, "config": config, "inputs": inputs, "files": {},
+                            "items": [], "complete": False, "build": None})
+        return set()
+
+    def item_done(self, stage: str, item: str) -> None:
+        """Records that ``item`` (a sample) of an unfinished stage is written."""
+        m = self.read(stage)
+        m["items"] = sorted(set(m["items"]) | {item})
+        self._write(stage, m)
+
+    def finish(self, stage: str, files: Iterable = ()) -> str:
+        """The completion marker, written last: complete=True, a new build id, and the size
+        and mtime of the input ``files`` (checked before reuse). Returns the build id."""
+        m = self.read(stage)
+        m["files"] = {self._relative(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns]
+                      for f in files}
+        m["complete"], m["build"] = True, uuid.uuid4().hex[:12]
+        self._write(stage, m)
+        return m["build"]
+
+    def _relative(self, path) -> str:
+        """``path`` relative to the run folder when inside it, else absolute."""
+        path, root = Path(path).resolve(), self.workdir.resolve()
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+    def _write(self, stage: str, manifest: dict) -> None:
+        atomic.write_text(self.manifest_path(stage), json.dumps(manifest, indent=1))

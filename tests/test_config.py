@@ -1,0 +1,82 @@
+"""Config validation before any work: one line naming the field, for every command and every
+pipeline function (tests that call the pipeline directly are validated too)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from asign_jax import pipeline
+from asign_jax.config import base_config, validate
+from asign_jax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    validate(mod.get_config())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.steps", -5, "train.steps=-5: must be > 0"),
+    ("train.steps", 0, "train.steps=0: must be > 0"),
+    ("train.log_every", 0, "train.log_every=0: must be > 0"),
+    ("train.known_fraction", 1.5, "train.known_fraction=1.5: must be in [0, 1]"),
+    ("model.dropout", -0.1, "model.dropout=-0.1: must be in [0, 1]"),
+    ("train.learning_rate", float("nan"), "train.learning_rate=nan: must be finite"),
+    ("data.n_genes", 0, "data.n_genes=0: must be > 0"),
+    ("data.region_size", 300, "data.global_size=1024: must be a multiple of "
+                              "data.region_size=300"),
+    ("model.heads", 3, "model.hidden=256: must be a multiple of model.heads=3"),
+    ("loss.lambda_s", -1.0, "loss.lambda_s=-1.0: must be >= 0"),
+    ("graph.k_intra", 0, "graph.k_intra=0: must be > 0"),
+    ("train.optimizer", "rmsprop", "train.optimizer='rmsprop': expected one of sgd, adam"),
+    ("data.format", "csv", "data.format='csv': expected one of her2st, stnet, visium, synthetic"),
+    ("train.folds", ("A",), "train.folds=('A',): must be a tuple of non-empty tuples"),
+    ("data.smooth", True, "data.smooth=True: only defined for data.normalization='triplex'"),
+])
+def test_each_bad_value_names_its_field(field, value, message):
+    c = base_config()
+    section, key = field.split(".")
+    c[section][key] = value
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_unknown_and_missing_fields_are_refused():
+    c = base_config()
+    c.train.stepz = 3                              # a typo in a config file
+    with pytest.raises(ConfigError, match=r"^unknown config field\(s\) train.stepz "):
+        validate(c)
+    c = base_config()
+    del c.train["eval_genes"]
+    with pytest.raises(ConfigError, match=r"^config field\(s\) train.eval_genes missing"):
+        validate(c)
+
+
+def test_negative_known_layer_counts_from_the_end():
+    c = base_config()
+    c.train.known_layer = -1                      # documented: the last layer
+    validate(c)
+    with pytest.raises(ConfigError, match="train.known_layer=-4: sample 'C' has 3 layers"):
+        c.train.known_layer = -4
+        pipeline.check_folds(c, {"C": 3, "B": 1}, {})
+
+
+@pytest.mark.parametrize("fn", [pipeline.prepare, pipeline.train_and_evaluate,
+                                pipeline.evaluate_all, pipeline.register, pipeline.load_inputs])
+def test_pipeline_functions_validate_before_any_work(fn, tmp_path):
+    c = base_config()
+    c.train.steps = -5
+    with pytest.raises(ConfigError, match="train.steps=-5"):
+        fn(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    c = base_config()
+    c.model.name = "nope"
+    with pytest.raises(ConfigError, match="model.name='nope': expected one of asign"):
+        fn(c, tmp_path / "run")

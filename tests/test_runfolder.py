@@ -1,0 +1,330 @@
+"""Run folders that never lie: stage manifests, reuse, refusal, --overwrite, kills, re-scoring.
+
+One run of ``configs/test.py`` (2 synthetic samples x 3 sections, 8 steps per fold) is shared
+by the module; tests that change a run folder work on a copy of it. The failures of issue 8
+are replayed here: a stale config, a kill between prepare and register, ``evaluate``
+re-scoring, and the one-line errors of the commands.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asign_jax import pipeline
+from asign_jax.errors import RunFolderError
+from asign_jax.models import factory
+from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
+from asign_jax.training import step
+from asign_jax.training.folds import Fold
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "register", "graph", "fold_0", "fold_1", "reports")
+
+
+def load_test_config():
+    spec = importlib.util.spec_from_file_location("test_config", ROOT / "configs" / "test.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def builds(workdir) -> dict:
+    rf = RunFolder(workdir)
+    return {s: rf.read(s)["build"] for s in STAGES}
+
+
+def graph_arrays(workdir) -> dict:
+    out = {}
+    for p in sorted((Path(workdir) / "graphs").glob("*.npz")):
+        with np.load(p) as z:
+            out.update({f"{p.stem}/{k}": z[k] for k in z.files if k != "_meta"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config, run folder, aggregate) of one finished run of configs/test.py."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = load_test_config()
+    agg = pipeline.train_and_evaluate(config, workdir, progress=False)
+    return config, workdir, agg
+
+
+def copy_run(trained, dst: Path) -> Path:
+    shutil.copytree(trained[1], dst)          # copy2: sizes and mtimes kept
+    return dst
+
+
+# ---- a finished run ---------------------------------------------------------------------------
+
+def test_finished_run_has_complete_manifests_and_compiled_once(trained):
+    config, workdir, agg = trained
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
+    assert set(metrics["baselines"]) == {"known_mean", "overlap"}
+    assert len(metrics["folds"]) == 2 and np.isfinite(agg["asign"]["mean"]["mse"])
+    assert list((workdir / "predictions").glob("*.h5ad"))
+    assert (workdir / "plots" / "pcc_sections.png").exists()
+    rf = RunFolder(workdir)
+    m = {s: rf.read(s) for s in STAGES}
+    assert all(x["complete"] and x["build"] for x in m.values())
+    assert m["register"]["inputs"] == {"prepare": m["prepare"]["build"]}
+    assert m["graph"]["inputs"] == {"prepare": m["prepare"]["build"],
+                                    "register": m["register"]["build"]}
+    assert m["fold_1"]["inputs"] == {"graph": m["graph"]["build"]}
+    assert m["reports"]["inputs"] == {"fold_0": m["fold_0"]["build"],
+                                      "fold_1": m["fold_1"]["build"]}
+    assert m["prepare"]["config"]["data.n_genes"] == 40
+    assert m["fold_0"]["config"]["fold.test_samples"] == ["A"]
+    assert len(m["prepare"]["files"]) == 6            # the images read, relative to the run
+    assert all(k.startswith("synthetic_data/ST-imgs/") for k in m["prepare"]["files"])
+    # no recompilation across samples and folds: one trace of the train step for both folds,
+    # one of the eval step for every sample scored
+    model, loss_fn = factory.build(pipeline.validated(config), 40)
+    assert step.make_train_step(model, loss_fn, config)._cache_size() == 1
+    assert step.make_eval_fn(model)._cache_size() == 1
+
+
+def test_relaunch_reuses_every_stage(trained, monkeypatch):
+    config, workdir, agg = trained
+    before = builds(workdir)
+
+    def no_work(*a, **k):
+        raise AssertionError("a matching stage was rebuilt")
+
+    for name in ("train_fold", "prepare_samples", "register_sample", "load_samples"):
+        monkeypatch.setattr(pipeline, name, no_work)
+    monkeypatch.setattr(pipeline.graph_io, "build_sample", no_work)
+    config = config.copy_and_resolve_references()
+    config.train.log_every = 2                        # how, not what: never invalidates
+    config.train.eval_genes = ("G001",)
+    again = pipeline.train_and_evaluate(config, workdir, progress=False)
+    assert again["asign"]["mean"] == agg["asign"]["mean"]
+    after = builds(workdir)
+    assert {s: after[s] for s in STAGES[:-1]} == {s: before[s] for s in STAGES[:-1]}
+
+
+@pytest.mark.parametrize("field,value,where,message", [
+    ("data.n_genes", 20, "prepared/", "was made with data.n_genes=40; you asked for 20"),
+    ("data.normalization", "stnet", "prepared/",
+     "was made with data.normalization='asign'; you asked for 'stnet'"),
+    ("registration.ants_transform", "Rigid", "registration/",
+     "was made with registration.ants_transform='none'; you asked for 'Rigid'"),
+    ("graph.k_intra", 4, "graphs/", "was made with graph.k_intra=8; you asked for 4"),
+    ("model.hidden", 64, "checkpoints/fold_0/", "was made with model.hidden=32; you asked for 64"),
+    ("train.steps", 16, "checkpoints/fold_0/", "was made with train.steps=8; you asked for 16"),
+])
+def test_stale_config_is_refused_in_one_line(trained, field, value, where, message):
+    config, workdir, _ = trained
+    before = (workdir / "metrics.json").read_bytes(), builds(workdir)
+    config = config.copy_and_resolve_references()
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(RunFolderError) as e:
+        pipeline.train_and_evaluate(config, workdir, progress=False)
+    assert str(e.value) == (f"run folder {workdir} ({where}) {message}: use a new --workdir or "
+                            "pass --overwrite")
+    assert "\n" not in str(e.value)
+    assert ((workdir / "metrics.json").read_bytes(), builds(workdir)) == before   # untouched
+
+
+def test_evaluate_rescores_from_checkpoints(trained):
+    config, workdir, agg = trained
+    fold_results = [json.loads((workdir / "checkpoints" / f"fold_{k}" / "done.json").read_text())
+                    for k in range(2)]
+    again = pipeline.evaluate_all(config, workdir)
+    for method in agg:
+        np.testing.assert_allclose([again[method]["mean"][m] for m in ("mse", "pcc_spot")],
+                                   [agg[method]["mean"][m] for m in ("mse", "pcc_spot")],
+                                   rtol=1e-6)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert [f["step"] for f in metrics["folds"]] == [8, 8]
+    assert fold_results == [json.loads((workdir / "checkpoints" / f"fold_{k}" / "done.json")
+                                       .read_text()) for k in range(2)]     # left alone
+    other = config.copy_and_resolve_references()
+    other.model.hidden = 64
+    with pytest.raises(RunFolderError, match="model.hidden=32; you asked for 64: evaluate with "
+                                             "the config the run was trained with"):
+        pipeline.evaluate_all(other, workdir)
+
+
+# ---- kills and --overwrite --------------------------------------------------------------------
+
+def test_kill_between_prepare_and_register(trained, tmp_path, monkeypatch):
+    """Registration is part of the prepared state: a relaunch registers what is missing
+    before any graph is built, and the graphs equal those of an uninterrupted run."""
+    config, src, _ = trained
+    run = copy_run(trained, tmp_path / "run")
+    for p in ("registration", "graphs", "checkpoints", "predictions", "plots", "metrics.json",
+              "metrics.jsonl", "manifest.json", "per_gene_pcc.csv"):
+        (run / p).unlink() if (run / p).is_file() else shutil.rmtree(run / p)
+    # as if `prepare` was killed after A's registration (or `register --samples A`)
+    pipeline.register(config, run, ["A"])
+    rf = RunFolder(run)
+    assert not rf.read("register")["complete"] and rf.items("register") == {"A"}
+    with pytest.raises(RunFolderError, match="stage 'register' is missing or did not finish"):
+        pipeline.load_inputs(config, run, build=False)
+    calls = []
+    real = pipeline.register_sample
+    monkeypatch.setattr(pipeline, "register_sample",
+                        lambda p, *a, **k: calls.append(p.sample_id) or real(p, *a, **k))
+    pipeline.load_inputs(config, run)
+    assert calls == ["B"]                              # only what the kill left undone
+    assert rf.read("register")["complete"] and rf.read("graph")["complete"]
+    want, got = graph_arrays(src), graph_arrays(run)
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_overwrite_rebuilds_the_stale_stage_and_everything_after(trained, tmp_path):
+    config, _, agg = trained
+    run = copy_run(trained, tmp_path / "run")
+    before = builds(run)
+    # a fold-only change: data stages reused, every fold retrained
+    fold_only = config.copy_and_resolve_references()
+    fold_only.train.init_output_bias = False
+    new = pipeline.train_and_evaluate(fold_only, run, overwrite=True, progress=False)
+    mid = builds(run)
+    assert [mid[s] == before[s] for s in STAGES] == [True, True, True, False, False, False]
+    assert new["asign"]["mean"]["mse"] != agg["asign"]["mean"]["mse"]
+    np.testing.assert_equal(new["known_mean"]["mean"], agg["known_mean"]["mean"])  # same data
+    # a data change: prepare and every stage after it rebuilt, nothing reused (registration
+    # disabled too, only to keep the test fast; the cascade alone is tested below)
+    stnet = config.copy_and_resolve_references()
+    stnet.data.normalization = "stnet"
+    stnet.registration.enabled = False
+    pipeline.train_and_evaluate(stnet, run, overwrite=True, progress=False)
+    after = builds(run)
+    assert all(after[s] != mid[s] for s in STAGES)
+    labels = json.loads((run / "metrics.json").read_text())["baselines"]["known_mean"]
+    assert labels["mean"]["mse"] != agg["known_mean"]["mean"]["mse"]
+    assert RunFolder(run).read("prepare")["config"]["data.normalization"] == "stnet"
+
+
+def test_evaluate_refuses_a_run_folder_without_its_data_stages(trained, tmp_path):
+    config, _, _ = trained
+    with pytest.raises(RunFolderError, match="stage 'prepare' is missing or did not finish; "
+                                             "run `python -m asign_jax.train` first"):
+        pipeline.evaluate_all(config, tmp_path)
+
+
+# ---- the manifest logic on its own ------------------------------------------------------------
+
+def test_stage_fields_decide_what_invalidates_what():
+    config = load_test_config()
+    fold = Fold(index=0, test_samples=("A",), train_samples=("B",), known_layer={"A": 0})
+    prep, fold_f = stage_fields("prepare", config), stage_fields("fold_0", config, fold=fold)
+    assert prep["data.n_genes"] == 40 and prep["synthetic.n_genes"] == 60 and "seed" in prep
+    assert prep["data.root"] == "<workdir>/synthetic_data"
+    assert "features.batch_size" not in prep and "model.hidden" not in prep
+    assert fold_f["model.hidden"] == 32 and fold_f["train.steps"] == 8
+    assert fold_f["fold.known_layer"] == {"A": 0} and fold_f["fold.train_samples"] == ["B"]
+    for ignored in ("train.log_every", "train.checkpoint_every", "train.eval_genes",
+                    "train.known_layer", "train.folds"):
+        assert ignored not in fold_f
+    assert set(stage_fields("graph", config)) == {k for k in pipeline.validate.__globals__[
+        "fields"](config) if k.startswith("graph.")}
+    real = config.copy_and_resolve_references()
+    real.data.format, real.data.root = "her2st", ""
+    assert stage_fields("prepare", real)["data.root"] is None          # "" = as prepared
+
+
+def _fake_stage(rf, stage, config, inputs, files=()):
+    state = rf.check(stage, config, inputs)
+    if state != REUSE:
+        rf.start(stage, config, inputs, state)
+        (rf.folder(stage) / "out.txt").write_text(stage)
+        return rf.finish(stage, files=files)
+    return rf.build_id(stage)
+
+
+def test_runfolder_cascade_resume_and_changed_inputs(tmp_path):
+    wd = tmp_path / "run"
+    image = tmp_path / "C3.jpg"
+    image.write_bytes(b"\xff\xd8\xff" + b"\0" * 100 + b"\xff\xd9")
+    rf = RunFolder(wd)
+    b1 = _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}, files=[image])
+    b2 = _fake_stage(rf, "register", {"registration.x": 1}, {"prepare": b1})
+    b3 = _fake_stage(rf, "graph", {}, {"prepare": b1, "register": b2})
+    _fake_stage(rf, "fold_0", {}, {"graph": b3})
+    assert _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}) == b1               # reused
+    # a changed input file is never reused
+    image.write_bytes(b"\xff\xd8\xff" + b"\0" * 50 + b"\xff\xd9")
+    with pytest.raises(RunFolderError, match=rf"made from {image} \(105 bytes\), which has "
+                                             r"changed since \(55 bytes now\)"):
+        rf.check("prepare", {"data.n_genes": 40}, {})
+    # --overwrite: the stage and everything after it are deleted, downstream cannot match
+    rf = RunFolder(wd, overwrite=True)
+    assert rf.check("prepare", {"data.n_genes": 40}, {}) == NEW
+    b1b = _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}, files=[image])
+    assert b1b != b1
+    assert not any((wd / p).exists() for p in ("registration", "graphs", "checkpoints"))
+    # an upstream rebuilt behind a stage's back: refused, not reused
+    rf = RunFolder(wd)
+    b2 = _fake_stage(rf, "register", {"registration.x": 1}, {"prepare": b1b})
+    rf.start("prepare", {"data.n_genes": 40}, {}, RESUME)
+    rf.finish("prepare", files=[image])
+    with pytest.raises(RunFolderError, match="was made from an earlier 'prepare' stage"):
+        rf.check("register", {"registration.x": 1}, {"prepare": rf.build_id("prepare")})
+    # a killed stage resumes with its finished items; a new one may not delete later work
+    rf.start("graph", {}, {"prepare": 1}, NEW) if False else None
+    (wd / "checkpoints" / "fold_0").mkdir(parents=True)
+    with pytest.raises(RunFolderError, match="stage 'graph' must be built, but checkpoints"):
+        rf.start("graph", {}, {}, NEW)
+    shutil.rmtree(wd / "checkpoints")
+    rf.start("graph", {}, {}, NEW)
+    rf.item_done("graph", "A")
+    assert rf.check("graph", {}, {}) == RESUME and rf.start("graph", {}, {}, RESUME) == {"A"}
+    # a folder without a manifest (older asign_jax) is not trusted
+    (wd / "graphs" / "manifest.json").unlink()
+    with pytest.raises(RunFolderError, match=r"\(graphs/\) has no manifest.json"):
+        rf.check("graph", {}, {})
+
+
+def test_prediction_names():
+    one = [Fold(0, ("A",), ("B",), {"A": 0}), Fold(1, ("B",), ("A",), {"B": 0})]
+    assert pipeline.prediction_names(one) == {0: {"A": "A"}, 1: {"B": "B"}}
+    rotating = [Fold(k, ("C",), ("B",), {"C": k}) for k in range(3)]
+    assert pipeline.prediction_names(rotating) == {k: {"C": f"C_known{k}"} for k in range(3)}
+    twice = [Fold(0, ("A", "B"), ("C",), {"A": 0, "B": 0}), Fold(1, ("A",), ("B", "C"), {"A": 0})]
+    assert pipeline.prediction_names(twice) == {0: {"A": "A_fold0", "B": "B"}, 1: {"A": "A_fold1"}}
+
+
+# ---- the commands -----------------------------------------------------------------------------
+
+def command(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def error_lines(out: subprocess.CompletedProcess) -> list[str]:
+    return [l for l in out.stderr.splitlines() if l.startswith("error:") or "Traceback" in l]
+
+
+def test_commands_print_one_line_and_exit_2(trained, tmp_path):
+    _, workdir, _ = trained
+    out = command("asign_jax.train", "--config", "configs/test.py", "--workdir",
+                  str(tmp_path / "x"), "--config.train.steps=-5")
+    assert out.returncode == 2 and error_lines(out) == ["error: train.steps=-5: must be > 0"]
+    assert not (tmp_path / "x").exists()                # refused before any work
+    out = command("asign_jax.prepare", "--config", "configs/test.py", "--workdir",
+                  str(tmp_path / "x"), "--config.train.stepz=3")
+    assert out.returncode == 2 and error_lines(out) == [
+        "error: --config.train.stepz: unknown config field (did you mean train.steps?)"]
+    out = command("asign_jax.train", "--config", "configs/test.py", "--workdir", str(workdir),
+                  "--config.data.n_genes=20")
+    assert out.returncode == 2 and error_lines(out) == [
+        f"error: run folder {workdir} (prepared/) was made with data.n_genes=40; you asked for "
+        "20: use a new --workdir or pass --overwrite"]
+    out = command("asign_jax.train", "--config", "configs/test.py", "--workdir", str(workdir),
+                  "--config.data.n_genes=20", "--verbose")
+    assert out.returncode != 0 and "Traceback" in out.stderr and "RunFolderError" in out.stderr
