@@ -11,7 +11,7 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.data.section import Sample, Section
-from asign_jax.errors import ConfigError, DataError
+from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.preprocess.genes import mean_expression, select_genes
 from asign_jax.preprocess.normalize import normalize
 from asign_jax.preprocess.prepare import prepare_samples, section_summary
@@ -190,7 +190,8 @@ def test_prepare_samples_asign(tmp_path):
     out = prepare_samples(fake_samples(tmp_path), small_config(), wd, extractor=ext)
     assert (wd / "prepared" / "genes.txt").read_text().split() == ["c", "a"]
     index = json.loads((wd / "prepared" / "index.json").read_text())
-    assert index == {"samples": ["P", "Q"], "genes": ["c", "a"], "normalization": "asign"}
+    assert index == {"samples": ["P", "Q"], "genes": ["c", "a"], "normalization": "asign",
+                     "left_out": {}}
     assert list_prepared(wd) == ["P", "Q"]
     # each image read once, in order, with the feature cache dir
     assert [(c[0], c[1], c[2]) for c in ext.calls] == [("P1", (H, W, 3), 11),
@@ -294,15 +295,21 @@ def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
     assert seen["generate"] == (wd / "synthetic_data", 7)
     assert seen["root"] == str(wd / "synthetic_data")
     assert cfg.data.root == ""                      # caller's config untouched
-    assert registered == [("P", wd)]                # Q has one section
+    assert registered == [("P", wd), ("Q", wd)]     # Q (one section) gets identity coordinates
     text = capsys.readouterr().out
     assert "P1" in text and "first c, last a" in text
     row = [line.split() for line in text.splitlines() if line.startswith("P ")][0]
     assert row == ["P", "P1", "5", "4", "2", "2"]
 
     registered.clear()
-    prepare(cfg, wd, skip_registration=True)
-    assert registered == []
+    seen.clear()
+    prepare(cfg, wd)                                # both stages match: reused, nothing redone
+    assert registered == [] and seen == {}
+    cfg.data.n_genes = 1
+    with pytest.raises(RunFolderError, match="was made with data.n_genes=2; you asked for 1"):
+        prepare(cfg, wd, skip_registration=True)
+    prepare(cfg, wd, skip_registration=True, overwrite=True)
+    assert registered == [] and not (wd / "registration").exists()     # deleted, not redone
 
 
 def test_stnet_totals_survive_gene_intersection():

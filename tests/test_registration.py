@@ -295,6 +295,7 @@ def test_single_section_and_bad_image(tmp_path):
 def test_synthetic_tre_within_tenth_of_pitch(seed, tmp_path):
     from asign_jax.data.synthetic import generate
     from asign_jax.pipeline import register
+    from asign_jax.runfolder import NEW, RunFolder, stage_fields
 
     cfg = base_config()
     s = cfg.synthetic
@@ -308,8 +309,11 @@ def test_synthetic_tre_within_tenth_of_pitch(seed, tmp_path):
     pix = [np.asarray(g["spots"]["pixel_xy"], float) for g in gts]
     paths = [root / "ST-imgs" / "A" / n / f"{n}_HE.jpg" for n in names]
     wd = tmp_path / "wd"
+    rf = RunFolder(wd)                              # a prepare stage made by hand
+    rf.start("prepare", stage_fields("prepare", cfg), {}, NEW)
     _prepared("A", names, paths, pix, [(1024, 1024)] * 3).save(wd)
     (wd / "prepared" / "index.json").write_text(json.dumps({"samples": ["A"], "genes": []}))
+    rf.finish("prepare")
     qcs = register(cfg, wd)
     pitch = float(s.spot_pitch)
     for sec in qcs["A"]["sections"]:

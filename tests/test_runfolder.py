@@ -197,17 +197,19 @@ def test_overwrite_rebuilds_the_stale_stage_and_everything_after(trained, tmp_pa
     assert [mid[s] == before[s] for s in STAGES] == [True, True, True, False, False, False]
     assert new["asign"]["mean"]["mse"] != agg["asign"]["mean"]["mse"]
     np.testing.assert_equal(new["known_mean"]["mean"], agg["known_mean"]["mean"])  # same data
-    # a data change: prepare and every stage after it rebuilt, nothing reused (registration
-    # disabled too, only to keep the test fast; the cascade alone is tested below)
+    # a data change: prepare and every stage after it rebuilt, nothing reused
     stnet = config.copy_and_resolve_references()
     stnet.data.normalization = "stnet"
-    stnet.registration.enabled = False
     pipeline.train_and_evaluate(stnet, run, overwrite=True, progress=False)
     after = builds(run)
     assert all(after[s] != mid[s] for s in STAGES)
     labels = json.loads((run / "metrics.json").read_text())["baselines"]["known_mean"]
     assert labels["mean"]["mse"] != agg["known_mean"]["mean"]["mse"]
     assert RunFolder(run).read("prepare")["config"]["data.normalization"] == "stnet"
+    # three runs of the same model shapes in one process: still one compilation of each step
+    model, loss_fn = factory.build(pipeline.validated(config), 40)
+    assert step.make_train_step(model, loss_fn, config)._cache_size() == 1
+    assert step.make_eval_fn(model)._cache_size() == 1
 
 
 def test_evaluate_refuses_a_run_folder_without_its_data_stages(trained, tmp_path):

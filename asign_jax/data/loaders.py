@@ -68,8 +68,8 @@ def parse_section_groups(spec: str) -> Optional[dict[str, list[str]]]:
 
 
 def _image_globs(config):
-    glob = config.data.get("image_glob", "") if hasattr(config.data, "get") else ""
-    return tuple(g.strip() for g in glob.split(",") if g.strip()) or visium.DEFAULT_IMAGE_GLOBS
+    globs = tuple(g.strip() for g in config.data.image_glob.split(",") if g.strip())
+    return globs or visium.DEFAULT_IMAGE_GLOBS
 
 
 def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
@@ -77,8 +77,7 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
 
     Args:
       config: the full config (``config.data.format``, ``.root``, ``.sections``,
-        ``.min_section_spots``; visium also reads an optional ``data.image_glob``,
-        comma-separated globs).
+        ``.min_section_spots``; visium also reads ``data.image_glob``, comma-separated globs).
       counts_only: keep sections without an image (for analyses that need no image).
 
     Returns:

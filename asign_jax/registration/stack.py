@@ -331,7 +331,7 @@ def register_sample(prepared, config, workdir: Path,
             "region": s.region_centers(region_size).reshape(-1, 2),
             "global": s.global_centers(global_size).reshape(-1, 2)} for s in secs]
     out_dir = Path(workdir) / "registration" / prepared.sample_id
-    if len(secs) < 2 or not bool(getattr(rcfg, "enabled", True)):
+    if len(secs) < 2 or not rcfg.enabled:
         why = "single section" if len(secs) < 2 else "registration disabled"
         log.info("sample %s: %s; saving identity coordinates", prepared.sample_id, why)
         reg = RegisteredSample.identity(prepared.sample_id, names, [p["spot"] for p in pts],
@@ -353,7 +353,7 @@ def register_sample(prepared, config, workdir: Path,
     res = register_stack([s.image_path for s in secs], pts, rcfg, names=names,
                          ground_truth=ground_truth,
                          full_shapes=None if any(v is None for v in shapes) else shapes,
-                         seed=int(getattr(config, "seed", 0)))
+                         seed=int(config.seed))
     reg = RegisteredSample(sample_id=prepared.sample_id, reference=res.reference,
                            section_names=names, affines=res.affines,
                            spot_xy=[p["spot"] for p in res.points],
@@ -363,8 +363,7 @@ def register_sample(prepared, config, workdir: Path,
     qc = dict(res.qc, seconds=round(res.seconds, 2))
     qcmod.write_qc(qc, out_dir / "qc.json")
     qcmod.draw_overlay(res, out_dir / "overlay.png",
-                       radius_px=float(getattr(config.graph, "spot_radius", 112.0))
-                       if "graph" in config else 112.0,
+                       radius_px=float(config.graph.spot_radius),
                        title=f"{prepared.sample_id}: {len(names)} sections -> "
                              f"{names[res.reference]}")
     log.info("sample %s registered in %.1f s -> %s", prepared.sample_id, res.seconds, out_dir)

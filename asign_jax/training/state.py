@@ -18,7 +18,8 @@ from asign_jax.errors import ConfigError
 
 
 class TrainState(train_state.TrainState):
-    """flax TrainState: ``step``, ``params``, ``opt_state`` (+ static ``apply_fn``, ``tx``)."""
+    """flax TrainState: ``step``, ``params``, ``opt_state`` (+ static ``tx``; ``apply_fn`` is
+    None: the steps call the value-hashed model itself)."""
 
 
 def make_schedule(train_cfg) -> optax.Schedule:
@@ -92,7 +93,9 @@ def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> Train
     if extra:
         raise ConfigError(f"model has non-parameter collections {sorted(extra)}; "
                           "the training loop only carries 'params'")
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+    # apply_fn=None: a bound method compares its module by identity (Python >= 3.8), so every
+    # new (equal) model would change the state's static fields and recompile the jitted step
+    state = TrainState.create(apply_fn=None, params=variables["params"],
                               tx=make_optimizer(train_cfg))
     # a strongly typed int32 step: the same signature fresh, stepped and restored (no recompiles)
     return state.replace(step=jnp.zeros((), jnp.int32))
