@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -278,7 +279,6 @@ def test_runfolder_cascade_resume_and_changed_inputs(tmp_path):
     with pytest.raises(RunFolderError, match="was made from an earlier 'prepare' stage"):
         rf.check("register", {"registration.x": 1}, {"prepare": rf.build_id("prepare")})
     # a killed stage resumes with its finished items; a new one may not delete later work
-    rf.start("graph", {}, {"prepare": 1}, NEW) if False else None
     (wd / "checkpoints" / "fold_0").mkdir(parents=True)
     with pytest.raises(RunFolderError, match="stage 'graph' must be built, but checkpoints"):
         rf.start("graph", {}, {}, NEW)
@@ -305,7 +305,7 @@ def test_prediction_names():
 
 def command(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def error_lines(out: subprocess.CompletedProcess) -> list[str]:
