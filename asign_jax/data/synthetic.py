@@ -161,6 +161,24 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
     return json.loads(summary_path.read_text())
 
 
+def hex_lattice(n_spots: int, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n_spots`` points of a Visium-style hexagonal lattice, row by row.
+
+    Rows are ``pitch * sqrt(3) / 2`` apart and every other row is shifted by ``pitch / 2``
+    (10x Visium: 55 um spots, 100 um centre to centre), filling a near-square patch.
+
+    Returns:
+      xy: (n_spots, 2) float64 centres (x = column, y = row), the first at (0, 0).
+      array_xy: (n_spots, 2) int64 (column, row) array indices, Visium-style (x doubled so
+        that neighbours in a row differ by 2 and the shifted rows take the odd columns).
+    """
+    n = int(n_spots)
+    cols = max(1, int(math.ceil(math.sqrt(n * 2.0 / math.sqrt(3.0)))))
+    row, col = np.divmod(np.arange(n), cols)
+    xy = np.stack([(col + 0.5 * (row % 2)) * pitch, row * pitch * math.sqrt(3.0) / 2.0], 1)
+    return xy.astype(np.float64), np.stack([2 * col + row % 2, row], 1).astype(np.int64)
+
+
 def load_ground_truth(root: Path, section: str) -> dict:
     """Reads ``root/ground_truth/<section>.json``."""
     path = Path(root) / "ground_truth" / f"{section}.json"

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asign_jax.models import sparse
 
 DENSE_MAX_NODES = 4096
 """``propagate(..., dense=None)`` uses the dense form up to this many (padded) nodes."""
@@ -86,8 +87,12 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
         def reached_from(reached):
             return adj @ reached.astype(w.dtype) > 0
     else:
+        # sum_j alpha_j e_ij p_j = A_e (alpha * p): a CSR product with the FIXED graph weights
+        # (no per-edge gradient), alpha enters through an (N, G) elementwise product
+        lay = sparse.layout(senders, receivers, n_node)
+
         def average(p):
-            return jax.ops.segment_sum(w[:, None] * p[senders], receivers, n_node) / \
+            return sparse.spmm(e, alpha[:, None].astype(p.dtype) * p, lay) / \
                 safe_denom[:, None]
 
         def reached_from(reached):
