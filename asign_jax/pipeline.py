@@ -36,7 +36,7 @@ from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.errors import DataError
-from asign_jax.training import batches, checkpoint, sharding
+from asign_jax.training import batches, checkpoint, sharding, subgraph
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
 from asign_jax.training.state import create_train_state
@@ -186,12 +186,15 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
     """Scores the fold on its test (and validation) samples and writes the predictions."""
     fn = make_eval_fn(model)
     eval_fn = lambda s: fn(params, s)
+    pad_fn = pool.pad
+    if pool.tiled:      # samples too large for one graph: impute in exact tiles
+        eval_fn, pad_fn = subgraph.tiled_eval(eval_fn, config), lambda s: s
     out = {}
     for role in ("test", "val"):
         if not fold.samples_of(role):
             continue
         result, per_gene, predictions = scoring.evaluate_fold(config, fold, eval_fn, graphs,
-                                                              pool.pad, role)
+                                                              pad_fn, role)
         out[role] = (result, per_gene)
         if role == "test":
             for p in predictions:
@@ -259,7 +262,8 @@ def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
             scores.append(_load_fold(workdir, fold))
             continue
         logger.info("%s", fold.describe())
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
+                                  **subgraph.pool_options(config))
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
                            progress=progress)
@@ -284,7 +288,8 @@ def evaluate_all(config, workdir) -> dict:
     model, _ = factory.build(config, len(genes))
     scores = []
     for fold in folds:
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
+                                  **subgraph.pool_options(config))
         state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
         try:
             params, step = checkpoint.restore_params(state, fold_dir(workdir, fold))
