@@ -1,5 +1,6 @@
 """Multi-process data parallelism: two local CPU processes (jax.distributed, loopback only) train
-the same fold as one process and must reach the same losses and parameters."""
+the same fold as one process and must reach the same losses and parameters (SGD: Adam would
+amplify float-order differences of near-zero gradients)."""
 
 import json
 import os
