@@ -57,30 +57,54 @@ class Tile:
     core: dict
 
 
+def in_csr(senders: np.ndarray, receivers: np.ndarray, n_node: int) -> tuple:
+    """(indptr (n+1,), edge ids grouped by receiver (E,)): each node's in-edges, in edge order."""
+    order = np.argsort(np.asarray(receivers), kind="stable")
+    indptr = np.searchsorted(np.asarray(receivers)[order], np.arange(n_node + 1))
+    return indptr, order
+
+
+def _ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Concatenated positions indptr[r]:indptr[r+1] of every row r in ``rows``."""
+    lo, hi = indptr[rows], indptr[rows + 1]
+    lens = hi - lo
+    return np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
+
+
 def khop(senders: np.ndarray, receivers: np.ndarray, n_node: int, seeds: np.ndarray,
-         hops: int) -> np.ndarray:
-    """(n_node,) bool: ``seeds`` and every node with a path of <= ``hops`` edges INTO them."""
+         hops: int, csr: Optional[tuple] = None) -> np.ndarray:
+    """(n_node,) bool: ``seeds`` and every node with a path of <= ``hops`` edges INTO them.
+
+    Frontier expansion over the in-edge CSR (``in_csr``): cost ~ the edges of the result.
+    """
+    indptr, order = in_csr(senders, receivers, n_node) if csr is None else csr
+    senders = np.asarray(senders)
     mask = np.zeros(n_node, bool)
     mask[seeds] = True
+    frontier = np.flatnonzero(mask)
     for _ in range(int(hops)):
-        new = mask.copy()
-        new[senders[mask[receivers]]] = True
-        if (new == mask).all():
+        cand = senders[order[_ranges(indptr, frontier)]]
+        frontier = np.unique(cand[~mask[cand]])
+        if not len(frontier):
             break
-        mask = new
+        mask[frontier] = True
     return mask
 
 
-def _induced(g: jraph.GraphsTuple, keep: np.ndarray, remap: dict) -> jraph.GraphsTuple:
+def _induced(g: jraph.GraphsTuple, keep: np.ndarray, remap: dict,
+             csr: Optional[tuple] = None) -> jraph.GraphsTuple:
     """The subgraph of an unpadded graph on the sorted node indices ``keep``.
 
     ``remap``: {node field: (old index -> new index) array} for index fields (region_idx...).
+    Edges keep their order within each receiver (receiver-sorted input stays sorted).
     """
     n = int(np.asarray(g.n_node)[0])
     new_id = np.full(n, -1, np.int64)
     new_id[keep] = np.arange(len(keep))
     s, r = np.asarray(g.senders), np.asarray(g.receivers)
-    e_keep = (new_id[s] >= 0) & (new_id[r] >= 0)
+    indptr, order = in_csr(s, r, n) if csr is None else csr
+    e_cand = order[_ranges(indptr, keep)]                  # in-edges of kept receivers
+    e_keep = e_cand[new_id[s[e_cand]] >= 0]
     nodes = {}
     for k, v in g.nodes.items():
         v = np.asarray(v)[keep]
@@ -94,7 +118,7 @@ def _induced(g: jraph.GraphsTuple, keep: np.ndarray, remap: dict) -> jraph.Graph
                              senders=new_id[s[e_keep]].astype(np.int32),
                              receivers=new_id[r[e_keep]].astype(np.int32),
                              n_node=np.array([len(keep)], np.int32),
-                             n_edge=np.array([int(e_keep.sum())], np.int32))
+                             n_edge=np.array([len(e_keep)], np.int32))
 
 
 def _offsets(layer: np.ndarray, n_layers: int) -> np.ndarray:
@@ -102,7 +126,7 @@ def _offsets(layer: np.ndarray, n_layers: int) -> np.ndarray:
 
 
 def cut_tile(sample: SampleGraph, core: dict, halo: int, *, hide_halo_labels: bool,
-             index: int = 0) -> Tile:
+             index: int = 0, csrs: Optional[dict] = None) -> Tile:
     """The tile with core nodes ``core`` ({scale: (N_scale,) bool}) and a ``halo``-hop halo.
 
     ``hide_halo_labels``: True for training (halo labels hidden, see module doc); False for
@@ -111,10 +135,11 @@ def cut_tile(sample: SampleGraph, core: dict, halo: int, *, hide_halo_labels: bo
     """
     g = {s: sample.graph(s) for s in SCALES}
     n = {s: int(np.asarray(g[s].n_node)[0]) for s in SCALES}
+    csrs = sample_csrs(sample) if csrs is None else csrs
     keep = {}
     for s in SCALES:
         keep[s] = khop(np.asarray(g[s].senders), np.asarray(g[s].receivers), n[s],
-                       np.flatnonzero(core[s]), halo)
+                       np.flatnonzero(core[s]), halo, csrs[s])
     keep["region"][np.asarray(g["spot"].nodes["region_idx"])[keep["spot"]]] = True
     keep["global"][np.asarray(g["spot"].nodes["global_idx"])[keep["spot"]]] = True
     keep["global"][np.asarray(g["region"].nodes["global_idx"])[keep["region"]]] = True
@@ -125,9 +150,10 @@ def cut_tile(sample: SampleGraph, core: dict, halo: int, *, hide_halo_labels: bo
         new_id[s][idx[s]] = np.arange(len(idx[s]))
     graphs = {
         "spot": _induced(g["spot"], idx["spot"], {"region_idx": new_id["region"],
-                                                  "global_idx": new_id["global"]}),
-        "region": _induced(g["region"], idx["region"], {"global_idx": new_id["global"]}),
-        "global": _induced(g["global"], idx["global"], {}),
+                                                  "global_idx": new_id["global"]}, csrs["spot"]),
+        "region": _induced(g["region"], idx["region"], {"global_idx": new_id["global"]},
+                           csrs["region"]),
+        "global": _induced(g["global"], idx["global"], {}, csrs["global"]),
     }
     core_sub = {s: np.asarray(core[s])[idx[s]] for s in SCALES}
     if hide_halo_labels:
@@ -144,6 +170,12 @@ def cut_tile(sample: SampleGraph, core: dict, halo: int, *, hide_halo_labels: bo
                                      global_=graphs["global"], layer_offsets=offsets,
                                      stats={}, sample_id=f"{sample.sample_id}#{index}")
     return Tile(sample.sample_id, index, tile_graph, idx, core_sub)
+
+
+def sample_csrs(sample: SampleGraph) -> dict:
+    """{scale: ``in_csr``} of a sample's three graphs (computed once per sample)."""
+    return {s: in_csr(sample.graph(s).senders, sample.graph(s).receivers,
+                      int(np.asarray(sample.graph(s).n_node)[0])) for s in SCALES}
 
 
 def grid_cores(sample: SampleGraph, n_tiles_side: int) -> list[dict]:
@@ -169,51 +201,73 @@ def grid_cores(sample: SampleGraph, n_tiles_side: int) -> list[dict]:
     return out
 
 
-def tile_sample(sample: SampleGraph, max_nodes: int, halo: int, *,
-                hide_halo_labels: bool) -> list[Tile]:
-    """Cuts ``sample`` into the coarsest n x n grid whose tiles have <= ``max_nodes`` spots.
+def plan_tiles(sample: SampleGraph, max_nodes: int, halo: int) -> list[dict]:
+    """Core masks of the coarsest n x n grid whose tiles (core + halo) have <= ``max_nodes``
+    spots; [all nodes] when the sample fits whole. Sizes come from the halo masks only.
 
-    A sample that fits whole is one tile (its full graph). Raises ValueError when even a
-    grid of one-spot-wide tiles does not fit (halo too large for ``max_nodes``).
+    Raises ValueError when no grid fits (halo too large for ``max_nodes``).
     """
-    n_spot = int(np.asarray(sample.spot.n_node)[0])
-    if n_spot <= max_nodes:
-        full = {s: np.ones(int(np.asarray(sample.graph(s).n_node)[0]), bool) for s in SCALES}
-        return [cut_tile(sample, full, 0, hide_halo_labels=hide_halo_labels)]
-    k = max(2, int(math.ceil(math.sqrt(n_spot / max_nodes))))
-    while k * k <= 4 * n_spot:
-        tiles = [cut_tile(sample, core, halo, hide_halo_labels=hide_halo_labels, index=i)
-                 for i, core in enumerate(grid_cores(sample, k))]
-        biggest = max(len(t.nodes["spot"]) for t in tiles)
+    n = sizes(sample)
+    if n["spot"] <= max_nodes:
+        return [{s: np.ones(n[s], bool) for s in SCALES}]
+    g = sample.spot
+    csr = in_csr(g.senders, g.receivers, n["spot"])
+    k = max(2, int(math.ceil(math.sqrt(n["spot"] / max_nodes))))
+    while k * k <= 4 * n["spot"]:
+        cores = grid_cores(sample, k)
+        biggest = max(int(khop(g.senders, g.receivers, n["spot"], np.flatnonzero(c["spot"]),
+                               halo, csr).sum()) for c in cores)
         if biggest <= max_nodes:
             logger.info("sample %s: %d spots in %d tiles (%dx%d grid, halo %d hops), at most "
-                        "%d spots per tile", sample.sample_id, n_spot, len(tiles), k, k, halo,
-                        biggest)
-            return tiles
+                        "%d spots per tile", sample.sample_id, n["spot"], len(cores), k, k,
+                        halo, biggest)
+            return cores
         k = int(math.ceil(k * math.sqrt(biggest / max_nodes * 1.1)))
     raise ValueError(f"sample {sample.sample_id}: no tiling keeps <= {max_nodes} spots per "
                      f"tile with a {halo}-hop halo; raise train.max_graph_nodes")
 
 
-def impute_tiled(eval_fn: Callable, pad_fn: Callable, tiles: list[Tile],
-                 n_nodes: dict) -> dict:
-    """Runs ``eval_fn(pad_fn(tile graph))`` on every tile and gathers the core outputs.
+def tile_sample(sample: SampleGraph, max_nodes: int, halo: int, *,
+                hide_halo_labels: bool) -> list[Tile]:
+    """The tiles of ``plan_tiles`` (a sample that fits whole is one tile: its full graph)."""
+    cores = plan_tiles(sample, max_nodes, halo)
+    if len(cores) == 1:
+        halo = 0
+    csrs = sample_csrs(sample)
+    return [cut_tile(sample, c, halo, hide_halo_labels=hide_halo_labels, index=i, csrs=csrs)
+            for i, c in enumerate(cores)]
+
+
+def impute_tiled(eval_fn: Callable, sample: SampleGraph, max_nodes: int, halo: int,
+                 budget_multiple: int = 64) -> dict:
+    """Imputes ``sample`` tile by tile and gathers the core outputs (exact for a halo of at
+    least gat_layers + cli_iterations hops, see the module doc).
 
     Args:
       eval_fn: padded sample dict -> model output dict (``step.make_eval_fn``).
-      pad_fn: SampleGraph -> padded dict (one budget for all tiles: one compilation).
-      tiles: from ``tile_sample(..., hide_halo_labels=False)`` with a halo of at least
-        gat_layers + cli_iterations hops for exact results.
-      n_nodes: {scale: nodes of the whole sample}.
+      sample: the (masked) SampleGraph; halo nodes keep their labels and known flags.
+      max_nodes, halo: as in ``plan_tiles``.
 
-    Returns the model's output dict for the whole sample: per-spot arrays (N_s, ...), per-region
-    (N_r, G), per-global (N_q, G), and the per-gene "alpha" (the same on every tile).
+    Tiles are cut twice (sizes for one shared padding budget = one compilation, then one at a
+    time for the model), so only one tile is in memory beside the sample. Returns the model's
+    output dict for the whole sample: per-spot arrays (N_s, ...), per-region (N_r, G),
+    per-global (N_q, G), and the per-gene "alpha" (the same on every tile).
     """
+    cores = plan_tiles(sample, max_nodes, halo)
+    halo = 0 if len(cores) == 1 else halo
+    csrs = sample_csrs(sample)
+    cut = lambda i: cut_tile(sample, cores[i], halo, hide_halo_labels=False, index=i, csrs=csrs)
+    shapes = [SampleGraph(t.graph.sample_id, t.graph.section_names,
+                          *(t.graph.graph(s)._replace(nodes={}, edges={}) for s in SCALES),
+                          layer_offsets={}) for t in map(cut, range(len(cores)))]
+    budget = budget_for(shapes, budget_multiple)
+    n_nodes = sizes(sample)
     scale_of = {"spot": "spot", "spot_model": "spot", "imputed": "spot", "reached": "spot",
                 "region": "region", "global": "global"}
     out: dict = {}
-    for t in tiles:
-        res = eval_fn(pad_fn(t.graph))
+    for i in range(len(cores)):
+        t = cut(i)
+        res = eval_fn({s: pad_sample(t.graph, budget).graph(s) for s in SCALES})
         for key, val in res.items():
             val = np.asarray(val)
             scale = scale_of.get(key)
@@ -257,19 +311,11 @@ def pool_options(config) -> dict:
             "halo": halo_for(config.model, exact=False) if halo < 0 else halo}
 
 
-def tiled_eval(eval_fn: Callable, config, budget_multiple: int = 64) -> Callable:
-    """``masked SampleGraph -> output dict`` that imputes a sample in exact tiles.
-
-    Tiles hold at most ``train.max_graph_nodes`` spots with a halo of gat_layers +
-    cli_iterations hops (exact, see module doc); all tiles of the sample share one padding
-    budget. For ``scoring.evaluate_fold`` with ``pad_fn`` = identity.
+def tiled_eval(eval_fn: Callable, config) -> Callable:
+    """``masked SampleGraph -> output dict`` imputing a sample in exact tiles of at most
+    ``train.max_graph_nodes`` spots (halo gat_layers + cli_iterations hops; ``impute_tiled``).
+    For ``scoring.evaluate_fold`` with ``pad_fn`` = identity.
     """
     halo = halo_for(config.model, exact=True)
-    max_nodes = int(config.train.max_graph_nodes)
-
-    def run(sample: SampleGraph) -> dict:
-        tiles = tiles_of(sample, max_nodes, halo, hide_halo_labels=False)
-        budget = budget_for([t.graph for t in tiles], budget_multiple)
-        pad = lambda g: {s: pad_sample(g, budget).graph(s) for s in SCALES}
-        return impute_tiled(eval_fn, pad, tiles, sizes(sample))
-    return run
+    max_nodes = int(config.train.max_graph_nodes) or 1 << 62
+    return lambda sample: impute_tiled(eval_fn, sample, max_nodes, halo)
