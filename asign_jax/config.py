@@ -40,6 +40,11 @@ def base_config() -> ml_collections.ConfigDict:
     s.max_translation_px = 80.0
     s.max_scale = 0.05
     s.elastic_px = 4.0           # amplitude of the mild elastic deformation
+    s.lattice = "square"         # square | hex (10x Visium hexagonal spot lattice)
+    s.embedding_dim = 0          # > 0: also write <root>/embeddings.npz (features drawn
+                                 # directly, for features.encoder = "embeddings")
+    s.embedding_region_size = 512    # tile sides of the embeddings file (= data.region_size,
+    s.embedding_global_size = 1024   # data.global_size)
 
     # ---- features ------------------------------------------------------------------------
     c.features = f = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from asign_jax import atomic
 from asign_jax.data.loaders import load_samples
-from asign_jax.data.synthetic import generate
+from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
 from asign_jax.evaluation import reports, scoring
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
@@ -62,6 +62,8 @@ def prepare(config, workdir, *, skip_registration: bool = False) -> list[Prepare
         logger.info("stage 0/3: generating synthetic data in %s", root)
         generate(config.synthetic, root, seed=config.seed)
         config.data.root = str(root)
+        if config.features.encoder == "embeddings" and not config.features.embeddings:
+            config.features.embeddings = str(root / EMBEDDINGS_FILE)   # drawn by the generator
 
     logger.info("stage 1/3: loading %s samples from %s", config.data.format, config.data.root)
     samples = load_samples(config)
