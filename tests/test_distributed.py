@@ -69,11 +69,11 @@ def test_two_processes_equal_one(tmp_path):
                                coord, str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     single = subprocess.run([sys.executable, "-c", SCRIPT, "single", str(tmp_path / "one.json")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     logs = []
     for p in multi:
         try:
-            logs.append(p.communicate(timeout=600)[0])
+            logs.append(p.communicate(timeout=1800)[0])
         except subprocess.TimeoutExpired:
             p.kill()
             logs.append(p.communicate()[0])
