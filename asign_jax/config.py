@@ -47,6 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
     s.max_translation_px = 80.0
     s.max_scale = 0.05
     s.elastic_px = 4.0           # amplitude of the mild elastic deformation
+    s.lattice = "square"         # square | hex (10x Visium hexagonal spot lattice)
+    s.embedding_dim = 0          # > 0: also write <root>/embeddings.npz (features drawn
+                                 # directly, for features.encoder = "embeddings")
+    s.embedding_region_size = 512    # tile sides of the embeddings file (= data.region_size,
+    s.embedding_global_size = 1024   # data.global_size)
 
     # ---- features ------------------------------------------------------------------------
     c.features = f = ml_collections.ConfigDict()
@@ -139,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.final_lr_fraction = 0.01   # cosine decay to this fraction of the peak
     t.steps = 2000
     t.samples_per_step = 1       # stacked on the leading (data-parallel) axis
+    t.max_graph_nodes = 60000    # a sample with more spots trains (and is imputed) in spatial
+                                 # tiles of at most this many spots (training/subgraph.py);
+                                 # 0 = always the full graph
+    t.subgraph_halo = -1         # training tiles' halo in hops (-1 = model.gat_layers)
     t.log_every = 50
     t.checkpoint_every = 200
     t.eval_genes = ("ERBB2",)    # genes drawn in the true-vs-predicted maps

@@ -36,7 +36,7 @@ from asign_jax import atomic
 from asign_jax.config import validate
 from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
-from asign_jax.data.synthetic import generate
+from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.evaluation import reports, scoring
 from asign_jax.graph import io as graph_io
@@ -49,7 +49,7 @@ from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.runfolder import NEW, REUSE, RunFolder, stage_fields
-from asign_jax.training import batches, checkpoint, sharding
+from asign_jax.training import batches, checkpoint, sharding, subgraph
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
 from asign_jax.training.state import create_train_state
@@ -101,6 +101,8 @@ def _prepare_stage(config, rf: RunFolder, *, strict_folds: bool) -> None:
         logger.info("stage 0/3: generating synthetic data in %s", root)
         generate(config.synthetic, root, seed=config.seed)
         config.data.root = str(root)
+        if config.features.encoder == "embeddings" and not config.features.embeddings:
+            config.features.embeddings = str(root / EMBEDDINGS_FILE)   # drawn by the generator
 
     logger.info("stage 1/3: loading %s samples from %s", config.data.format, config.data.root)
     samples = load_samples(config)
@@ -312,12 +314,15 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
     """Scores the fold on its test (and validation) samples and writes the predictions."""
     fn = make_eval_fn(model)
     eval_fn = lambda s: fn(params, s)
+    pad_fn = pool.pad
+    if pool.tiled:      # samples too large for one graph: impute in exact tiles
+        eval_fn, pad_fn = subgraph.tiled_eval(eval_fn, config), lambda s: s
     out = {}
     for role in ("test", "val"):
         if not fold.samples_of(role):
             continue
         result, per_gene, predictions = scoring.evaluate_fold(config, fold, eval_fn, graphs,
-                                                              pool.pad, role)
+                                                              pad_fn, role)
         out[role] = (result, per_gene)
         if role == "test":
             for p in predictions:
@@ -408,7 +413,8 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
             continue
         rf.start(fold.name, fields[fold.name], inputs, states[fold.name])
         logger.info("%s", fold.describe())
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
+                                  **subgraph.pool_options(config))
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
                            progress=progress)
@@ -444,7 +450,8 @@ def evaluate_all(config, workdir) -> dict:
             logger.warning("%s: never trained (no %s); skipped", fold.name,
                            rf.manifest_path(fold.name))
             continue
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
+                                  **subgraph.pool_options(config))
         state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
         try:
             params, step = checkpoint.restore_params(state, fold_dir(workdir, fold))

@@ -1,13 +1,22 @@
-"""Train-step time of the JAX ASIGN against a PyTorch re-implementation of the same model.
+"""JAX ASIGN against the project's PyTorch port of the same model: a size sweep at equal work.
 
-Both run one training step (forward + loss + backward + SGD-momentum update) on the same
-random padded sample, with the SAME weights: the PyTorch model is a functional mirror of
-``asign_jax.models.ASIGN`` that reads the Flax parameter tree, and the script first checks that
-both give the same loss (eval mode, no dropout) before timing. Timings are medians over
-``--steps`` steps after a warm-up (JAX: the jit compile, reported separately).
+For each size (spots per 3D sample; 4 Visium-lattice sections, regions and global tiles from
+the project's tiling, graph from the real builder: ``visium_block.make_block``), both
+frameworks run, with the SAME weights (the PyTorch model is a functional mirror of
+``asign_jax.models.ASIGN`` reading the Flax parameter tree):
 
-    python experiments/bench_torch.py                     # HER2-like sample, hidden 256
-    python experiments/bench_torch.py --hidden 1024 --steps 3
+* the training step: forward + loss + backward + SGD-momentum update;
+* the CLI alone: ``cli.propagate`` (10 iterations) forward + backward w.r.t. the prediction
+  and alpha, against the mirror's ``_propagate``.
+
+Before timing, the eval-mode (no dropout) losses of the two models and the two CLI outputs are
+compared (``equal`` in the table). Timings are INTERLEAVED (JAX, PyTorch, JAX, ...) so that
+machine load hits both alike; each is the median of ``--steps`` after a warm-up (JAX's compile
+is reported separately). Each size runs in its own process (peak RSS per size, large sizes one
+at a time). Device-agnostic: JAX's default device, PyTorch on CUDA when available.
+
+    python experiments/bench_torch.py --sizes 1000,4000,15000,60000 --out sweep.json
+    python experiments/bench_torch.py --sizes 1000 --dtype bfloat16
 
 Skips cleanly (exit 0) when torch is not installed.
 """
@@ -15,14 +24,18 @@ Skips cleanly (exit 0) when torch is not installed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 try:
@@ -31,70 +44,19 @@ try:
 except ImportError:           # pragma: no cover - depends on the environment
     torch = None
 
-import jax
-import jraph
-import optax
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 
-from asign_jax.config import base_config
-from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA
-from asign_jax.training.losses import asign_loss
-from asign_jax.models.asign import ASIGN
+from asign_jax.config import base_config  # noqa: E402
+from asign_jax.graph.contract import edge_mask, node_mask  # noqa: E402
+from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
+from asign_jax.models import cli  # noqa: E402
+from asign_jax.models.asign import ASIGN  # noqa: E402
+from asign_jax.training.losses import asign_loss  # noqa: E402
+from visium_block import make_block  # noqa: E402
 
 LN_EPS = 1e-6                  # flax LayerNorm default
-
-
-# ---------------------------------------------------------------------------------------------
-# The sample
-# ---------------------------------------------------------------------------------------------
-
-def _graph(rng, nodes, n, k_intra, k_cross, layer):
-    """Random 3D-like graph: each node receives k_intra same-layer and k_cross other-layer edges."""
-    snd, rcv, typ = [], [], []
-    for i in range(n):
-        same = np.flatnonzero((layer == layer[i]) & (np.arange(n) != i))
-        other = np.flatnonzero(layer != layer[i])
-        for pool, k, t in ((same, k_intra, EDGE_INTRA), (other, k_cross, EDGE_CROSS)):
-            if len(pool):
-                j = rng.choice(pool, min(k, len(pool)), replace=False)
-                snd += j.tolist()
-                rcv += [i] * len(j)
-                typ += [t] * len(j)
-    e = len(snd)
-    edges = {"weight": rng.uniform(0.05, 1.5, e).astype(np.float32),
-             "type": np.array(typ, np.int32)}
-    g = jraph.GraphsTuple(nodes=nodes, edges=edges, senders=np.array(snd, np.int32),
-                          receivers=np.array(rcv, np.int32), n_node=np.array([n]),
-                          n_edge=np.array([e]), globals=None)
-    return jraph.pad_with_graphs(g, n + 1, e + 1)
-
-
-def make_sample(a, seed=0):
-    rng = np.random.default_rng(seed)
-    f32 = lambda *s: rng.normal(size=s).astype(np.float32)
-    sections = a.sections
-    s_layer = np.arange(a.spots) * sections // a.spots
-    r_layer = np.arange(a.regions) * sections // a.regions
-    q_layer = np.arange(a.globals) * sections // a.globals
-    pick = lambda layer, own: np.array([rng.choice(np.flatnonzero(own == l)) for l in layer],
-                                       np.int32)
-    spot = _graph(rng, {"feat": f32(a.spots, a.din), "label": f32(a.spots, a.genes) - 5,
-                        "label_mask": np.ones(a.spots, bool),
-                        "region_idx": pick(s_layer, r_layer),
-                        "global_idx": pick(s_layer, q_layer)},
-                  a.spots, 8, 12, s_layer)
-    region = _graph(rng, {"feat": f32(a.regions, a.din), "tokens": f32(a.regions, a.tokens, a.din),
-                          "label": f32(a.regions, a.genes), "label_mask": np.ones(a.regions, bool),
-                          "global_idx": pick(r_layer, q_layer)},
-                    a.regions, 8, 4, r_layer)
-    glob = _graph(rng, {"feat": f32(a.globals, a.din), "tokens": f32(a.globals, a.tokens, a.din),
-                        "label": f32(a.globals, a.genes), "label_mask": np.ones(a.globals, bool)},
-                  a.globals, 8, 2, q_layer)
-    known = np.concatenate([rng.random(a.spots) < 0.2, [False]])
-    return spot, region, glob, known
-
-
-def _masks(g):
-    return (np.asarray(jraph.get_node_padding_mask(g)), np.asarray(jraph.get_edge_padding_mask(g)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +84,7 @@ def _mha(p, query, kv, idx, heads, drop, train):
     v = v if idx is None else v[idx]
     n, lq = query.shape[:2]
     if kv.shape[1] == 1:
-        w = torch.ones(n, heads, lq, 1)
+        w = torch.ones(n, heads, lq, 1, dtype=v.dtype)
     else:
         q = _dg_in(query, p["query"])
         k = _dg_in(kv, p["key"])
@@ -143,11 +105,11 @@ def _seg_softmax(logits, recv, n, mask):
     m = mask[:, None]
     logits = torch.where(m, logits, 0.0)
     idx = recv[:, None].expand_as(logits)
-    mx = torch.full((n, logits.shape[1]), -torch.inf).scatter_reduce(
+    mx = torch.full((n, logits.shape[1]), -torch.inf, dtype=logits.dtype).scatter_reduce(
         0, idx, torch.where(m, logits, -torch.inf), "amax", include_self=True)
     mx = torch.where(torch.isfinite(mx), mx, 0.0).detach()
     ex = torch.where(m, torch.exp(torch.where(m, logits - mx[recv], 0.0)), 0.0)
-    den = torch.zeros(n, logits.shape[1]).index_add(0, recv, ex)
+    den = torch.zeros(n, logits.shape[1], dtype=ex.dtype).index_add(0, recv, ex)
     return ex / torch.where(den > 0, den, 1.0)[recv]
 
 
@@ -186,7 +148,7 @@ def _propagate(pred, labels, known, s, r, ew, alpha, em, nm, n_iter):
     valid = em & nm[s] & nm[r] & torch.isfinite(ew) & (ew > 0)
     alpha = torch.where(nm, alpha, 0.0)
     w = torch.where(valid, alpha[s] * torch.where(valid, ew, 0.0), 0.0)
-    den = torch.zeros(n).index_add(0, r, w)
+    den = torch.zeros(n, dtype=w.dtype).index_add(0, r, w)
     has_in = den > 0
     den = torch.where(has_in, den, 1.0)
     pred = torch.where(nm[:, None], pred, 0.0)
@@ -196,7 +158,7 @@ def _propagate(pred, labels, known, s, r, ew, alpha, em, nm, n_iter):
                                   check_invariants=False).coalesce()
     for _ in range(n_iter):
         avg = torch.sparse.mm(adj, p) / den[:, None]
-        r_in = torch.zeros(n).index_add(0, r, (valid & reached[s]).float()) > 0
+        r_in = torch.zeros(n, dtype=w.dtype).index_add(0, r, (valid & reached[s]).to(w.dtype)) > 0
         reached = reached | r_in
         p = torch.where((reached & ~known & has_in)[:, None], avg, p)
         p = torch.where(known[:, None], labels, p)
@@ -270,57 +232,68 @@ def torch_loss(out, tg, lc):
     return lc.gamma_1 * l_p + lc.gamma_2 * l_c
 
 
-def to_torch_sample(spot, region, glob, known):
+def to_torch_sample(spot, region, glob, known, dev, dtype):
     def conv(g, extra=None):
-        nm, em = _masks(g)
-        d = {k: torch.from_numpy(np.array(v)) for k, v in g.nodes.items()}
-        d["node_mask"], d["graph"] = torch.from_numpy(nm.copy()), (
-            torch.from_numpy(g.senders.astype(np.int64)),
-            torch.from_numpy(g.receivers.astype(np.int64)),
-            torch.from_numpy(g.edges["weight"].copy()), torch.from_numpy(g.edges["type"].astype(np.int64)),
-            torch.from_numpy(em.copy()))
+        nm, em = np.asarray(node_mask(g)), np.asarray(edge_mask(g))
+        t = lambda a: torch.from_numpy(np.array(a)).to(dev)
+        d = {k: (t(v).to(dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else t(v))
+             for k, v in g.nodes.items()}
+        d["node_mask"], d["graph"] = t(nm), (
+            t(g.senders.astype(np.int64)), t(g.receivers.astype(np.int64)),
+            t(g.edges["weight"]).to(dtype), t(g.edges["type"].astype(np.int64)), t(em))
         for k in ("region_idx", "global_idx"):
             if k in d:
                 d[k] = d[k].long()
         d.update(extra or {})
         return d
-    return {"spot": conv(spot, {"known": torch.from_numpy(known & spot.nodes["label_mask"])}),
+    return {"spot": conv(spot, {"known": torch.from_numpy(known & spot.nodes["label_mask"]).to(dev)}),
             "region": conv(region), "global": conv(glob)}
 
 
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spots", type=int, default=2300)
-    ap.add_argument("--regions", type=int, default=300)
-    ap.add_argument("--globals", type=int, default=80)
-    ap.add_argument("--sections", type=int, default=6)
-    ap.add_argument("--din", type=int, default=2048)
-    ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--genes", type=int, default=250)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5)
-    a = ap.parse_args(argv)
-    if torch is None:
-        print("torch is not installed: skipping the PyTorch comparison")
-        return 0
-    torch.set_num_threads(os.cpu_count() or 1)
+def make_sample(spots: int, a):
+    """One padded Visium-like sample with ``spots`` spots over ``a.sections`` sections."""
+    g = make_block(max(1, spots // a.sections), a.sections, a.genes, feat_dim=a.din,
+                   n_tokens=a.tokens, seed=0)
+    g = pad_sample(g, budget_for([g]))
+    spot, region, glob = g.spot, g.region, g.global_
+    n = int(spot.n_node[0])
+    known = np.zeros(len(spot.nodes["layer"]), bool)
+    known[:n] = np.random.default_rng(1).random(n) < 0.2
+    return spot, region, glob, known
 
+
+def interleaved(fns: dict, steps: int) -> dict:
+    """Median seconds of each zero-argument function, called in turn ``steps`` times."""
+    times = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_size(spots: int, a) -> dict:
+    """Everything for one size; returns the table row."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    jdt = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
+    tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
     cfg = base_config()
     c, lc = cfg.model, cfg.loss
     c.hidden, c.heads = a.hidden, a.heads
-    spot, region, glob, known = make_sample(a)
+    t0 = time.perf_counter()
+    spot, region, glob, known = make_sample(spots, a)
+    t_data = time.perf_counter() - t0
+    cast = lambda t: jax.tree.map(lambda x: x.astype(jdt) if np.issubdtype(x.dtype, np.floating)
+                                  else x, t)
+    spot, region, glob = (cast(jax.tree.map(jnp.asarray, g)) for g in (spot, region, glob))
     model = ASIGN(c, a.genes)
     params = jax.jit(lambda k: model.init({"params": k}, spot, region, glob, known,
                                           train=False))(jax.random.key(0))
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    print(f"sample: {a.spots} spots, {a.regions} regions, {a.globals} globals, "
-          f"{spot.senders.size} spot edges; D_in {a.din}, T {a.tokens}, G {a.genes}; "
-          f"hidden {a.hidden}, heads {a.heads}, {n_params / 1e6:.2f}M params; "
-          f"{os.cpu_count()} CPU threads; jax {jax.__version__}, torch {torch.__version__}")
-
+    params = cast(params)
+    n_node, n_edge = int(spot.n_node[0]), int(spot.n_edge[0])
     spot_mask = spot.nodes["label_mask"] & ~known
 
     def loss_fn(p, key, train):
@@ -336,44 +309,141 @@ def main(argv=None):
         upd, opt = tx.update(g, opt, p)
         return optax.apply_updates(p, upd), opt, loss
 
-    # torch mirror with the same weights; check the eval-mode loss first
-    tp = jax.tree.map(lambda x: torch.tensor(np.array(x), requires_grad=True), params["params"])
-    tg = to_torch_sample(spot, region, glob, known)
+    tp = jax.tree.map(lambda x: torch.tensor(np.asarray(x, np.float32)).to(dev, tdt)
+                      .requires_grad_(True), params["params"])
+    tg = to_torch_sample(*(jax.tree.map(np.asarray, g) for g in (spot, region, glob)),
+                         known, dev, tdt)
     with torch.no_grad():
         l_torch = float(torch_loss(torch_forward(tp, tg, c, False), tg, lc))
     l_jax = float(jax.jit(lambda p: loss_fn(p, jax.random.key(0), False))(params))
-    print(f"eval-mode loss: jax {l_jax:.6f}  torch {l_torch:.6f}  (|diff| {abs(l_jax - l_torch):.1e})")
-    if not np.isclose(l_jax, l_torch, rtol=1e-3, atol=1e-4):
-        print("WARNING: the PyTorch mirror does not match the JAX model")
+    tol = 2e-2 if a.dtype == "bfloat16" else 1e-3
+    equal = bool(np.isclose(l_jax, l_torch, rtol=tol, atol=tol))
+
+    # the CLI alone: 10 iterations, forward + backward w.r.t. the prediction and alpha
+    rng = np.random.default_rng(2)
+    pred = jnp.asarray(rng.normal(-5, 1, (len(known), a.genes)), jdt)
+    alpha = jnp.asarray(rng.uniform(0.2, 0.8, len(known)), jdt)
+    s, r, w = spot.senders, spot.receivers, spot.edges["weight"]
+    em, nm = edge_mask(spot), node_mask(spot)
+
+    @jax.jit
+    def jax_cli(p, al, s, r, w, em, nm):
+        def f(p, al):
+            out, _ = cli.propagate(p, spot.nodes["label"], jnp.asarray(known), s, r, w, al, em,
+                                   nm, c.cli_iterations)
+            return jnp.sum(jnp.sin(out)), out
+        (_, out), g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(p, al)
+        return out, g
+    tpred = torch.tensor(np.asarray(pred, np.float32)).to(dev, tdt).requires_grad_(True)
+    talpha = torch.tensor(np.asarray(alpha, np.float32)).to(dev, tdt).requires_grad_(True)
+    sp = tg["spot"]
+
+    def torch_cli():
+        tpred.grad = talpha.grad = None
+        out = _propagate(tpred, sp["label"], sp["known"], *sp["graph"][:3], talpha,
+                         sp["graph"][4], sp["node_mask"], c.cli_iterations)
+        torch.sin(out).sum().backward()
+        return out
+    cli_args = (pred, alpha, s, r, w, em, nm)
+    out_j = np.asarray(jax_cli(*cli_args)[0], np.float32)
+    out_t = torch_cli().detach().float().cpu().numpy()
+    cli_equal = bool(np.allclose(out_j, out_t, rtol=tol, atol=10 * tol))
 
     opt = tx.init(params)
     key = jax.random.key(1)
     t0 = time.perf_counter()
-    params_j, opt, loss = jax_step(params, opt, key)
-    jax.block_until_ready(loss)
+    state = list(jax_step(params, opt, key))
+    jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
-    times = []
-    for i in range(a.steps):
-        t0 = time.perf_counter()
-        params_j, opt, loss = jax_step(params_j, opt, jax.random.fold_in(key, i))
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
-    jax_s = statistics.median(times)
-
     torch_opt = torch.optim.SGD(jax.tree.leaves(tp), lr=1e-4, momentum=0.9)
-    times = []
-    for i in range(a.steps + 1):
-        t0 = time.perf_counter()
+    sync = (lambda: torch.cuda.synchronize()) if dev == "cuda" else (lambda: None)
+
+    def j_step():
+        state[:] = jax_step(state[0], state[1], key)
+        jax.block_until_ready(state[2])
+
+    def t_step():
         torch_opt.zero_grad(set_to_none=True)
         loss_t = torch_loss(torch_forward(tp, tg, c, True), tg, lc)
         loss_t.backward()
         torch_opt.step()
-        times.append(time.perf_counter() - t0)
-    torch_s = statistics.median(times[1:])
-    print(f"train step (fwd + bwd + SGD), median of {a.steps}:")
-    print(f"  jax (jit)  {jax_s * 1e3:9.1f} ms   (first call incl. compile {compile_s:.1f} s)")
-    print(f"  torch      {torch_s * 1e3:9.1f} ms   (eager)")
-    print(f"  ratio torch/jax = {torch_s / jax_s:.2f}")
+        sync()
+
+    def j_cli():
+        jax.block_until_ready(jax_cli(*cli_args))
+
+    def t_cli():
+        torch_cli()
+        sync()
+    t_step()                                              # torch warm-up
+    med = interleaved({"jax_step": j_step, "torch_step": t_step}, a.steps)
+    med.update(interleaved({"jax_cli": j_cli, "torch_cli": t_cli}, a.steps))
+    return {"spots": spots, "nodes": n_node, "edges": n_edge,
+            "regions": int(region.n_node[0]), "globals": int(glob.n_node[0]),
+            "loss_jax": l_jax, "loss_torch": l_torch, "equal_loss": equal,
+            "cli_equal": cli_equal, "jax_compile_s": round(compile_s, 1),
+            **{k + "_ms": round(1e3 * v, 1) for k, v in med.items()},
+            "step_ratio": round(med["torch_step"] / med["jax_step"], 2),
+            "cli_ratio": round(med["torch_cli"] / med["jax_cli"], 2),
+            "data_s": round(t_data, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def table(rows) -> str:
+    head = (f"{'spots':>7} {'edges':>9} {'jax step':>10} {'torch step':>11} {'ratio':>6} "
+            f"{'jax CLI':>9} {'torch CLI':>10} {'ratio':>6}  equal loss (jax / torch)  RSS")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['nodes']:>7} {r['edges']:>9} {r['jax_step_ms']:>8.0f}ms "
+                     f"{r['torch_step_ms']:>9.0f}ms {r['step_ratio']:>6.2f} "
+                     f"{r['jax_cli_ms']:>7.0f}ms {r['torch_cli_ms']:>8.0f}ms {r['cli_ratio']:>6.2f}"
+                     f"  {str(r['equal_loss'] and r['cli_equal']):>5} ({r['loss_jax']:.4f} / "
+                     f"{r['loss_torch']:.4f})  {r['peak_rss_gb']:.1f} GB")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,4000,15000,60000", help="spots per sample")
+    ap.add_argument("--sections", type=int, default=4)
+    ap.add_argument("--din", type=int, default=1024)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--genes", type=int, default=250)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--out", default="", help="JSON file for the table")
+    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)   # child process
+    a = ap.parse_args(argv)
+    if torch is None:
+        print("torch is not installed: skipping the PyTorch comparison")
+        return 0
+    if a.one:
+        torch.set_num_threads(os.cpu_count() or 1)
+        print("ROW " + json.dumps(run_size(a.one, a)), flush=True)
+        return 0
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__} "
+          f"({'cuda' if torch.cuda.is_available() else 'cpu'}); {os.cpu_count()} CPU threads; "
+          f"D_in {a.din}, T {a.tokens}, G {a.genes}, hidden {a.hidden}, {a.dtype}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    rows = []
+    print(table([]))
+    for spots in [int(v) for v in a.sizes.split(",")]:
+        args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("sizes", "out", "one")]
+        proc = subprocess.run([sys.executable, __file__, *args, "--one", str(spots)],
+                              capture_output=True, text=True)
+        row = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
+        if proc.returncode or not row:
+            print(f"{spots} spots: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}")
+            continue
+        rows.append(json.loads(row[0][4:]))
+        print(table(rows).splitlines()[-1], flush=True)
+        if a.out:
+            Path(a.out).write_text(json.dumps({"args": vars(a), "jax": jax.__version__,
+                                               "torch": torch.__version__, "rows": rows},
+                                              indent=1))
+    print("\n" + table(rows))
     return 0
 
 

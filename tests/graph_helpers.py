@@ -84,3 +84,52 @@ def random_sample_graph(seed: int, *, n_layers: int, spots_per_layer: int, n_reg
     return SampleGraph(sample_id=sample_id, section_names=[f"{sample_id}{l}" for l in range(n_layers)],
                        spot=spot, region=region, global_=glob,
                        layer_offsets={"spot": offs(l_s), "region": offs(l_r), "global": offs(l_g)})
+
+
+def spatial_sample_graph(seed: int, *, n_layers: int = 3, side: int = 8, n_genes: int = 6,
+                         feat_dim: int = 8, n_tokens: int = 2, k: int = 4,
+                         sample_id: str = "S"):
+    """A SampleGraph whose edges are SPATIAL (the real builder on grids), for tiling tests.
+
+    Each layer: side x side spots at pitch 100 px (slightly jittered); region tiles 200 px
+    (2 x 2 spots), global tiles 400 px; same-layer kNN (k) and cross-layer top-2 within 150 px.
+    """
+    from asign_jax.graph.build import build_edges
+
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 100.0 + 50
+    spot_xy = np.concatenate([g + rng.normal(0, 5, g.shape) for _ in range(n_layers)])
+    l_s = np.repeat(np.arange(n_layers, dtype=np.int32), len(g))
+
+    def tiles(size):
+        cells = np.floor(spot_xy / size).astype(np.int64)
+        keys = l_s.astype(np.int64) * 10**6 + cells[:, 1] * 1000 + cells[:, 0]
+        uniq, inv = np.unique(keys, return_inverse=True)
+        layer = (uniq // 10**6).astype(np.int32)
+        xy = np.stack([uniq % 1000, (uniq // 1000) % 1000], 1) * size + size / 2.0
+        return layer, xy, inv.astype(np.int32)
+    l_r, r_xy, spot_region = tiles(200.0)
+    l_g, g_xy, spot_global = tiles(400.0)
+    region_global = np.zeros(len(l_r), np.int32)
+    region_global[spot_region] = spot_global
+
+    def graph(layer, xy, extra):
+        n = len(layer)
+        feat = rng.normal(size=(n, feat_dim)).astype(np.float32)
+        e = build_edges(xy, layer, feat, k_intra=k, k_cross=2, radius=50.0,
+                        cosine_all_max_nodes=0, cosine_radius=150.0)
+        nodes = {"feat": feat, "label": rng.normal(-5.0, 1.0, (n, n_genes)).astype(np.float32),
+                 "label_mask": np.ones(n, bool), "known": np.zeros(n, bool), "layer": layer,
+                 "xy": xy.astype(np.float32), **extra}
+        return jraph.GraphsTuple(nodes=nodes, edges={"weight": e.weight, "type": e.type},
+                                 senders=e.senders, receivers=e.receivers, globals=None,
+                                 n_node=np.array([n], np.int32),
+                                 n_edge=np.array([len(e.senders)], np.int32))
+    tok = lambda n: rng.normal(size=(n, n_tokens, feat_dim)).astype(np.float16)
+    spot = graph(l_s, spot_xy, {"region_idx": spot_region, "global_idx": spot_global})
+    region = graph(l_r, r_xy, {"tokens": tok(len(l_r)), "global_idx": region_global})
+    glob = graph(l_g, g_xy, {"tokens": tok(len(l_g))})
+    offs = lambda lay: np.concatenate([[0], np.cumsum(np.bincount(lay, minlength=n_layers))])
+    return SampleGraph(sample_id=sample_id, section_names=[f"{sample_id}{l}" for l in range(n_layers)],
+                       spot=spot, region=region, global_=glob,
+                       layer_offsets={"spot": offs(l_s), "region": offs(l_r), "global": offs(l_g)})

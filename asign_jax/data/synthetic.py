@@ -71,6 +71,14 @@ _PARAM_FIELDS = ("n_samples", "n_sections", "n_genes", "n_types", "image_size", 
 _FLOAT_FIELDS = ("max_rotation_deg", "max_translation_px", "max_scale", "elastic_px")
 # Optional fields (read with these defaults when the config lacks them).
 _OPTIONAL_FIELDS = {"shared_grid": False}
+# Optional fields recorded in the parameters only when set (older datasets stay up to date):
+# lattice "square" | "hex" (10x Visium: hexagonal, rows pitch*sqrt(3)/2 apart); embedding_dim
+# > 0 also writes root/embeddings.npz (features "drawn directly" for the ``embeddings``
+# encoder: per spot a type vector + noise, per region / global tile of the given sizes the
+# mean of its spots' vectors + noise; see ``_write_embeddings``).
+_EXTRA_FIELDS = {"lattice": "square", "embedding_dim": 0, "embedding_region_size": 512,
+                 "embedding_global_size": 1024}
+EMBEDDINGS_FILE = "embeddings.npz"
 
 _FIELD_FEATURES = 64          # random Fourier features per smooth field
 _LOWRES_STEP = 16             # px; smooth fields are evaluated on this grid, then upsampled
@@ -137,11 +145,15 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
     bio = _Biology(params, seed)
     samples: dict[str, list[str]] = {}
     spots: dict[str, int] = {}
+    embeddings: dict = {}
     for k in range(params["n_samples"]):
         letter = chr(ord("A") + k)
-        names = _write_block(root, letter, seed + k, params, bio)
+        names = _write_block(root, letter, seed + k, params, bio, embeddings)
         samples[letter] = list(names)
         spots.update(names)
+    if embeddings:
+        np.savez(root / EMBEDDINGS_FILE, **{f"{sec}/{k}": v for sec, d in embeddings.items()
+                                            for k, v in d.items()})
 
     summary = {
         "version": FORMAT_VERSION,
@@ -159,6 +171,24 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
                 root, params["n_samples"], params["n_sections"], sum(spots.values()),
                 summary["seconds"])
     return json.loads(summary_path.read_text())
+
+
+def hex_lattice(n_spots: int, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n_spots`` points of a Visium-style hexagonal lattice, row by row.
+
+    Rows are ``pitch * sqrt(3) / 2`` apart and every other row is shifted by ``pitch / 2``
+    (10x Visium: 55 um spots, 100 um centre to centre), filling a near-square patch.
+
+    Returns:
+      xy: (n_spots, 2) float64 centres (x = column, y = row), the first at (0, 0).
+      array_xy: (n_spots, 2) int64 (column, row) array indices, Visium-style (x doubled so
+        that neighbours in a row differ by 2 and the shifted rows take the odd columns).
+    """
+    n = int(n_spots)
+    cols = max(1, int(math.ceil(math.sqrt(n * 2.0 / math.sqrt(3.0)))))
+    row, col = np.divmod(np.arange(n), cols)
+    xy = np.stack([(col + 0.5 * (row % 2)) * pitch, row * pitch * math.sqrt(3.0) / 2.0], 1)
+    return xy.astype(np.float64), np.stack([2 * col + row % 2, row], 1).astype(np.int64)
 
 
 def load_ground_truth(root: Path, section: str) -> dict:
@@ -222,6 +252,13 @@ def _read_params(cfg: Any) -> dict:
             p[name] = int(v)
     for name, default in _OPTIONAL_FIELDS.items():
         p[name] = type(default)(_get(cfg, name, default))
+    for name, default in _EXTRA_FIELDS.items():
+        v = type(default)(_get(cfg, name, default))
+        if v != default:
+            p[name] = v
+    if p.get("lattice", "square") not in ("square", "hex"):
+        raise ConfigError(f"synthetic config: lattice must be 'square' or 'hex', got "
+                          f"{p['lattice']!r}")
     checks = [
         (1 <= p["n_samples"] <= 26, "n_samples must be in 1..26"),
         (p["n_sections"] >= 1, "n_sections must be >= 1"),
@@ -262,6 +299,7 @@ class _Biology:
     """What a tissue type is (appearance and expression); shared by all blocks of a seed."""
 
     def __init__(self, p: Mapping, seed: int):
+        self.seed = int(seed)
         rng = np.random.default_rng([int(seed), 0xB10])
         k, g = p["n_types"], p["n_genes"]
         # Appearance, (K,) each.
@@ -452,9 +490,13 @@ class _Objects3D:
         return idx, np.sqrt(1.0 - dz[idx] ** 2)
 
 
-def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Biology
-                 ) -> dict[str, int]:
-    """Generates and writes one block; returns {section: n_spots} in layer order."""
+def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Biology,
+                 embeddings: dict | None = None) -> dict[str, int]:
+    """Generates and writes one block; returns {section: n_spots} in layer order.
+
+    With ``p["embedding_dim"]``, ``embeddings`` gets {section: arrays} (``_section_embeddings``).
+    """
+    embeddings = {} if embeddings is None else embeddings
     ss = np.random.SeedSequence(int(block_seed))
     rng_layout, rng_objects, rng_counts, *rng_sections = [
         np.random.default_rng(s) for s in ss.spawn(3 + p["n_sections"])]
@@ -486,10 +528,16 @@ def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Bio
         # Spots on the canonical array grid (per-section random origin unless shared_grid).
         offset = np.zeros(2) if p["shared_grid"] else rng.uniform(0.0, pitch, 2)
         n_grid = int(size // pitch) + 1
-        gx, gy = np.meshgrid(np.arange(n_grid), np.arange(n_grid))
-        cxy = np.stack([gx.ravel(), gy.ravel()], 1) * float(pitch) + offset + pitch / 2.0
+        if p.get("lattice", "square") == "hex":
+            rows = int(size // (pitch * math.sqrt(3.0) / 2.0)) + 1
+            cxy, arr = hex_lattice(n_grid * rows + n_grid, float(pitch))
+            cxy = cxy + offset + pitch / 2.0
+        else:
+            gx, gy = np.meshgrid(np.arange(n_grid), np.arange(n_grid))
+            arr = np.stack([gx.ravel(), gy.ravel()], 1)
+            cxy = arr * float(pitch) + offset + pitch / 2.0
         keep = shape.inside_distance(cxy[:, 0], cxy[:, 1], z) > _SPOT_INSET * pitch
-        grid = np.stack([gx.ravel(), gy.ravel()], 1)[keep] + 1      # array x, y from 1
+        grid = arr[keep] + 1                                         # array x, y from 1
         cxy = cxy[keep]
         spot_type = np.argmax(types.at(cxy, z), axis=0)
         pixel = canonical_to_section(gt, cxy)
@@ -515,7 +563,35 @@ def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Bio
         })
         _write_section(root, letter, name, ids, grid, pixel, counts, bio.genes, image,
                        spot_type, gt, rng)
+        if p.get("embedding_dim", 0):
+            embeddings[name] = _section_embeddings(p, bio, ids, pixel, spot_type, rng)
         out[name] = len(ids)
+    return out
+
+
+def _section_embeddings(p: Mapping, bio: "_Biology", ids, pixel: np.ndarray,
+                        spot_type: np.ndarray, rng: np.random.Generator) -> dict:
+    """Features drawn directly (the embeddings-file layout of ``features.embeddings``).
+
+    Spot: the type's vector (unit-variance, drawn from the shared biology seed) + N(0, 1)
+    noise, D = embedding_dim. Tiles: every occupied cell of the region / global grids (origin
+    (i*S, j*S) of the section's pixel frame, as ``preprocess.tiles`` assigns them): the mean of
+    its spots' vectors + N(0, 0.3) noise, no token grid (T = 1).
+    """
+    d = int(p["embedding_dim"])
+    type_vec = np.random.default_rng([int(bio.seed), 0xE3B]).normal(size=(p["n_types"], d))
+    spot = (type_vec[spot_type] + rng.normal(0.0, 1.0, (len(ids), d))).astype(np.float32)
+    out = {"spot_ids": np.asarray(ids), "spot": spot}
+    for level in ("region", "global"):
+        size = int(p.get(f"embedding_{level}_size", _EXTRA_FIELDS[f"embedding_{level}_size"]))
+        cell = np.floor(np.asarray(pixel) / size).astype(np.int64)
+        keys, inv = np.unique(cell, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        mean = np.zeros((len(keys), d))
+        np.add.at(mean, inv, spot)
+        mean /= np.bincount(inv, minlength=len(keys))[:, None]
+        out[f"{level}_origin"] = (keys * size).astype(np.int64)
+        out[level] = (mean + rng.normal(0.0, 0.3, mean.shape)).astype(np.float32)
     return out
 
 

@@ -28,6 +28,7 @@ import ml_collections
 from asign_jax.graph.contract import edge_mask, node_mask
 from asign_jax.models.cli import CrossLayerImputation
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
+from asign_jax.models import sparse
 from asign_jax.models.gat import GATLayer
 
 
@@ -45,10 +46,12 @@ class _GraphLayer(nn.Module):
     use_gat: bool
 
     @nn.compact
-    def __call__(self, h, context, senders, receivers, edge_weight, edge_type, edge_mask, train):
+    def __call__(self, h, context, senders, receivers, edge_weight, edge_type, edge_mask, layout,
+                 train):
         if self.use_gat:
             h = GATLayer(self.hidden, self.heads, self.dropout, name="gat")(
-                h, senders, receivers, edge_weight, edge_type, edge_mask, train=train)
+                h, senders, receivers, edge_weight, edge_type, edge_mask, train=train,
+                layout=layout)
         tokens = jnp.concatenate([h[:, None, :], context], axis=1)         # (N, 1 + C, H)
         h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout,
                              name="transformer")(tokens, train=train)[:, 0]
@@ -93,7 +96,9 @@ class SpatialGraphBlock(nn.Module):
                          split_rngs={"params": True, "dropout": True},
                          in_axes=nn.broadcast, length=self.layers)(
             self.hidden, self.heads, self.mlp_ratio, self.dropout, self.use_gat, name="layers")
-        _, outs = layers(h, context, senders, receivers, edge_weight, edge_type, edge_mask,
+        # the CSR views of the edges (models.sparse), built once for the L layers
+        lay = sparse.layout(senders, receivers, h.shape[0]) if self.use_gat else None
+        _, outs = layers(h, context, senders, receivers, edge_weight, edge_type, edge_mask, lay,
                          train)                                             # (L, N, H)
         w = nn.softmax(self.param("layer_weights", nn.initializers.zeros, (self.layers,)))
         return jnp.einsum("l,lnh->nh", w, outs)

@@ -15,9 +15,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asign_jax.models import sparse
 
-DENSE_MAX_NODES = 4096
-"""``propagate(..., dense=None)`` uses the dense form up to this many (padded) nodes."""
+DENSE_MAX_NODES = 128
+"""``propagate(..., dense=None)`` uses the dense form up to this many (padded) nodes.
+
+Measured (``experiments/bench_kernels.py``, 10 iterations forward + backward, G = 250, Visium
+lattice graphs with ~24 in-edges per node, 2-core CPU): dense 1.6 / 12 / 14 / 55 / 684 ms
+against the CSR product's 5.9 / 18.6 / 8.2 / 17 / 108 ms at 64 / 128 / 256 / 512 / 1024
+nodes; the dense form wins up to 128 nodes only. (The old gather + segment-sum form took
+52 / 127 / 372 / 584 / 1167 ms.)"""
 
 
 def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
@@ -36,11 +43,11 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
       edge_mask, node_mask: (E,), (N,) bool; False = padding, which never contributes.
       n_iter: static number of iterations (the paper uses 10).
       dense: static. True: each iteration is one (N, N) @ (N, G) matmul with the row-normalised
-        weight matrix (built by one scatter of E scalars); False: a gather of the (E, G) sender
-        rows and a segment sum. Same result (to float rounding); None picks dense for
-        N <= ``DENSE_MAX_NODES``. Why: XLA's CPU scatter-add of (E, G) rows dominated the whole
-        training step (10 iterations, forward and backward: 0.45 of 0.56 s at N = 512,
-        E = 9856, G = 250), while the dense form costs ~2 N^2 G flops an iteration.
+        weight matrix (built by one scatter of E scalars); False: a CSR product
+        (``models.sparse.spmm``) of the fixed edge weights e_ij with alpha * p, linear in
+        E x G, no (E, G) intermediate. Same result (to float rounding); None picks dense for
+        N <= ``DENSE_MAX_NODES`` (measured crossover). Why not the gather of the (E, G) sender
+        rows + segment sum: XLA's CPU gather/scatter of (E, G) rows dominated a training step.
 
     Update of an unknown node i (t -> t+1), with w_ij = alpha_j * e_ij over valid in-edges:
       p_i^{t+1} = sum_j w_ij p_j^t / sum_j w_ij
@@ -86,8 +93,12 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
         def reached_from(reached):
             return adj @ reached.astype(w.dtype) > 0
     else:
+        # sum_j alpha_j e_ij p_j = A_e (alpha * p): a CSR product with the FIXED graph weights
+        # (no per-edge gradient), alpha enters through an (N, G) elementwise product
+        lay = sparse.layout(senders, receivers, n_node)
+
         def average(p):
-            return jax.ops.segment_sum(w[:, None] * p[senders], receivers, n_node) / \
+            return sparse.spmm(e, alpha[:, None].astype(p.dtype) * p, lay) / \
                 safe_denom[:, None]
 
         def reached_from(reached):

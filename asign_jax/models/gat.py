@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from asign_jax.graph.contract import EDGE_SELF
+from asign_jax.models import sparse
 
 N_EDGE_TYPES = EDGE_SELF + 1   # EDGE_INTRA, EDGE_CROSS, EDGE_SELF
 
@@ -50,6 +51,8 @@ class GATLayer(nn.Module):
 
     Shapes: h (N, hidden); senders, receivers, edge_type (E,) int; edge_weight (E,) float;
     edge_mask (E,) bool -> (N, hidden). Only edges move information between nodes.
+    The aggregation is a per-head CSR product (``models.sparse``); ``layout`` (optional) is
+    ``sparse.layout(senders, receivers, N)``, passed by callers that reuse it across layers.
     """
 
     hidden: int
@@ -59,7 +62,7 @@ class GATLayer(nn.Module):
     @nn.compact
     def __call__(self, h: jnp.ndarray, senders: jnp.ndarray, receivers: jnp.ndarray,
                  edge_weight: jnp.ndarray, edge_type: jnp.ndarray, edge_mask: jnp.ndarray,
-                 *, train: bool) -> jnp.ndarray:
+                 *, train: bool, layout=None) -> jnp.ndarray:
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         n_node, head_dim = h.shape[0], self.hidden // self.heads
@@ -76,8 +79,9 @@ class GATLayer(nn.Module):
         logits = logits + b_type[etype] * weight[:, None]                   # (E, k)
         alpha = masked_segment_softmax(logits, receivers, n_node, edge_mask)
         alpha = nn.Dropout(self.dropout)(alpha, deterministic=not train)
-        msg = jnp.where(edge_mask[:, None, None], alpha[..., None] * wh[senders], 0.0)
-        agg = jax.ops.segment_sum(msg, receivers, n_node)                   # (N, k, d)
+        alpha = jnp.where(edge_mask[:, None], alpha, 0.0)
+        lay = sparse.layout(senders, receivers, n_node) if layout is None else layout
+        agg = sparse.spmm_heads(alpha, wh, lay)                             # (N, k, d)
         upd = nn.elu(agg.reshape(n_node, self.hidden))  # concat heads of each node (per row)
         upd = nn.Dropout(self.dropout)(upd, deterministic=not train)
         return nn.LayerNorm(name="ln")(h + upd)

@@ -29,6 +29,7 @@ import numpy as np
 
 from asign_jax.graph.contract import SCALES
 from asign_jax.graph.padding import budget_for, pad_sample, stack_samples
+from asign_jax.training import subgraph
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Pool:
       arrays: {"spot", "region", "global"} GraphsTuples of numpy arrays, leading axis P.
       budget: the padding budget (graph.padding.budget_for) shared by every sample.
       seed: sample-order seed.
+      tiled: True when some sample entered as spatial tiles ("<sample>#<k>" ids).
     """
 
     sample_ids: tuple
@@ -113,6 +115,7 @@ class Pool:
     arrays: dict
     budget: object
     seed: int
+    tiled: bool = False
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -147,21 +150,32 @@ class Pool:
         return _pad(sample, self.budget)
 
 
-def build_pool(graphs: Mapping[str, object], fold, seed: int) -> Pool:
+def build_pool(graphs: Mapping[str, object], fold, seed: int, *, max_nodes: int = 0,
+               halo: int = 0) -> Pool:
     """The masked training pool of ``fold``: its training samples + its held-out samples.
 
     The padding budget covers every sample of the fold (training and held-out), so evaluation
-    uses the same shapes.
+    uses the same shapes. With ``max_nodes`` > 0, a sample with more spots than that is cut
+    into spatial tiles with a ``halo``-hop halo (``training.subgraph``; halo labels hidden),
+    each tile an item of the pool; the budget then covers the tiles (``Pool.tiled``).
     """
     ids, roles, masked = [], [], []
     for sid in sorted(set(fold.train_samples) | set(fold.val_samples) | set(fold.test_samples)):
         role = fold.role(sid)
-        ids.append(sid)
-        roles.append(role)
-        masked.append(mask_sample(graphs[sid], role, fold.known_layer.get(sid)))
-    budget = budget_for([graphs[s] for s in ids])
+        m = mask_sample(graphs[sid], role, fold.known_layer.get(sid))
+        n_spot = int(np.asarray(m.spot.n_node)[0])
+        if max_nodes and n_spot > max_nodes:
+            for t in subgraph.tile_sample(m, max_nodes, halo, hide_halo_labels=True):
+                ids.append(t.graph.sample_id)
+                roles.append(role)
+                masked.append(t.graph)
+        else:
+            ids.append(sid)
+            roles.append(role)
+            masked.append(m)
+    budget = budget_for(masked)
     arrays = stack_samples([pad_sample(m, budget) for m in masked])
     logger.info("pool: %s, padded to %s", ", ".join(f"{s} ({r})" for s, r in zip(ids, roles)),
                 budget)
     return Pool(sample_ids=tuple(ids), roles=tuple(roles), arrays=arrays, budget=budget,
-                seed=int(seed))
+                seed=int(seed), tiled=any("#" in i for i in ids))

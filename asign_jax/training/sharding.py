@@ -6,6 +6,12 @@ gradient all-reduce (no shard_map, so no manual pmean). S must be a multiple of 
 
 On a CPU, fake devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` AND the
 environment variable ``NPROC`` >= 2N set before jax is imported (shared/notes/stack.md).
+
+Multi-process (``jax.distributed.initialize``, see ``initialize``): the mesh spans the devices
+of every process. Every process holds the same pool and runs the same steps (same seed);
+``replicate`` / ``shard_batch`` build the global arrays from each process's host copy (each
+process supplies the shards its own devices hold), and the train step converts its batch and
+rng the same way, so ``training.loop.train_fold`` runs unchanged in every process.
 """
 
 from __future__ import annotations
@@ -42,20 +48,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def _global(tree, sharding):
+    """Global arrays with ``sharding`` from a host value every process holds whole."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.tree.map(one, tree)
+
+
 def replicate(tree, mesh: Mesh):
-    """``device_put`` every leaf replicated over the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Every leaf replicated over the mesh (all processes' devices)."""
+    return _global(tree, replicated(mesh))
 
 
 def shard_batch(batch, mesh: Mesh):
-    """``device_put`` every batch leaf split along its leading axis."""
-    return jax.device_put(batch, data_sharding(mesh))
+    """Every batch leaf split along its leading axis over the mesh."""
+    return _global(batch, data_sharding(mesh))
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Joins a multi-process run (``jax.distributed.initialize``; CPU collectives: gloo).
+
+    Call before anything touches the devices. ``coordinator`` is "host:port" of process 0.
+    """
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num_processes),
+                               process_id=int(process_id))
 
 
 def shard_train_step(step: Callable, mesh: Mesh) -> Callable:
     """``jax.jit(step)`` for ``step(state, batch, rng) -> (state, metrics)`` over ``mesh``."""
     rep, dat = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
+    fn = jax.jit(step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
+    if jax.process_count() == 1:
+        return fn
+    return lambda state, batch, rng: fn(state, shard_batch(batch, mesh), replicate(rng, mesh))
 
 
 def shard_fn(fn: Callable, mesh: Mesh) -> Callable:

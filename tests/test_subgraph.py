@@ -1,0 +1,86 @@
+"""Spatial tiles (training/subgraph.py): exact tiled imputation, label hygiene of training tiles."""
+
+import jax
+import numpy as np
+
+from asign_jax.config import base_config
+from asign_jax.graph.contract import SCALES
+from asign_jax.graph.padding import budget_for, pad_sample
+from asign_jax.models import factory
+from asign_jax.training import batches, folds, state as state_lib, step, subgraph
+from graph_helpers import spatial_sample_graph
+
+
+def _config():
+    c = base_config()
+    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
+    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c.train.max_graph_nodes = 150
+    return c
+
+
+def test_tiled_imputation_equals_full_graph():
+    c = _config()
+    g = spatial_sample_graph(0, side=10, sample_id="S")            # 3 x 100 spots
+    masked = batches.mask_sample(g, "test", known_layer=1)
+    model = factory.build(c, 6)[0]
+    full = {s: pad_sample(masked, budget_for([masked])).graph(s) for s in SCALES}
+    st = state_lib.create_train_state(model, c.train, full, jax.random.PRNGKey(0))
+    fn = step.make_eval_fn(model)
+    eval_fn = lambda s: fn(st.params, s)
+    ref = {k: np.asarray(v) for k, v in eval_fn(full).items()}
+
+    halo = subgraph.halo_for(c.model, exact=True)
+    assert halo == 3                                               # 1 GAT layer + 2 CLI hops
+    tiles = subgraph.tiles_of(masked, 150, halo, hide_halo_labels=False)
+    assert len(tiles) > 1 and max(len(t.nodes["spot"]) for t in tiles) <= 150
+    cores = np.concatenate([t.nodes["spot"][t.core["spot"]] for t in tiles])
+    assert np.array_equal(np.sort(cores), np.arange(300))          # each spot core once
+    out = subgraph.tiled_eval(eval_fn, c)(masked)
+    n = subgraph.sizes(masked)
+    for key in ("spot", "spot_model", "imputed", "region", "global"):
+        scale = {"region": "region", "global": "global"}.get(key, "spot")
+        np.testing.assert_allclose(out[key], ref[key][:n[scale]], rtol=2e-5, atol=2e-5,
+                                   err_msg=key)
+    np.testing.assert_array_equal(out["reached"], ref["reached"][:n["spot"]])
+    np.testing.assert_allclose(out["alpha"], ref["alpha"], rtol=1e-6)
+    # the known layer's labels pass through unchanged and the test layers were imputed
+    known = np.asarray(masked.spot.nodes["known"])
+    np.testing.assert_array_equal(out["imputed"][known], np.asarray(masked.spot.nodes["label"])[known])
+    assert out["reached"][~known].any()
+
+
+def test_training_tiles_one_sample_each_and_no_test_labels():
+    a = spatial_sample_graph(1, side=10, sample_id="A")
+    b = spatial_sample_graph(2, side=10, sample_id="B")
+    # tag each sample's features (mixing would show) and poison B's test layers' labels
+    for g, off in ((a, 100.0), (b, -100.0)):
+        for s in SCALES:
+            g.graph(s).nodes["feat"][:] += off
+    for s in SCALES:
+        nodes = b.graph(s).nodes
+        test = np.asarray(nodes["layer"]) != 0
+        nodes["label"][test] = np.nan
+        nodes["label"][test & (np.arange(len(test)) % 2 == 0)] = 1e30
+    fold = folds.Fold(index=0, test_samples=("B",), train_samples=("A",), known_layer={"B": 0})
+    pool = batches.build_pool({"A": a, "B": b}, fold, seed=0, max_nodes=150, halo=1)
+    assert pool.tiled and len(pool) > 2
+    assert {i.split("#")[0] for i in pool.sample_ids} == {"A", "B"}
+    labelled = {"A": 0, "B": 0}
+    for k, sid in enumerate(pool.sample_ids):
+        item = jax.tree.map(lambda x: x[k], pool.arrays)
+        owner = sid.split("#")[0]
+        for s in SCALES:
+            g = item[s]
+            n = int(g.n_node[0])
+            feat = np.asarray(g.nodes["feat"])[:n]
+            assert (feat > 50).all() if owner == "A" else (feat < -50).all(), (sid, s)
+            label, mask = np.asarray(g.nodes["label"]), np.asarray(g.nodes["label_mask"])
+            assert np.isfinite(label).all() and np.abs(label).max() < 1e3, (sid, s)
+            if owner == "B":
+                assert not mask[:n][np.asarray(g.nodes["layer"])[:n] != 0].any()
+            if s == "spot":
+                labelled[owner] += int(mask.sum())
+    # each labelled spot is a core (loss) node of exactly one tile
+    assert labelled == {"A": 300, "B": 100}
+    assert pool.roles[pool.sample_ids.index(next(i for i in pool.sample_ids if i[0] == "B"))] == "test"
