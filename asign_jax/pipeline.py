@@ -197,7 +197,8 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
             for p in predictions:
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
-                                          genes, fold.index)
+                                          genes, fold.index,
+                                          PreparedSample.load(workdir, p.sample_id))
                 reports.plot_gene_maps(Path(workdir) / "plots", stem, p, genes,
                                        config.train.eval_genes)
     return out
