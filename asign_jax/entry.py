@@ -19,9 +19,10 @@ from asign_jax.errors import ConfigError, DataError
 EXIT_BAD_INPUT = 2
 
 
-def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.FlagValues:
+def define_flags(workdir_help: str = "Run folder.", required=("config", "workdir"),
+                 **extra: tuple) -> flags.FlagValues:
     """Defines --config, --workdir, --verbose and ``extra`` string/bool flags given as
-    ``name=(default, help)``; returns ``flags.FLAGS``."""
+    ``name=(default, help)``, ``required`` among them; returns ``flags.FLAGS``."""
     from ml_collections import config_flags
 
     if "config" not in flags.FLAGS:
@@ -38,13 +39,14 @@ def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.Fla
             flags.DEFINE_bool(name, default, help_)
         else:
             flags.DEFINE_string(name, default, help_)
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(list(required))
     return flags.FLAGS
 
 
-def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> None:
+def run(main: Callable, workdir_help: str = "Run folder.", required=("config", "workdir"),
+        **extra: tuple) -> None:
     """Defines the flags and runs ``main(flags.FLAGS)`` under absl (see the module doc)."""
-    fv = define_flags(workdir_help, **extra)
+    fv = define_flags(workdir_help, required, **extra)
 
     def _main(argv):
         if len(argv) > 1:

@@ -51,6 +51,20 @@ def obs_names(sections: np.ndarray, spot_ids: np.ndarray) -> list[str]:
                                          np.asarray(spot_ids).tolist())]
 
 
+def str_column(values, index):
+    """A string obs column h5ad can write: categorical (object categories) when values repeat,
+    else object dtype (anndata 0.12 cannot write pandas 3's default Arrow strings, and turns
+    repeating strings into categoricals on write)."""
+    import pandas as pd
+
+    v = np.asarray(values).astype(str).astype(object)
+    uniq = pd.unique(v)
+    if len(uniq) < len(v):
+        return pd.Series(pd.Categorical(v, categories=pd.Index(sorted(uniq), dtype=object)),
+                         index=index)
+    return pd.Series(v, index=index, dtype=object)
+
+
 def make_adata(x: np.ndarray, genes: Sequence[str], section_names: Sequence[str],
                layer: np.ndarray, spot_ids: np.ndarray, pixel_xy: np.ndarray,
                xyz: np.ndarray, columns: Optional[Mapping[str, np.ndarray]] = None,
@@ -74,9 +88,7 @@ def make_adata(x: np.ndarray, genes: Sequence[str], section_names: Sequence[str]
                             layer, categories=pd.Index(list(section_names), dtype=object)),
                         "layer": layer}, index=index)
     for k, v in {"spot_id": np.asarray(spot_ids).astype(str), **(columns or {})}.items():
-        v = np.asarray(v)
-        obs[k] = (pd.Series(v.astype(object), index=index, dtype=object)
-                  if v.dtype.kind in "USO" else v)
+        obs[k] = str_column(v, index) if np.asarray(v).dtype.kind in "USO" else np.asarray(v)
     adata = ad.AnnData(X=np.asarray(x, np.float32), obs=obs,
                        var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object)))
     adata.obsm["spatial"] = np.asarray(pixel_xy, np.float64)
