@@ -361,7 +361,11 @@ def test_checkpoint_is_loaded_and_fine_tuned(block):
                          checkpoint=str(ckpt.fold_dir), finetune=True,
                          extractor=ColourFeatures(), progress=False)
     assert tuned["model"]["source"] == "checkpoint fine-tuned on the block"
-    assert tuned["model"]["step"] == 4                            # 2 restored + 2 more
+    assert tuned["model"]["step"] == 2               # train.steps more, from the checkpoint
+    third = ad.read_h5ad(block["root"] / "tuned" / "volume.h5ad")
+    moved = third.obs["origin"].to_numpy() == "virtual"
+    assert not np.allclose(third.X[moved], first.X[moved])
+    np.testing.assert_array_equal(third.X[~moved], first.X[~moved])   # measured: unchanged
     wrong = block["config"].copy_and_resolve_references()
     wrong.model.hidden = 12
     with pytest.raises(ConfigError, match="does not fit the model of the config"):

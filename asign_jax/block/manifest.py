@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -111,7 +112,7 @@ def _file(base: Path, value, where: str, what: str, *, folder: bool = False) -> 
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: {what} must be a path, got {value!r}")
     p = Path(value.strip()).expanduser()
-    p = p if p.is_absolute() else base / p
+    p = Path(os.path.normpath(p if p.is_absolute() else base / p))
     ok = p.is_dir() if folder else p.is_file()
     if not ok:
         raise DataError(f"{where}: {what} {p} does not exist"
