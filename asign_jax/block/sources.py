@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
