@@ -94,15 +94,26 @@ def block_fold(block_id: str, train_ids, n_layers: dict, config) -> Fold:
 def restore(config, model, pool, fold_dir: Path) -> tuple[dict, int]:
     """(params, step) of the latest checkpoint in ``fold_dir`` for ``model``."""
     state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
+    misfit = (f"--checkpoint {fold_dir}: does not fit the model of the config "
+              f"(model.hidden={config.model.hidden}, heads={config.model.heads}, "
+              f"gat_layers={config.model.gat_layers}); pass the config it was trained with")
     try:
-        return checkpoint.restore_params(state, fold_dir)
+        params, step = checkpoint.restore_params(state, fold_dir)
     except FileNotFoundError as e:
         raise DataError(f"--checkpoint {fold_dir}: {e}") from e
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--checkpoint {fold_dir}: does not fit the model of the config "
-                          f"(model.hidden={config.model.hidden}, heads={config.model.heads}, "
-                          f"gat_layers={config.model.gat_layers}); pass the config it was "
-                          f"trained with ({type(e).__name__}: {str(e)[:200]})") from e
+        raise ConfigError(f"{misfit} ({type(e).__name__}: {str(e)[:200]})") from e
+    want = dict(jax.tree_util.tree_flatten_with_path(state.params)[0])
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for k, v in want.items():
+        if k not in got or np.shape(got[k]) != np.shape(v):
+            raise ConfigError(f"{misfit} (first difference: {jax.tree_util.keystr(k)} is "
+                              f"{np.shape(got[k]) if k in got else 'absent'} in the "
+                              f"checkpoint, {np.shape(v)} in the model)")
+    if len(got) != len(want):
+        raise ConfigError(f"{misfit} (the checkpoint has {len(got)} parameter arrays, the "
+                          f"model {len(want)})")
+    return params, step
 
 
 def seed_finetune(config, model, pool, params, fold_dir: Path) -> None:
