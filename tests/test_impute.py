@@ -282,6 +282,11 @@ def block(tmp_path_factory):
     generate(config.synthetic, root / "data", seed=0)
     d = root / "data"
     img = {n: next((d / "ST-imgs" / "A" / n).glob("*.jpg")) for n in ("A1", "A2", "A3")}
+    # A3's spot centres given by the user (its real array positions, no counts)
+    sel = np.loadtxt(d / "ST-spotfiles" / "A3_selection.tsv", skiprows=1)
+    (root / "spots").mkdir()
+    (root / "spots" / "A3.csv").write_text("id,x,y\n" + "".join(
+        f"s{i},{x},{y}\n" for i, (x, y) in enumerate(sel[:, 4:6])))
     manifest = yaml_manifest(root, f"""
 sample: A
 thickness_um: 4
@@ -293,7 +298,7 @@ sections:
   - {{name: A3, image: {img['A3']}}}
 """)
     summary = impute_block(manifest, root / "out", config, extractor=ColourFeatures(),
-                           progress=False)
+                           spots_from=str(root / "spots"), progress=False)
     return {"root": root, "data": d, "manifest": manifest, "config": config,
             "summary": summary, "out": root / "out"}
 
@@ -302,7 +307,7 @@ def test_block_imputes_end_to_end(block):
     import anndata as ad
 
     out, summary = block["out"], block["summary"]
-    assert [r["origin"] for r in summary["sections"]] == ["virtual", "measured", "virtual"]
+    assert [r["origin"] for r in summary["sections"]] == ["virtual", "measured", "given"]
     assert summary["measured_unchanged"] and summary["model"]["source"] == "trained on the block"
     v = ad.read_h5ad(out / "volume.h5ad")
     n = [r["spots"] for r in summary["sections"]]
@@ -313,6 +318,8 @@ def test_block_imputes_end_to_end(block):
     virtual_rows = v.obs["origin"].to_numpy() == "virtual"
     assert set(v.obs["spot_id"][virtual_rows]) == {"virtual"}
     assert v.obs_names[virtual_rows][0].startswith("A1_virtual_")
+    given = v.obs["section"].to_numpy() == "A3"
+    assert v.obs["spot_id"][given].tolist() == [f"s{i}" for i in range(given.sum())]
     assert np.isfinite(v.X).all() and np.isnan(v.layers["measured"][virtual_rows]).all()
     assert v.uns["normalization"]["method"] == "asign" and v.uns["z_unit"] == "um"
     assert v.uns["registration_qc"]["reference"] == "A2"
@@ -353,17 +360,18 @@ def test_checkpoint_is_loaded_and_fine_tuned(block):
     assert ckpt.fold_dir == block["out"] / "work" / "checkpoints" / "fold_0"
     again = impute_block(block["manifest"], block["root"] / "ckpt", block["config"],
                          checkpoint=str(block["out"] / "work"), extractor=ColourFeatures(),
-                         progress=False)
+                         spots_from=str(block["root"] / "spots"), progress=False)
     assert again["model"]["source"] == "checkpoint" and again["model"]["step"] == 2
     second = ad.read_h5ad(block["root"] / "ckpt" / "volume.h5ad")
     np.testing.assert_allclose(second.X, first.X, rtol=1e-5, atol=1e-6)   # the same model
     tuned = impute_block(block["manifest"], block["root"] / "tuned", block["config"],
                          checkpoint=str(ckpt.fold_dir), finetune=True,
-                         extractor=ColourFeatures(), progress=False)
+                         extractor=ColourFeatures(), spots_from=str(block["root"] / "spots"),
+                         progress=False)
     assert tuned["model"]["source"] == "checkpoint fine-tuned on the block"
     assert tuned["model"]["step"] == 2               # train.steps more, from the checkpoint
     third = ad.read_h5ad(block["root"] / "tuned" / "volume.h5ad")
-    moved = third.obs["origin"].to_numpy() == "virtual"
+    moved = third.obs["origin"].to_numpy() != "measured"
     assert not np.allclose(third.X[moved], first.X[moved])
     np.testing.assert_array_equal(third.X[~moved], first.X[~moved])   # measured: unchanged
     wrong = block["config"].copy_and_resolve_references()
@@ -390,6 +398,7 @@ def test_scanpy_and_squidpy_draw_a_section(block):
     sq.pl.spatial_scatter(s, color="G000", library_id="A1")
     sq.pl.spatial_scatter(v, color="G000", library_key="section", library_id=["A1", "A3"],
                           img_res_key="lowres")
+    matplotlib.pyplot.close("all")
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):

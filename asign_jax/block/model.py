@@ -136,8 +136,10 @@ def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
     ckpt = Path(workdir) / "checkpoints" / fold.name
     if init_params is not None:
         seed_finetune(config, model, pool, init_params, ckpt)
-    logger.info("training on %s for %d steps; checkpoints in %s", fold.describe(),
-                int(config.train.steps), ckpt)
+    logger.info("training on %s%s for %d steps; checkpoints in %s",
+                ", ".join(fold.train_samples),
+                f" (validation: {', '.join(fold.val_samples)})" if fold.val_samples else
+                " (no validation sample: nothing is selected)", int(config.train.steps), ckpt)
     state = train_fold(config, model, loss_fn, pool, fold.index, ckpt,
                        Path(workdir) / "metrics.jsonl", progress=progress)
     return pool, jax.device_get(state.params), int(state.step)
