@@ -152,6 +152,14 @@ def base_config() -> ml_collections.ConfigDict:
     t.checkpoint_every = 200
     t.eval_genes = ("ERBB2",)    # genes drawn in the true-vs-predicted maps
 
+    # ---- impute (python -m asign_jax.impute: a block whose other sections have no ST) ------
+    c.impute = im = ml_collections.ConfigDict()
+    im.min_dice = 0.9            # a section whose tissue Dice with the reference after
+                                 # registration is lower stops the run (registration QC; no
+                                 # labels involved), unless --allow_poor_registration
+    im.plot_genes = ()           # genes drawn over the H&E; () = train.eval_genes present,
+                                 # else the 3 most expressed
+
     return c
 
 

@@ -28,9 +28,10 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.FlagValues:
+def define_flags(workdir_help: str = "Run folder.", required=("config", "workdir"),
+                 **extra: tuple) -> flags.FlagValues:
     """Defines --config, --workdir, --verbose and ``extra`` string/bool flags given as
-    ``name=(default, help)``; returns ``flags.FLAGS``."""
+    ``name=(default, help)``, ``required`` among them; returns ``flags.FLAGS``."""
     if "config" not in flags.FLAGS:
         config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
                                         lock_config=True)
@@ -45,7 +46,7 @@ def define_flags(workdir_help: str = "Run folder.", **extra: tuple) -> flags.Fla
             flags.DEFINE_bool(name, default, help_)
         else:
             flags.DEFINE_string(name, default, help_)
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(list(required))
     return flags.FLAGS
 
 
@@ -60,7 +61,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     verbose = "--verbose" in argv
     try:
         args = flags.FLAGS(argv)
-        flags.FLAGS.config.keys()       # a config file that failed to load raises only here
+        if flags.FLAGS.config is not None:   # optional for some commands (impute)
+            flags.FLAGS.config.keys()        # a config file that failed to load raises only here
         return args
     except flags.Error as e:
         _fail(str(e).splitlines()[0], EXIT_BAD_INPUT)
@@ -86,9 +88,10 @@ def parse_flags(argv: list[str]) -> list[str]:
               EXIT_BAD_INPUT)
 
 
-def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> None:
+def run(main: Callable, workdir_help: str = "Run folder.", required=("config", "workdir"),
+        **extra: tuple) -> None:
     """Defines the flags and runs ``main(flags.FLAGS)`` under absl (see the module doc)."""
-    fv = define_flags(workdir_help, **extra)
+    fv = define_flags(workdir_help, required, **extra)
 
     def _main(argv):
         if len(argv) > 1:
@@ -96,7 +99,8 @@ def run(main: Callable, workdir_help: str = "Run folder.", **extra: tuple) -> No
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-save chatter
         try:
-            validate(fv.config)
+            if fv.config is not None:
+                validate(fv.config)
             main(fv)
         except (DataError, ConfigError, TrainingError) as e:
             if fv.verbose:

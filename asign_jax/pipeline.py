@@ -246,10 +246,13 @@ def load_inputs(config, workdir, *, overwrite: bool = False, build: bool = True)
         _graph_stage(config, rf)
     else:
         _require_data(config, rf, "run `python -m asign_jax.train` first")
-    return _read_inputs(config, workdir)
+    return read_inputs(config, workdir)
 
 
-def _read_inputs(config, workdir: Path):
+def read_inputs(config, workdir: Path):
+    """(genes, {sample id: standardised SampleGraph}) of a run folder whose stages exist (no
+    manifest checks: ``load_inputs`` does those; ``block`` builds its own stages)."""
+    workdir = Path(workdir)
     sample_ids = list_prepared(workdir)
     genes = [str(g) for g in json.loads((workdir / "prepared" / "index.json").read_text())["genes"]]
     norm = str(config.train.feature_norm)
@@ -328,7 +331,8 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
             for p in predictions:
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
-                                          genes, fold.index)
+                                          genes, fold.index,
+                                          PreparedSample.load(workdir, p.sample_id))
                 reports.plot_gene_maps(Path(workdir) / "plots", stem, p, genes,
                                        config.train.eval_genes)
     return out

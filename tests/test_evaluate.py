@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -127,12 +128,21 @@ def test_evaluate_fold_and_reports(tmp_path):
     with pytest.raises(ValueError, match="no val samples"):
         scoring.evaluate_fold(cfg, folds.Fold(0, ("A",), ("B",), {"A": 0}), fake_eval, graphs,
                               pool.pad, "val")
-    reports.write_predictions(tmp_path / "predictions" / "A.h5ad", predictions[0], genes, 0)
+    pixel = np.random.default_rng(0).uniform(0, 900, (27, 2))
+    prepared = SimpleNamespace(sections=[SimpleNamespace(
+        name=f"A{l}", spot_ids=np.array([f"{i}x{l}" for i in range(9)]), image_path="",
+        pixel_xy=pixel[9 * l:9 * l + 9]) for l in range(3)])
+    reports.write_predictions(tmp_path / "predictions" / "A.h5ad", predictions[0], genes, 0,
+                              prepared)
     reports.plot_gene_maps(tmp_path / "plots", "A", predictions[0], genes, cfg.train.eval_genes)
     adata = ad.read_h5ad(tmp_path / "predictions" / "A.h5ad")
     assert adata.shape == (27, G) and list(adata.var_names) == genes
     np.testing.assert_allclose(adata.layers["truth"], truth)
-    assert set(adata.obs.columns) >= {"section", "layer", "known", "x", "y", "z"}
+    assert set(adata.obs.columns) >= {"section", "layer", "known", "spot_id"}
+    assert list(adata.obs_names[:2]) == ["A0_0x0", "A0_1x0"] and adata.obs["spot_id"].iloc[9] == "0x1"
+    np.testing.assert_allclose(adata.obsm["spatial"], pixel)           # each section's own px
+    np.testing.assert_allclose(adata.obsm["spatial_3d"][:, :2], graphs["A"].spot.nodes["xy"])
+    np.testing.assert_array_equal(adata.obsm["spatial_3d"][:, 2], np.repeat([0, 1, 2], 9))
     assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap"}
     assert (tmp_path / "plots" / "genemap_A_A1_g1.png").exists()
 

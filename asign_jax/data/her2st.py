@@ -71,9 +71,13 @@ def find_image(root: Path, name: str) -> Optional[Path]:
 def read_section(root: Path, name: str) -> Section:
     """Reads one section (counts joined with its selection file)."""
     root = Path(root)
-    counts_path = root / "ST-cnts" / f"{name}.tsv.gz"
-    spots_path = root / "ST-spotfiles" / f"{name}_selection.tsv"
-    image = find_image(root, name)
+    return read_files(name, root / "ST-cnts" / f"{name}.tsv.gz",
+                      root / "ST-spotfiles" / f"{name}_selection.tsv", find_image(root, name))
+
+
+def read_files(name: str, counts_path: Path, spots_path: Path,
+               image: Optional[Path]) -> Section:
+    """Reads one section from its count file and selection file (any paths)."""
     count_ids, genes, counts = validate.read_count_table(counts_path)
 
     sel = validate.read_table(spots_path, "spot selection file", sep="\t")

@@ -1,6 +1,7 @@
 """The raw data model every reader returns: a `Section` and a `Sample`.
 
-A `Section` is one tissue section with spatial transcriptomics (or only an image);
+A `Section` is one tissue section with spatial transcriptomics, or an image-only section
+(``counts is None``: spots placed on the image, no expression measured);
 a `Sample` is the ordered stack of consecutive sections of one tissue block.
 Coordinates follow one convention everywhere in asign_jax:
 
@@ -32,8 +33,9 @@ class Section:
       spot_ids: (N,) str, unique.
       array_xy: (N, 2) float64, array-grid coordinates (x, y).
       pixel_xy: (N, 2) float64, spot centres in full-resolution image pixels (x=col, y=row).
-      counts: (N, G) float32 raw counts, non-negative and finite.
-      genes: (G,) str, unique gene names (column order of ``counts``).
+      counts: (N, G) float32 raw counts, non-negative and finite; None for an image-only
+        section (its spots carry no measurement and never get a label).
+      genes: (G,) str, unique gene names (column order of ``counts``; empty when no counts).
       total_counts: (N,) float64 per-spot total over ALL genes the section's file had, recorded
         the first time genes are subset (ST-Net normalisation needs it); None = sum of counts.
       n_all_genes: number of genes the section's file had (None = len(genes)).
@@ -44,7 +46,7 @@ class Section:
     spot_ids: np.ndarray
     array_xy: np.ndarray
     pixel_xy: np.ndarray
-    counts: np.ndarray
+    counts: Optional[np.ndarray]
     genes: np.ndarray
     total_counts: Optional[np.ndarray] = None
     n_all_genes: Optional[int] = None
@@ -55,13 +57,18 @@ class Section:
         if self.array_xy.shape != (n, 2) or self.pixel_xy.shape != (n, 2):
             raise DataError(f"{where}: coordinates must be ({n}, 2), got "
                             f"{self.array_xy.shape} and {self.pixel_xy.shape}")
-        if self.counts.shape != (n, len(self.genes)):
+        if self.counts is not None and self.counts.shape != (n, len(self.genes)):
             raise DataError(f"{where}: counts shape {self.counts.shape} != "
                             f"({n} spots, {len(self.genes)} genes)")
 
     @property
     def n_spots(self) -> int:
         return len(self.spot_ids)
+
+    @property
+    def has_counts(self) -> bool:
+        """False for an image-only section (no ST measurement)."""
+        return self.counts is not None
 
     @property
     def has_image(self) -> bool:
@@ -74,7 +81,11 @@ class Section:
         return read_rgb(self.image_path)
 
     def subset_genes(self, genes: np.ndarray) -> "Section":
-        """Returns a copy restricted to ``genes`` (all must be present), in that order."""
+        """Returns a copy restricted to ``genes`` (all must be present), in that order.
+
+        An image-only section has no counts to restrict: it is returned unchanged."""
+        if self.counts is None:
+            return self
         index = {g: i for i, g in enumerate(self.genes)}
         missing = [g for g in genes if g not in index]
         if missing:

@@ -62,13 +62,17 @@ def discover(root) -> dict[str, list[Path]]:
     return found
 
 
-def read_section(counts_path: Path) -> Section:
-    """Reads one section from its count file and the ``.spots.txt`` / ``.jpg`` beside it."""
+def read_section(counts_path: Path, *, name: Optional[str] = None,
+                 spots_path: Optional[Path] = None, image: Optional[Path] = None) -> Section:
+    """Reads one section from its count file and the ``.spots.txt`` / ``.jpg`` beside it
+    (``name``, ``spots_path`` and ``image`` override them)."""
     counts_path = Path(counts_path)
-    name = counts_path.name[: -len(_COUNTS)]
-    spots_path = counts_path.with_name(name + ".spots.txt")
-    image_path = counts_path.with_name(name + ".jpg")
-    image = image_path if image_path.is_file() else None
+    stem = counts_path.name[: -len(_COUNTS)]
+    name = name or stem
+    spots_path = Path(spots_path) if spots_path else counts_path.with_name(stem + ".spots.txt")
+    if image is None:
+        image_path = counts_path.with_name(stem + ".jpg")
+        image = image_path if image_path.is_file() else None
     count_ids, genes, counts = validate.read_count_table(counts_path)
 
     spots = validate.read_table(spots_path, "spot file", sep="\t")

@@ -203,11 +203,13 @@ def make_section(name: str, image_path: Optional[Path], spot_ids, array_xy, pixe
 def intersect_genes(samples: list[Sample]) -> list[Sample]:
     """Restricts every section to the genes present in all sections (order of the first).
 
+    Image-only sections (no counts) neither constrain the genes nor change.
+
     Logs how many genes each section loses; raises DataError when no gene is shared.
     """
-    sections = [s for sample in samples for s in sample.sections]
+    sections = [s for sample in samples for s in sample.sections if s.has_counts]
     if not sections:
-        return []
+        return list(samples)
     present = collections.Counter(g for s in sections for g in set(s.genes.tolist()))
     keep = np.array([g for g in sections[0].genes if present[g] == len(sections)], dtype=str)
     if len(keep) == 0:
@@ -218,6 +220,9 @@ def intersect_genes(samples: list[Sample]) -> list[Sample]:
     for sample in samples:
         new = []
         for s in sample.sections:
+            if not s.has_counts:
+                new.append(s)
+                continue
             dropped = len(s.genes) - len(keep)
             if dropped:
                 logger.info("section %s: dropped %d of %d genes not present in every section",

@@ -160,8 +160,12 @@ def find_image(section_dir: Path, image_globs: Sequence[str]) -> tuple[Optional[
 
 
 def read_section(section_dir, *, name: Optional[str] = None,
-                 image_globs: Sequence[str] = DEFAULT_IMAGE_GLOBS) -> Section:
-    """Reads one Space Ranger section folder (in-tissue spots only)."""
+                 image_globs: Sequence[str] = DEFAULT_IMAGE_GLOBS,
+                 image: Optional[Path] = None) -> Section:
+    """Reads one Space Ranger section folder (in-tissue spots only).
+
+    ``image``: the full-resolution image (skips the search; pixel coordinates stay full-res).
+    """
     section_dir = Path(section_dir)
     name = name or section_dir.name
     if not section_dir.is_dir():
@@ -171,7 +175,8 @@ def read_section(section_dir, *, name: Optional[str] = None,
     pos_path, pos_barcodes, array_xy, pixel_xy = read_positions(section_dir / "spatial")
     rows, prow = validate.join_spots(barcodes, pos_barcodes, matrix_path, pos_path, name)
 
-    image, hires = find_image(section_dir, image_globs)
+    image, hires = (Path(image), False) if image is not None else find_image(section_dir,
+                                                                               image_globs)
     pixel_xy = pixel_xy[prow]
     if hires:
         sf_path = section_dir / "spatial" / "scalefactors_json.json"

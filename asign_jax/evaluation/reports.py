@@ -11,40 +11,42 @@ from typing import Sequence
 import numpy as np
 
 from asign_jax import atomic
+from asign_jax.data.lattice import infer_lattice
 from asign_jax.evaluation import references as baselines
+from asign_jax.evaluation import spatial_data
 from asign_jax.evaluation.metrics import CONVENTIONS, METRICS, aggregate, nan_or
 from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
 
 
 def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
-                      fold_index: int) -> Path:
-    """AnnData: X = ASIGN prediction, layers truth / known_mean / overlap, obs per spot."""
-    import anndata as ad
-    import pandas as pd
+                      fold_index: int, prepared) -> Path:
+    """AnnData (``spatial_data`` convention): X = ASIGN prediction, layers truth / the other
+    methods, obs section, layer, spot_id (original), known; obsm spatial (the section's own
+    pixels) and spatial_3d (registered x, y; z = layer index); uns spatial with each section's
+    lowres image.
 
-    preds, truth, spot = p.preds, p.truth, p.spot
-    section_names, known_layer = p.section_names, p.known_layer
-    layer = np.asarray(spot["layer"]).astype(int)
-    xy = np.asarray(spot["xy"], np.float64)
-    counters: dict = {}
-    index = []
-    for l in layer:
-        counters[l] = counters.get(l, -1) + 1
-        index.append(f"{section_names[l]}_{counters[l]}")
-    # object-dtype strings: anndata 0.12 cannot write pandas 3's default Arrow strings
-    obs = pd.DataFrame({"section": pd.Categorical.from_codes(
-                            layer, categories=pd.Index(list(section_names), dtype=object)),
-                        "layer": layer, "known": layer == known_layer, "x": xy[:, 0],
-                        "y": xy[:, 1], "z": layer.astype(np.float64)},
-                       index=pd.Index(index, dtype=object))
-    adata = ad.AnnData(X=preds["asign"].astype(np.float32), obs=obs,
-                       var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object)))
-    adata.layers["truth"] = truth.astype(np.float32)
-    for m, p in preds.items():
-        if m != "asign":
-            adata.layers[m] = p.astype(np.float32)
+    ``prepared``: the sample's ``PreparedSample`` (spot ids, pixel centres and images, in the
+    node order of the graph).
+    """
+    secs = prepared.sections
+    if [s.name for s in secs] != list(p.section_names):
+        raise ValueError(f"prepared sections {[s.name for s in secs]} != predicted "
+                         f"{list(p.section_names)}")
+    layer = np.asarray(p.spot["layer"]).astype(int)
+    xy = np.asarray(p.spot["xy"], np.float64)
+    adata = spatial_data.make_adata(
+        p.preds["asign"], genes, p.section_names, layer,
+        np.concatenate([s.spot_ids for s in secs]),
+        np.concatenate([s.pixel_xy for s in secs]),
+        np.column_stack([xy, layer.astype(np.float64)]),
+        columns={"known": layer == p.known_layer},
+        layers={"truth": p.truth, **{m: v for m, v in p.preds.items() if m != "asign"}})
     adata.uns["fold"] = int(fold_index)
-    adata.uns["known_layer"] = int(known_layer)
+    adata.uns["known_layer"] = int(p.known_layer)
+    adata.uns["spatial"] = {
+        s.name: spatial_data.spatial_library(
+            s.image_path, infer_lattice(s.pixel_xy, where=s.name).spot_diameter, hires=False)
+        for s in secs if s.image_path}
     path.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(path)
     return path

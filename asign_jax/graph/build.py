@@ -476,7 +476,8 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
       data_cfg: ``config.data`` (region_size, global_size: circle radius = size / 2).
 
     Returns:
-      SampleGraph with node keys per ``contract.py``; "label_mask" all True and "known" all
+      SampleGraph with node keys per ``contract.py``; "label_mask" True on the nodes of
+      sections with labels (False, label zeros, on image-only sections) and "known" all
       False (training sets them). Tokens keep their stored dtype (float16).
     """
     _check(prepared, registered)
@@ -501,9 +502,12 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
     feats = {"spot": cat([s.spot_feats for s in secs], np.float32),
              "region": cat([s.region_feats for s in secs], np.float32),
              "global": cat([s.global_feats for s in secs], np.float32)}
-    labels = {"spot": cat([s.spot_labels for s in secs], np.float32),
-              "region": cat([s.region_labels for s in secs], np.float32),
-              "global": cat([s.global_labels for s in secs], np.float32)}
+    # image-only sections have no labels: zeros there, and label_mask False
+    n_genes = len(prepared.genes)
+    labels = {k: cat([getattr(s, f"{k}_labels") if s.labelled
+                      else np.zeros((counts[k][l], n_genes), np.float32)
+                      for l, s in enumerate(secs)], np.float32) for k in SCALES}
+    labelled = {k: np.repeat([s.labelled for s in secs], counts[k]) for k in SCALES}
     settings = {
         "spot": (graph_cfg.k_intra, graph_cfg.k_cross, float(graph_cfg.spot_radius)),
         "region": (graph_cfg.region_k_intra, graph_cfg.region_k_cross,
@@ -527,7 +531,7 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
                             cosine_radius=float(graph_cfg.cosine_radius), workers=workers,
                             context=f"sample {prepared.sample_id} {scale} graph")
         nodes = {"feat": feats[scale], "label": labels[scale],
-                 "label_mask": np.ones(n, bool), "known": np.zeros(n, bool),
+                 "label_mask": labelled[scale], "known": np.zeros(n, bool),
                  "layer": layers[scale], "xy": xy[scale].astype(np.float32)}
         if scale == "spot":
             nodes["region_idx"] = sample_index("spot", "region", "spot_region")

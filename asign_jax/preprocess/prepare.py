@@ -2,8 +2,9 @@
 
 ``prepare_samples`` is the whole preprocessing stage minus reading and registration:
 
-1. select the top ``data.n_genes`` genes over ALL sections of all samples (held-out ones
-   included, as the official code does) -> ``<workdir>/prepared/genes.txt``;
+1. select the top ``data.n_genes`` genes over ALL sections with counts of all samples
+   (held-out ones included, as the official code does) -> ``<workdir>/prepared/genes.txt``;
+   image-only sections (no counts) get no labels, their spots only images;
 2. per section (layer order): check spot centres lie in the image, subset genes, normalise
    spots (``stnet`` uses the per-spot total over all genes, taken before subsetting), build
    region/global tiles with labels = normalisation of summed member counts (triplex smoothing
@@ -28,7 +29,7 @@ from asign_jax.features.extract import make_extractor
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.normalize import check_method, normalize
 from asign_jax.preprocess.patches import count_outside
-from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
+from asign_jax.preprocess.prepared import LABEL_FIELDS, PreparedSample, PreparedSection
 from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region_global,
                                         tile_counts)
 
@@ -93,25 +94,26 @@ def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, e
         raise DataError(f"{where}: {section.n_spots} spots, fewer than "
                         f"data.min_section_spots={data_cfg.min_section_spots}")
     method = data_cfg.normalization
-    # stnet needs totals over ALL genes of the section's file, recorded before the gene
-    # intersection by Section.subset_genes.
-    all_totals = (np.asarray(section.total_counts, dtype=np.float64)
-                  if section.total_counts is not None
-                  else np.asarray(section.counts, dtype=np.float64).sum(axis=1))
-    n_all_genes = int(section.n_all_genes or len(section.genes))
-    sub = section.subset_genes(genes)
-    counts = np.asarray(sub.counts, dtype=np.float32)
-    spot_labels = normalize(counts, method, array_xy=section.array_xy,
-                            smooth=bool(data_cfg.smooth), all_totals=all_totals,
-                            n_all_genes=n_all_genes)
-
     region_origin, spot_region = assign_tiles(section.pixel_xy, data_cfg.region_size)
     global_origin, spot_global = assign_tiles(section.pixel_xy, data_cfg.global_size)
     r, q = len(region_origin), len(global_origin)
-    region_counts, region_labels = label_tiles(counts, spot_region, r, method, all_totals,
-                                               n_all_genes)
-    global_counts, global_labels = label_tiles(counts, spot_global, q, method, all_totals,
-                                               n_all_genes)
+    labels = dict.fromkeys(LABEL_FIELDS)         # image-only section: no counts, no labels
+    if section.has_counts:
+        # stnet needs totals over ALL genes of the section's file, recorded before the gene
+        # intersection by Section.subset_genes.
+        all_totals = (np.asarray(section.total_counts, dtype=np.float64)
+                      if section.total_counts is not None
+                      else np.asarray(section.counts, dtype=np.float64).sum(axis=1))
+        n_all_genes = int(section.n_all_genes or len(section.genes))
+        counts = np.asarray(section.subset_genes(genes).counts, dtype=np.float32)
+        labels["spot_counts"] = counts
+        labels["spot_labels"] = normalize(counts, method, array_xy=section.array_xy,
+                                          smooth=bool(data_cfg.smooth), all_totals=all_totals,
+                                          n_all_genes=n_all_genes)
+        labels["region_counts"], labels["region_labels"] = label_tiles(
+            counts, spot_region, r, method, all_totals, n_all_genes)
+        labels["global_counts"], labels["global_labels"] = label_tiles(
+            counts, spot_global, q, method, all_totals, n_all_genes)
     reg_glob = region_global(region_origin, data_cfg.region_size, global_origin,
                              data_cfg.global_size)
 
@@ -131,14 +133,12 @@ def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, e
         name=section.name, layer=int(layer), spot_ids=np.asarray(section.spot_ids, dtype=str),
         array_xy=np.asarray(section.array_xy, dtype=np.float64),
         pixel_xy=np.asarray(section.pixel_xy, dtype=np.float64),
-        spot_counts=counts, spot_labels=spot_labels,
-        region_origin=region_origin, region_counts=region_counts, region_labels=region_labels,
-        spot_region=spot_region,
-        global_origin=global_origin, global_counts=global_counts, global_labels=global_labels,
+        region_origin=region_origin, spot_region=spot_region, global_origin=global_origin,
         spot_global=spot_global, region_global=reg_glob, image_shape=image_shape,
-        image_path=str(section.image_path), **feats)
-    logger.info("%s: %d spots, %d region / %d global tiles, %d spots with padded %d px patches",
-                where, section.n_spots, r, q, padded, data_cfg.spot_size)
+        image_path=str(section.image_path), **labels, **feats)
+    logger.info("%s: %d spots%s, %d region / %d global tiles, %d spots with padded %d px "
+                "patches", where, section.n_spots, "" if section.has_counts else " (image only)",
+                r, q, padded, data_cfg.spot_size)
     return prepared, padded
 
 
@@ -150,8 +150,8 @@ def section_summary(sample_id: str, section: PreparedSection, spot_size: int) ->
             "padded_spots": count_outside(section.image_shape, section.pixel_xy, spot_size)}
 
 
-def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optional[Any] = None
-                    ) -> list[PreparedSample]:
+def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optional[Any] = None,
+                    genes: Optional[Sequence[str]] = None) -> list[PreparedSample]:
     """Prepares and saves every sample; see the module docstring for the steps.
 
     Args:
@@ -163,6 +163,8 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
         by the precomputed-embeddings reader) of spot_feats (N, D), region_feats
         (R, D), region_tokens (R, T, D), global_feats (Q, D), global_tokens (Q, T, D).
         None = ``asign_jax.features.extract.make_extractor(config.features)``.
+      genes: the genes to keep, in order (e.g. a trained model's); None = select
+        ``data.n_genes`` over the sections that have counts (image-only sections have none).
 
     Returns:
       the prepared samples, in input order.
@@ -188,9 +190,20 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     all_sections = [x for s in samples for x in s.sections]
-    logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
-                len(all_sections), len(samples))
-    genes = select_genes(all_sections, data_cfg.n_genes)
+    measured = [x for x in all_sections if x.has_counts]
+    if not measured:
+        raise DataError(f"no section of samples {ids} has counts; genes cannot be selected")
+    if genes is None:
+        logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
+                    len(measured), len(samples))
+        genes = select_genes(measured, data_cfg.n_genes)
+    else:
+        genes = np.asarray([str(g) for g in genes], dtype=str)
+        for x in measured:
+            missing = sorted(set(genes.tolist()) - set(x.genes.tolist()))
+            if missing:
+                raise DataError(f"section {x.name!r} lacks {len(missing)} of the {len(genes)} "
+                                f"genes to keep, e.g. {missing[:5]}")
     (out_dir / "genes.txt").write_text("\n".join(genes) + "\n")
 
     if extractor is None:

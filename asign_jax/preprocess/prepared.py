@@ -34,6 +34,9 @@ _ARRAY_FIELDS = (
     "image_shape",
 )
 
+LABEL_FIELDS = ("spot_counts", "spot_labels", "region_counts", "region_labels",
+                "global_counts", "global_labels")
+
 
 @dataclasses.dataclass
 class PreparedSection:
@@ -47,8 +50,9 @@ class PreparedSection:
       spot_ids: (N,) str.
       array_xy: (N, 2) float, array-grid (x, y).
       pixel_xy: (N, 2) float, full-resolution pixel (x=col, y=row).
-      spot_counts: (N, G) float32 raw counts of the selected genes.
-      spot_labels: (N, G) float32 normalised expression.
+      spot_counts: (N, G) float32 raw counts of the selected genes (None: image-only section).
+      spot_labels: (N, G) float32 normalised expression (None: image-only section; so are
+        the tiles' counts and labels).
       region_origin: (R, 2) int, top-left pixel (x, y) of each 512 tile.
       region_counts / region_labels: (R, G) summed raw counts / their normalisation.
       spot_region: (N,) int32 index of the spot's region tile.
@@ -67,15 +71,15 @@ class PreparedSection:
     spot_ids: np.ndarray
     array_xy: np.ndarray
     pixel_xy: np.ndarray
-    spot_counts: np.ndarray
-    spot_labels: np.ndarray
+    spot_counts: Optional[np.ndarray]
+    spot_labels: Optional[np.ndarray]
     region_origin: np.ndarray
-    region_counts: np.ndarray
-    region_labels: np.ndarray
+    region_counts: Optional[np.ndarray]
+    region_labels: Optional[np.ndarray]
     spot_region: np.ndarray
     global_origin: np.ndarray
-    global_counts: np.ndarray
-    global_labels: np.ndarray
+    global_counts: Optional[np.ndarray]
+    global_labels: Optional[np.ndarray]
     spot_global: np.ndarray
     region_global: np.ndarray
     image_shape: np.ndarray
@@ -89,6 +93,11 @@ class PreparedSection:
     @property
     def n_spots(self) -> int:
         return len(self.spot_ids)
+
+    @property
+    def labelled(self) -> bool:
+        """False for an image-only section: its counts and labels (spot and tiles) are None."""
+        return self.spot_labels is not None
 
     def region_centers(self, size: int) -> np.ndarray:
         """(R, 2) float pixel centres of the region tiles of side ``size``."""
@@ -113,6 +122,8 @@ class PreparedSection:
                 arrays = {k: z[k] for k in _ARRAY_FIELDS if k in z.files}
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{path}: not a readable prepared section ({e})") from e
+        for k in LABEL_FIELDS:       # absent in an image-only section
+            arrays.setdefault(k, None)
         return cls(name=meta["name"], layer=meta["layer"],
                    image_path=meta.get("image_path", ""), **arrays)
 

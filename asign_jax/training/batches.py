@@ -7,8 +7,8 @@ out). Only contract fields are carried (anything else the builder adds is droppe
 other node array can smuggle a label in. The pool, the baselines and evaluation's model input
 are all built from the masked sample; only the scorer reads the original labels.
 
-Roles:
-  "train": a training sample; label_mask True on every real node, known all False.
+Roles (a node whose graph has label_mask False, an image-only section, stays unlabelled):
+  "train": a training sample; label_mask True on every real labelled node, known all False.
   "test":  a held-out sample; the known layer keeps its labels (label_mask True there) and
            "known" = its nodes (used at evaluation); the other layers are test layers.
   "val":   a validation sample, masked exactly like "test" (its other layers are scored for
@@ -55,7 +55,8 @@ def unpadded_nodes(sample, scale: str) -> dict:
 
 def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer) -> dict:
     layer = np.asarray(nodes["layer"])
-    real = np.arange(len(layer)) < n_real
+    # a node without a label (an image-only section) never gains one
+    real = (np.arange(len(layer)) < n_real) & np.asarray(nodes["label_mask"], bool)
     if role == "train":
         keep = real
         known = np.zeros(len(layer), bool)

@@ -1,0 +1,146 @@
+"""The model that imputes a block: trained on the block, or a checkpoint of ``asign_jax.train``.
+
+Training uses the project's own code path (``training.batches.build_pool`` +
+``training.loop.train_fold``, as ``pipeline.train_and_evaluate``): the block enters the fold
+as a training sample whose only labels are its measured sections (image-only sections have
+``label_mask`` False from the graph on, so nothing of theirs can be trained on), next to the
+``--train_with`` samples. Validation samples (``train.val_samples`` naming a ``--train_with``
+sample) are held out exactly as in cross-validation, so any selection reads only data the
+user labelled; without them, nothing is selected (fixed ``train.steps``).
+
+``--checkpoint``: a run folder of ``asign_jax.train`` (or one ``checkpoints/fold_<k>`` of it,
+or an impute ``--out`` folder); its genes come from its ``prepared/index.json``, the model
+hyperparameters from the config (which must be the one it was trained with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+from asign_jax.errors import ConfigError, DataError
+from asign_jax.evaluation.scoring import MODEL_OUTPUTS
+from asign_jax.training import batches, checkpoint
+from asign_jax.training.folds import Fold
+from asign_jax.training.loop import train_fold
+from asign_jax.training.state import create_train_state
+from asign_jax.training.step import make_eval_fn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A trained model on disk: fold folder, its run folder, genes and normalisation."""
+
+    fold_dir: Path
+    run_dir: Path
+    genes: tuple[str, ...]
+    normalization: str
+
+
+def _is_fold_dir(d: Path) -> bool:
+    return d.is_dir() and any(p.is_dir() and p.name.isdigit() for p in d.iterdir())
+
+
+def find_checkpoint(path) -> Checkpoint:
+    """Resolves ``--checkpoint``: a fold folder, a run folder with one fold, or an impute
+    ``--out`` folder (its ``work/``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"--checkpoint {path}: folder does not exist")
+    if (path / "work" / "checkpoints").is_dir():
+        path = path / "work"
+    if _is_fold_dir(path):
+        fold, run = path, path.parent.parent
+    else:
+        folds = sorted(p for p in (path / "checkpoints").glob("fold_*") if _is_fold_dir(p))
+        if not folds:
+            raise DataError(f"--checkpoint {path}: no checkpoints/fold_<k>/<step> inside (is it "
+                            "a run folder of asign_jax.train?)")
+        if len(folds) > 1:
+            raise DataError(f"--checkpoint {path}: {len(folds)} folds "
+                            f"({', '.join(p.name for p in folds)}), each a different model; "
+                            "point --checkpoint at one of them")
+        fold, run = folds[0], path
+    index = run / "prepared" / "index.json"
+    if not index.is_file():
+        raise DataError(f"--checkpoint {path}: {index} is missing; the genes the model predicts "
+                        "are listed there")
+    meta = json.loads(index.read_text())
+    return Checkpoint(fold, run, tuple(str(g) for g in meta["genes"]),
+                      str(meta.get("normalization", "asign")))
+
+
+def block_fold(block_id: str, train_ids, n_layers: dict, config) -> Fold:
+    """The fold that trains on the block (see the module docstring)."""
+    val = tuple(str(s) for s in config.train.val_samples if str(s) in train_ids)
+    k = int(config.train.known_layer)
+    for s in val:
+        if n_layers[s] < 2:
+            raise ConfigError(f"train.val_samples: {s!r} has one layer; a validation sample "
+                              "needs a known layer and a hidden one")
+    return Fold(index=0, test_samples=(),
+                train_samples=(block_id,) + tuple(s for s in train_ids if s not in val),
+                known_layer={s: k % n_layers[s] for s in val}, val_samples=val)
+
+
+def restore(config, model, pool, fold_dir: Path) -> tuple[dict, int]:
+    """(params, step) of the latest checkpoint in ``fold_dir`` for ``model``."""
+    state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
+    misfit = (f"--checkpoint {fold_dir}: does not fit the model of the config "
+              f"(model.hidden={config.model.hidden}, heads={config.model.heads}, "
+              f"gat_layers={config.model.gat_layers}); pass the config it was trained with")
+    try:
+        return checkpoint.restore_params(state, fold_dir)
+    except FileNotFoundError as e:
+        raise DataError(f"--checkpoint {fold_dir}: {e}") from e
+    except ConfigError as e:          # the checkpoint's shape fingerprint differs
+        raise ConfigError(f"{misfit} ({e})") from e
+
+
+def seed_finetune(config, model, pool, params, fold_dir: Path) -> None:
+    """Writes ``params`` with a fresh optimiser as step 0 of ``fold_dir``, so ``train_fold``
+    continues from them (no re-initialisation, no output-bias reset)."""
+    state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
+    mngr = checkpoint.checkpoint_manager(fold_dir)
+    try:
+        if mngr.latest_step() is None:
+            checkpoint.save(mngr, state.replace(params=params))
+            mngr.wait_until_finished()
+    finally:
+        mngr.close()
+
+
+def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
+        init_params: Optional[dict] = None, progress: bool = True):
+    """Trains (or fine-tunes from ``init_params``) on the fold; returns (pool, params, step)."""
+    pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+    ckpt = Path(workdir) / "checkpoints" / fold.name
+    if init_params is not None:
+        seed_finetune(config, model, pool, init_params, ckpt)
+    logger.info("training on %s%s for %d steps; checkpoints in %s",
+                ", ".join(fold.train_samples),
+                f" (validation: {', '.join(fold.val_samples)})" if fold.val_samples else
+                " (no validation sample: nothing is selected)", int(config.train.steps), ckpt)
+    state = train_fold(config, model, loss_fn, pool, fold.index, ckpt,
+                       Path(workdir) / "metrics.jsonl", progress=progress)
+    return pool, jax.device_get(state.params), int(state.step)
+
+
+def predict(model, params, graph, pad_fn) -> dict:
+    """{"asign", "asign_model", "asign_propagation"}: (N, G) float32 for every spot of the
+    block, with every measured spot known to the CLI (its value is kept)."""
+    masked = batches.mask_sample(graph, "train")             # labels: measured sections only
+    spot = masked.spot
+    nodes = {**spot.nodes, "known": np.asarray(spot.nodes["label_mask"], bool).copy()}
+    masked = masked.replace_graphs({"spot": spot._replace(nodes=nodes)})
+    out = make_eval_fn(model)(params, pad_fn(masked))
+    n = int(np.asarray(graph.spot.n_node)[0])
+    return {m: np.asarray(out[k], np.float32)[:n] for m, k in MODEL_OUTPUTS.items()}

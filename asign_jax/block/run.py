@@ -1,0 +1,270 @@
+"""``impute_block``: a block manifest -> the block's 3D expression volume (``--out DIR``).
+
+Stages (the intermediate run folder is ``<out>/work``, laid out like any run folder of the
+project: prepared/, registration/, graphs/, checkpoints/fold_0/, metrics.jsonl):
+
+1. read the manifest, the measured sections (their spot lattices) and ``--train_with``;
+2. register the block on its images; stop on a poor registration (``impute.min_dice``);
+3. spots of the image-only sections: user-given (``spots_from``) or a virtual grid;
+4. preprocess (genes, normalisation, tiles, features; image-only sections get no labels),
+   registered coordinates, 3D graphs;
+5. the model: trained on the block's measured sections (+ ``--train_with``), or a checkpoint
+   of ``asign_jax.train`` (optionally fine-tuned); prediction with every measured spot known;
+6. ``volume.h5ad``, ``sections/<section>.h5ad``, ``figures/``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from asign_jax import atomic, pipeline
+from asign_jax.block import figures, model as block_model, sources, virtual, volume
+from asign_jax.block.manifest import load_manifest
+from asign_jax.data import validate
+from asign_jax.data.section import Sample
+from asign_jax.errors import ConfigError, DataError
+from asign_jax.graph import io as graph_io
+from asign_jax.models import factory
+from asign_jax.preprocess.genes import select_genes
+from asign_jax.preprocess.prepare import check_data_config, prepare_samples
+from asign_jax.registration.stack import register_sample
+from asign_jax.training import batches
+
+logger = logging.getLogger(__name__)
+
+
+def _fingerprint(manifest_path: Path, config, options: dict) -> dict:
+    return {"manifest": str(manifest_path.resolve()),
+            "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+            "config": json.loads(config.to_json_best_effort()), "options": options}
+
+
+def _check_workdir(work: Path, fingerprint: dict) -> None:
+    """Refuses to reuse a work folder written from other inputs (its model would be stale)."""
+    path = work / "inputs.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(atomic.json_safe(fingerprint))):
+            changed = sorted(k for k in fingerprint if old.get(k) != atomic.json_safe(
+                fingerprint[k]))
+            raise DataError(f"{path}: this --out folder was written from other inputs "
+                            f"(changed: {changed}); use a new --out or delete {work.parent}")
+    atomic.write_json(path, fingerprint)
+
+
+def _plot_genes(config, genes: Sequence[str], override) -> list[str]:
+    want = [g for g in (override or config.impute.plot_genes or config.train.eval_genes)]
+    chosen = [g for g in want if g in genes]
+    missing = sorted(set(want) - set(chosen))
+    if override and missing:
+        raise ConfigError(f"--genes: {missing} not among the {len(genes)} imputed genes")
+    return chosen or list(genes[:3])
+
+
+def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] = (),
+                 checkpoint: Optional[str] = None, finetune: bool = False,
+                 spots_from: Optional[str] = None, allow_poor_registration: bool = False,
+                 plot_genes: Optional[Sequence[str]] = None,
+                 thickness_um: Optional[float] = None, extractor=None,
+                 progress: bool = True) -> dict:
+    """Runs the stages of the module docstring; returns the summary (also ``summary.json``).
+
+    Args:
+      manifest_path: the block manifest (``block.manifest``).
+      out: output folder.
+      config: the config (None = the manifest's ``config:`` file).
+      train_with: extra labelled data (manifests, config files or dataset folders).
+      checkpoint: a trained model instead of training (``block.model.find_checkpoint``).
+      finetune: with ``checkpoint``: continue training it on the block for train.steps.
+      spots_from: folder of ``<section>.csv`` spot centres for image-only sections.
+      allow_poor_registration: continue when a section's Dice is below impute.min_dice.
+      plot_genes: genes for the figures (None = impute.plot_genes / train.eval_genes).
+      thickness_um: section thickness (overrides the manifest's).
+      extractor: feature extractor (None = from config.features; tests pass a small one).
+    """
+    t0 = time.perf_counter()
+    manifest_path = Path(manifest_path)
+    manifest = load_manifest(manifest_path, thickness_um=thickness_um)
+    if config is None:
+        if manifest.config is None:
+            raise ConfigError(f"{manifest_path}: no config; pass --config configs/<dataset>.py "
+                              "or set 'config:' in the manifest")
+        config = sources.load_config(manifest.config)
+    config = pipeline.validated(config)
+    check_data_config(config.data)
+    if finetune and not checkpoint:
+        raise ConfigError("--finetune needs --checkpoint (a model to fine-tune)")
+    ckpt = block_model.find_checkpoint(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.normalization != config.data.normalization:
+        raise ConfigError(f"--checkpoint {ckpt.run_dir}: trained on {ckpt.normalization!r} "
+                          f"labels, but data.normalization={config.data.normalization!r}")
+    out = Path(out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    train_specs = [str(p) for p in manifest.train_with] + [str(p) for p in train_with]
+    _check_workdir(work, _fingerprint(manifest_path, config, {
+        "train_with": train_specs, "checkpoint": str(ckpt.fold_dir) if ckpt else "",
+        "finetune": bool(finetune), "spots_from": str(spots_from or ""),
+        "thickness_um": manifest.thickness_um}))
+    times = {}
+
+    # 1. read -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    entries = manifest.sections
+    print(f"block {manifest.sample_id}: {len(entries)} sections "
+          f"({', '.join(e.name + ('*' if e.measured else '') for e in entries)}; * = with ST)")
+    measured, lattices = {}, {}
+    for l, e in enumerate(entries):
+        if e.measured:
+            measured[l], lattices[e.name] = sources.read_measured(e)
+    extra = sources.train_with_samples(train_specs, config, {manifest.sample_id})
+    labelled = validate.intersect_genes(
+        [Sample(manifest.sample_id, list(measured.values()))] + extra)
+    measured = dict(zip(measured, labelled[0].sections))
+    extra = labelled[1:]
+    times["read"] = time.perf_counter() - t
+
+    # 2. register -------------------------------------------------------------------------
+    t = time.perf_counter()
+    print(f"\nregistering {len(entries)} sections (images only) ...")
+    frames = virtual.register_block(
+        manifest.sample_id, [e.image for e in entries], [e.name for e in entries],
+        [{"spot": measured[l].pixel_xy} if l in measured else {} for l in range(len(entries))],
+        config, allow_poor=allow_poor_registration)
+    times["register"] = time.perf_counter() - t
+
+    # 3. spots of the image-only sections ---------------------------------------------------
+    spots_dir = Path(spots_from) if spots_from else None
+    if spots_dir is not None and not spots_dir.is_dir():
+        raise DataError(f"--spots_from {spots_dir}: folder does not exist")
+    sections, origins = [], []
+    for l, e in enumerate(entries):
+        if l in measured:
+            sections.append(measured[l])
+            origins.append("measured")
+            continue
+        m = virtual.nearest_measured(l, list(measured))
+        given = e.spots_from or (spots_dir / f"{e.name}.csv"
+                                 if spots_dir and (spots_dir / f"{e.name}.csv").is_file()
+                                 else None)
+        if given is not None:
+            sections.append(sources.read_spots_from(e, given))
+            lattices[e.name] = virtual.section_lattice(frames, lattices[entries[m].name], m, l)
+            origins.append("given")
+        else:
+            k, xy, lattices[e.name] = virtual.virtual_grid(frames, lattices[entries[m].name],
+                                                           m, l)
+            ids = [f"virtual_{a}x{b}" for a, b in k]
+            sections.append(sources.image_only(e.name, e.image, ids, xy, k))
+            origins.append("virtual")
+            logger.info("section %s: %d virtual spots on the %s grid of %s (pitch %.1f px in "
+                        "its own image)", e.name, len(ids), lattices[e.name].kind,
+                        entries[m].name, lattices[e.name].pitch)
+    block = Sample(manifest.sample_id, sections)
+
+    # 4. preprocess, registered coordinates, graphs ----------------------------------------
+    t = time.perf_counter()
+    if ckpt is not None:
+        genes = list(ckpt.genes)
+    else:
+        genes = select_genes([s for s in sections if s.has_counts], int(config.data.n_genes))
+    prepared = prepare_samples([block] + extra, config, work, extractor=extractor, genes=genes)
+    for p in prepared[1:]:
+        if p.n_layers >= 2:
+            register_sample(p, config, work)
+    registered = virtual.registered_sample(
+        prepared[0], frames, config, work,
+        spot_radius=lattices[entries[manifest.measured[0]].name].spot_diameter / 2)
+    graph_io.build_all(work, config)
+    genes, graphs = pipeline.read_inputs(config, work)
+    times["prepare"] = time.perf_counter() - t
+
+    # 5. model ------------------------------------------------------------------------------
+    t = time.perf_counter()
+    net, loss_fn = factory.build(config, len(genes))
+    fold = block_model.block_fold(manifest.sample_id, [s.sample_id for s in extra],
+                                  {s: len(g.section_names) for s, g in graphs.items()}, config)
+    if ckpt is not None:
+        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        params, step = block_model.restore(config, net, pool, ckpt.fold_dir)
+        logger.info("model: %s (step %d)", ckpt.fold_dir, step)
+        if finetune:
+            pool, params, step = block_model.fit(config, net, loss_fn, graphs, fold, work,
+                                                 init_params=params, progress=progress)
+    else:
+        pool, params, step = block_model.fit(config, net, loss_fn, graphs, fold, work,
+                                             progress=progress)
+    preds = block_model.predict(net, params, graphs[manifest.sample_id], pool.pad)
+    times["model"] = time.perf_counter() - t
+    model_info = {"checkpoint": str(ckpt.fold_dir if ckpt and not finetune
+                                    else work / "checkpoints" / fold.name),
+                  "source": ("checkpoint" if ckpt and not finetune else
+                             "checkpoint fine-tuned on the block" if ckpt else
+                             "trained on the block"),
+                  "step": int(step), "trained_on": list(fold.train_samples),
+                  "validation_samples": list(fold.val_samples), "model": str(config.model.name),
+                  "config": json.loads(config.to_json_best_effort())}
+
+    # 6. outputs ----------------------------------------------------------------------------
+    t = time.perf_counter()
+    spots = volume.block_spots(prepared[0], registered, origins)
+    written, libraries = volume.write_outputs(
+        out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info, lattices,
+        str(config.data.normalization), manifest.thickness_um)
+    import anndata as ad
+
+    adata = ad.read_h5ad(written["volume"])
+    kept = spots.is_measured
+    same = bool(np.array_equal(adata.X[kept], spots.measured[kept]))
+    if not same:
+        raise RuntimeError(f"{written['volume']}: measured spots were not written unchanged")
+    figs = figures.plot_block(out / "figures", adata, libraries,
+                              _plot_genes(config, genes, plot_genes))
+    times["outputs"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+
+    rows = []
+    qc = {s["name"]: s for s in frames.qc["sections"]}
+    for l, (s, o) in enumerate(zip(sections, origins)):
+        rows.append({"section": s.name, "layer": l, "z": manifest.z()[l], "origin": o,
+                     "spots": s.n_spots, "dice_after": qc[s.name]["dice_after"],
+                     "pitch_px": round(lattices[s.name].pitch, 1)})
+    summary = {"sample": manifest.sample_id, "sections": rows, "genes": len(genes),
+               "model": {k: v for k, v in model_info.items() if k != "config"},
+               "measured_unchanged": bool(same),
+               "seconds": {k: round(v, 1) for k, v in times.items()},
+               "written": {"volume": str(written["volume"]),
+                           "sections": [str(written[s.name]) for s in sections],
+                           "figures": [str(p) for p in figs],
+                           "registration": str(work / "registration" / manifest.sample_id),
+                           "work": str(work)}}
+    atomic.write_json(out / "summary.json", summary)
+    _print_summary(summary, out)
+    return summary
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    head = ("section", "layer", "z", "origin", "spots", "dice_after", "pitch_px")
+    cells = [head] + [tuple("-" if r[k] is None else str(r[k]) for k in head)
+                      for r in summary["sections"]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    print(f"\nblock {summary['sample']}: {summary['genes']} genes; model "
+          f"{summary['model']['source']} (step {summary['model']['step']}, "
+          f"{summary['model']['checkpoint']})")
+    for c in cells:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(c, widths)))
+    w = summary["written"]
+    print(f"\nvolume:       {w['volume']} (every spot; X imputed, layers['measured'])")
+    print(f"per section:  {out / 'sections'}/<section>.h5ad (squidpy / sc.pl.spatial)")
+    print(f"figures:      {out / 'figures'} ({len(w['figures'])} files)")
+    print(f"registration: {w['registration']} (qc.json, overlay.png)")
+    print(f"summary:      {out / 'summary.json'}; intermediate stages: {w['work']}")
+    print(f"time:         {summary['seconds']['total']:.0f} s "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"))
