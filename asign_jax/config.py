@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.ants_iterations = (100, 50, 20)
     r.ants_metric = "mattes"     # mattes | GC | meansquares
     r.ants_syn_iterations = (40, 20, 0)
-    r.ants_threads = 2
+    r.ants_threads = 1           # ITK threads; > 1 makes ANTs non-deterministic run to run
     r.reproj_threshold = 3.0     # robust-fit threshold, small-image px
     r.max_keypoints = 8000
     r.allow_reflection = True    # mirrored candidates in the mask-moments fallback

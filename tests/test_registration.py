@@ -128,7 +128,7 @@ def test_ants_affine_direction_from_perturbed_start(tmp_path):
     before = np.linalg.norm(apply_affine(start, pts) - apply_affine(truth_small, pts), axis=1)
     after = np.linalg.norm(apply_affine(ref.matrix, pts) - apply_affine(truth_small, pts), axis=1)
     assert before.mean() > 8.0
-    assert after.max() < 1.5, after.max()
+    assert after.mean() < 1.0 and after.max() < 2.5, (after.max(), after.mean())   # mixed-up: > 16
 
 
 def test_syn_warp_maps_points_in_the_right_direction():

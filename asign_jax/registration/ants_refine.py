@@ -120,17 +120,17 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
     ants_syn_iterations, ants_threads. ``seed`` fixes
     ANTs' random metric sampling. Files go to ``tmpdir`` (keep it while a SyN warp is used).
     """
-    kind = str(getattr(cfg, "ants_transform", "Affine"))
+    kind = str(cfg.ants_transform)
     if kind not in TRANSFORMS:
         raise ConfigError(f"registration.ants_transform={kind!r}: expected one of {TRANSFORMS}")
     if kind == "none":
         return Refinement(np.asarray(init, np.float64))
-    metric = str(getattr(cfg, "ants_metric", "mattes"))
+    metric = str(cfg.ants_metric)
     if metric not in METRICS:
         raise ConfigError(f"registration.ants_metric={metric!r}: expected one of {METRICS}")
-    threads = int(getattr(cfg, "ants_threads", 2))
+    threads = int(cfg.ants_threads)
     ants = import_ants(threads)
-    its = tuple(int(i) for i in getattr(cfg, "ants_iterations", (100, 50, 20)))
+    its = tuple(int(i) for i in cfg.ants_iterations)
     shrink = tuple(2 ** i for i in range(len(its) - 1, -1, -1))
     sigmas = tuple(float(i) for i in range(len(its) - 1, -1, -1))
     fixed_np = fixed.moving_image()
@@ -155,7 +155,7 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
         matrix = np.linalg.inv(t_xy) @ np.asarray(init, np.float64)
         warp = None
         if kind == "SyN":
-            syn_its = tuple(int(i) for i in getattr(cfg, "ants_syn_iterations", (40, 20, 0)))
+            syn_its = tuple(int(i) for i in cfg.ants_syn_iterations)
             pre2 = _warp(moving_np, matrix, fixed.shape)
             reg2 = ants.registration(fixed=fixed_img, moving=ants.from_numpy(pre2),
                                      type_of_transform="SyNOnly", initial_transform="Identity",

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
 from asign_jax.registration.preprocess import SectionImage, resize_long_side
 
@@ -47,9 +48,9 @@ def available_matchers() -> list[str]:
     return sorted(_MATCHERS)
 
 
-def _cfg(cfg, name, default):
-    """cfg.name, or default when cfg is None or lacks the field."""
-    return default if cfg is None else getattr(cfg, name, default)
+def _cfg(cfg, name: str):
+    """``cfg.name``; ``cfg`` None (a matcher called on its own) reads the config defaults."""
+    return getattr(base_config().registration if cfg is None else cfg, name)
 
 
 def _feature_mask(sec: SectionImage) -> np.ndarray:
@@ -77,7 +78,7 @@ def _ratio_matches(des_m, des_f, norm, ratio, cross_check=True):
 
 
 def _detect_match(detector, norm, moving, fixed, cfg):
-    ratio = float(_cfg(cfg, "ratio", 0.75))
+    ratio = float(_cfg(cfg, "ratio"))
     kp_m, des_m = detector.detectAndCompute(moving.gray, _feature_mask(moving))
     kp_f, des_f = detector.detectAndCompute(fixed.gray, _feature_mask(fixed))
     pairs = _ratio_matches(des_m, des_f, norm, ratio)
@@ -94,7 +95,7 @@ def _detect_match(detector, norm, moving, fixed, cfg):
 def sift_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.ndarray, np.ndarray]:
     """SIFT (max_keypoints, default 8000) + ratio test + mutual check."""
     import cv2
-    det = cv2.SIFT_create(nfeatures=int(_cfg(cfg, "max_keypoints", 8000)))
+    det = cv2.SIFT_create(nfeatures=int(_cfg(cfg, "max_keypoints")))
     return _detect_match(det, cv2.NORM_L2, moving, fixed, cfg)
 
 
@@ -102,7 +103,7 @@ def sift_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.nda
 def orb_matches(moving: SectionImage, fixed: SectionImage, cfg) -> tuple[np.ndarray, np.ndarray]:
     """ORB (max_keypoints, default 8000) + ratio test + mutual check (Hamming)."""
     import cv2
-    det = cv2.ORB_create(nfeatures=int(_cfg(cfg, "max_keypoints", 8000)), fastThreshold=5)
+    det = cv2.ORB_create(nfeatures=int(_cfg(cfg, "max_keypoints")), fastThreshold=5)
     return _detect_match(det, cv2.NORM_HAMMING, moving, fixed, cfg)
 
 
@@ -340,14 +341,14 @@ def initial_affine(moving: SectionImage, fixed: SectionImage, cfg, seed: int = 0
     ``min_inliers`` inliers or an implausible (strongly scaled/sheared) fit: mask centroids +
     rotation search (``mask_moments_affine``), then ``content_refine`` (config
     ``content_refine``, default True). The fallback is reported as method "mask-moments"."""
-    name = str(_cfg(cfg, "detector", "sift")).lower()
+    name = str(_cfg(cfg, "detector")).lower()
     matcher = get_matcher(name)
     pm, pf = matcher(moving, fixed, cfg)
-    a, n_in = estimate_affine(pm, pf, str(_cfg(cfg, "estimator", "affine")),
-                              str(_cfg(cfg, "robust", "magsac")),
-                              float(_cfg(cfg, "reproj_threshold", 3.0)),
+    a, n_in = estimate_affine(pm, pf, str(_cfg(cfg, "estimator")),
+                              str(_cfg(cfg, "robust")),
+                              float(_cfg(cfg, "reproj_threshold")),
                               seed)
-    min_inliers = int(_cfg(cfg, "min_inliers", 12))
+    min_inliers = int(_cfg(cfg, "min_inliers"))
     reason = None
     if a is None or n_in < min_inliers:
         reason = f"{n_in} inliers < min_inliers={min_inliers} ({len(pm)} matches)"
@@ -359,8 +360,8 @@ def initial_affine(moving: SectionImage, fixed: SectionImage, cfg, seed: int = 0
                  name, n_in, len(pm))
         return InitialAffine(a, n_in, name, len(pm))
     m, d = mask_moments_affine(moving, fixed,
-                               allow_reflection=bool(_cfg(cfg, "allow_reflection", True)))
-    if bool(_cfg(cfg, "content_refine", True)):
+                               allow_reflection=bool(_cfg(cfg, "allow_reflection")))
+    if bool(_cfg(cfg, "content_refine")):
         m2, ncc = content_refine(moving, fixed, m)
         d2 = dice(warp_mask(moving.mask, m2, fixed.shape), fixed.mask)
         if affine_is_plausible(m2) and d2 >= d - 0.02:

@@ -196,8 +196,8 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
     if ground_truth is not None and len(ground_truth) != n:
         raise DataError(f"register_stack: {n} sections but {len(ground_truth)} ground truths")
     ref = n // 2
-    long_side = int(getattr(cfg, "long_side", 1024))
-    kind = str(getattr(cfg, "ants_transform", "Affine"))
+    long_side = int(cfg.long_side)
+    kind = str(cfg.ants_transform)
 
     sections = []
     for i in tqdm(range(n), desc="read sections", leave=False, disable=n < 2):
