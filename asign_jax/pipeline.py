@@ -26,7 +26,7 @@ from tqdm import tqdm
 from asign_jax import atomic
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import generate
-from asign_jax.evaluation import reports, scoring
+from asign_jax.evaluation import references, reports, scoring, selection
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.prepare import prepare_samples, prepared_table
@@ -125,12 +125,13 @@ def register(config, workdir, samples: Optional[list[str]] = None) -> dict:
 
 
 def load_inputs(config, workdir: Path):
-    """Prepares data and builds graphs if missing; returns (genes, graphs).
+    """Prepares data and builds graphs if missing; returns (genes, graphs, oracle).
 
     The graphs' image features are standardised per sample (``train.feature_norm``,
     ``preprocess.standardize``): everything downstream sees the model's input view.
 
-    genes: list[str]; graphs: {sample id: SampleGraph}.
+    genes: list[str]; graphs: {sample id: SampleGraph}; oracle: {sample id: (N, G) noise-free
+    expression} on synthetic data (``references.oracle_labels``), else None.
     """
     workdir = Path(workdir)
     index = workdir / "prepared" / "index.json"
@@ -146,7 +147,13 @@ def load_inputs(config, workdir: Path):
     norm = str(config.train.feature_norm)
     graphs = {s: standardize_features(graph_io.load_sample_graph(workdir, s), norm)
               for s in sample_ids}
-    return genes, graphs
+    oracle = None
+    if config.data.format == "synthetic":
+        root = Path(config.data.root) if config.data.root else workdir / "synthetic_data"
+        oracle = {s: references.oracle_labels(root, PreparedSample.load(workdir, s),
+                                              str(config.data.normalization))
+                  for s in sample_ids}
+    return genes, graphs, oracle
 
 
 # ---- folds ----------------------------------------------------------------------------------
@@ -182,16 +189,17 @@ def _mesh(config):
     return sharding.make_mesh(int(config.train.samples_per_step))
 
 
-def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> dict:
-    """Scores the fold on its test (and validation) samples and writes the predictions."""
+def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
+           roles=("test", "val"), oracle=None) -> dict:
+    """Scores the fold on its test (and validation) rows and writes the test predictions."""
     fn = make_eval_fn(model)
     eval_fn = lambda s: fn(params, s)
     out = {}
-    for role in ("test", "val"):
+    for role in roles:
         if not fold.samples_of(role):
             continue
         result, per_gene, predictions = scoring.evaluate_fold(config, fold, eval_fn, graphs,
-                                                              pool.pad, role)
+                                                              pool.pad, role, oracle=oracle)
         out[role] = (result, per_gene)
         if role == "test":
             for p in predictions:
@@ -203,17 +211,21 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
     return out
 
 
-def _save_fold(workdir: Path, fold: Fold, scores: dict) -> None:
+def _save_fold(workdir: Path, fold: Fold, scores: dict, kept: Optional[dict] = None) -> None:
     d = fold_dir(workdir, fold)
     d.mkdir(parents=True, exist_ok=True)
     arrays = {f"{role}/{m}": v for role, (_, pg) in scores.items() for m, v in pg.items()}
     atomic.write_npz(d / "per_gene.npz", **arrays)
-    atomic.write_json(d / "done.json", {role: r for role, (r, _) in scores.items()})
+    if kept is not None and "val" in scores:
+        scores["val"][0]["selection"] = kept
+    atomic.write_json(d / "done.json", {"roles": sorted(scores),
+                                        **{role: r for role, (r, _) in scores.items()}})
 
 
 def _load_fold(workdir: Path, fold: Fold) -> dict:
     d = fold_dir(workdir, fold)
     results = json.loads((d / "done.json").read_text())
+    results.pop("roles", None)
     with np.load(d / "per_gene.npz") as z:
         per_gene = {k: z[k] for k in z.files}
     return {role: (r, {k.split("/", 1)[1]: v for k, v in per_gene.items()
@@ -225,7 +237,11 @@ def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val)
-    print(f"\nTest layers of {len(test)} fold(s); mean +- std over folds "
+    if val:
+        print(f"\nValidation role of {len(val)} fold(s) (what every choice read); mean +- std "
+              "over folds")
+        print(reports.summary_table(reports.aggregate(val)))
+    print(f"\nTest layers of {len(test)} fold(s), scored once; mean +- std over folds "
           f"(pcc_gene: per gene across spots; pcc_spot: per spot across genes, official-code metric)")
     print(reports.summary_table(agg))
     print(f"\nmetrics:     {workdir / 'metrics.json'} (per fold/section), {workdir / 'metrics.jsonl'} (training log)")
@@ -236,40 +252,89 @@ def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
 
 # ---- train + evaluate -----------------------------------------------------------------------
 
+def _check_against_known_mean(fold: Fold, record: dict) -> dict:
+    """Warns when the kept model is worse than ``known_mean`` on validation; returns a summary."""
+    m = record["metrics"]
+    worse = m["val_mse"] > m["val_mse_known_mean"]
+    if worse:
+        logger.warning("%s: ASIGN at step %d is WORSE than known_mean on validation (MSE %.4f vs "
+                       "%.4f): the model adds nothing over the known layer's mean profile; check "
+                       "the training log (metrics.jsonl, \"split\": \"val\" lines)", fold.name,
+                       record["step"], m["val_mse"], m["val_mse_known_mean"])
+    return {"step": int(record["step"]), "score": record["score"], "metrics": m,
+            "worse_than_known_mean": bool(worse)}
+
+
+def kept_params(config, fold: Fold, workdir: Path, final_params) -> tuple[dict, Optional[dict]]:
+    """The params scored for ``fold``: its validation-selected params (``train.select``, the
+    eq.-6 blend refit when configured) when the fold has a validation role, else the final
+    ones. Returns (params, selection summary or None)."""
+    found = selection.load_selected(fold_dir(workdir, fold)) if fold.has_validation else None
+    if found is None:
+        return final_params, None
+    params, record = found
+    logger.info("%s: scoring the params of step %d (train.select=%s, model.blend=%s)",
+                fold.name, record["step"], config.train.select, config.model.blend)
+    return params, _check_against_known_mean(fold, record)
+
+
 def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
-                       progress: bool = True) -> Optional[dict]:
+                       progress: bool = True, score_test: bool = True,
+                       inputs: Optional[tuple] = None) -> Optional[dict]:
     """The whole pipeline; returns {method: {"mean", "std"}} or None if stopped (``stop_after``).
 
     ``stop_after`` (testing): stop the first unfinished fold after that many steps, as if the
     process had been killed; relaunching resumes from its latest checkpoint.
+    ``score_test=False`` (sweeps): the test rows are never scored; returns the VALIDATION
+    aggregate and writes ``validation.json`` instead of the reports.
+    ``inputs``: (genes, graphs, oracle) to use instead of ``load_inputs`` (tests).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    genes, graphs = load_inputs(config, workdir)
-    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
+    genes, graphs, oracle = load_inputs(config, workdir) if inputs is None else inputs
+    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()},
+                       seed=int(config.seed))
+    selection.check_config(config, all(f.has_validation for f in folds))
     names = prediction_names(folds)
     model, loss_fn = factory.build(config, len(genes))
     mesh = _mesh(config)
     logger.info("%d fold(s), %d genes, %d devices; run folder %s", len(folds), len(genes),
                 jax.device_count(), workdir)
+    roles = ("test", "val") if score_test else ("val",)
     scores = []
     for fold in folds:
-        if (fold_dir(workdir, fold) / "done.json").exists():
-            logger.info("%s: done (%s); skipping", fold.name, fold_dir(workdir, fold) / "done.json")
+        done = fold_dir(workdir, fold) / "done.json"
+        if done.exists() and set(json.loads(done.read_text()).get("roles", ["test"])) >= set(roles):
+            logger.info("%s: done (%s); skipping", fold.name, done)
             scores.append(_load_fold(workdir, fold))
             continue
         logger.info("%s", fold.describe())
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        validator = (selection.Validator(config, fold, graphs, model, pool.pad)
+                     if fold.has_validation else None)
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
-                           progress=progress)
+                           progress=progress, validate=validator)
         if state is None:
             return None
-        params = jax.device_get(state.params)
-        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
-        _save_fold(workdir, fold, fold_scores)
+        params, kept = kept_params(config, fold, workdir, jax.device_get(state.params))
+        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
+                             roles=roles, oracle=oracle)
+        _save_fold(workdir, fold, fold_scores, kept)
         scores.append(fold_scores)
+    if not score_test:
+        return _finish_validation(workdir, scores)
     return _finish(workdir, scores, genes)
+
+
+def _finish_validation(workdir: Path, scores: list[dict]) -> dict:
+    """validation.json (no test block) for a sweep candidate; returns the validation aggregate."""
+    val = [s["val"][0] for s in scores]
+    agg = reports.aggregate(val)
+    atomic.write_json(workdir / "validation.json", {"folds": val, "methods": agg})
+    print("\nValidation role only (test rows not scored)")
+    print(reports.summary_table(agg))
+    return agg
 
 
 def evaluate_all(config, workdir) -> dict:
@@ -278,8 +343,9 @@ def evaluate_all(config, workdir) -> dict:
     The folds' done.json files are left alone (they mark finished training).
     """
     workdir = Path(workdir)
-    genes, graphs = load_inputs(config, workdir)
-    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
+    genes, graphs, oracle = load_inputs(config, workdir)
+    folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()},
+                       seed=int(config.seed))
     names = prediction_names(folds)
     model, _ = factory.build(config, len(genes))
     scores = []
@@ -294,8 +360,11 @@ def evaluate_all(config, workdir) -> dict:
         if step < int(config.train.steps):
             logger.warning("%s: latest checkpoint is step %d of %d (training unfinished)",
                            fold.name, step, int(config.train.steps))
+        params, kept = kept_params(config, fold, workdir, params)
+        step = step if kept is None else kept["step"]
         logger.info("%s: re-scoring from %s (step %d)", fold.name, fold_dir(workdir, fold), step)
-        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
+        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
+                             oracle=oracle)
         for r, _ in fold_scores.values():
             r["step"] = step
         scores.append(fold_scores)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asign_jax import atomic
+from asign_jax.evaluation import selection
 from asign_jax.training import checkpoint, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
@@ -62,18 +63,19 @@ def label_means(pool) -> dict:
     return out
 
 
-def init_output_bias(state: TrainState, pool) -> TrainState:
+def init_output_bias(state: TrainState, pool, skip: tuple = ()) -> TrainState:
     """``state`` with each regression head's bias set to the mean training label of its scale.
 
     Labels are log-normalised (around -5 to -7 for 250 genes), so a zero-initialised bias makes
     the first steps spend the whole network on the constant offset (MSE ~20 at init); starting
     at the mean leaves the network the spatial variation. Optimiser moments start at zero
-    whatever the parameter values, so ``opt_state`` stays valid.
+    whatever the parameter values, so ``opt_state`` stays valid. Scales in ``skip`` keep their
+    zero bias (the spot head with ``model.spot_offset="known"`` predicts a deviation).
     """
     params = dict(state.params)
     means = label_means(pool)
     for scale, head in HEADS.items():
-        if head not in params:
+        if head not in params or scale in skip:
             continue
         out = dict(params[head]["out"])
         out["bias"] = jnp.asarray(means[scale], out["bias"].dtype)
@@ -86,10 +88,25 @@ def fold_rng(seed: int, fold_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), fold_index)
 
 
+def _log_line(log_path: Optional[Path], rec: dict) -> None:
+    if log_path is not None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(atomic.json_safe(rec)) + "\n")
+
+
 def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir: Path,
                log_path: Optional[Path], *, mesh=None, stop_after: Optional[int] = None,
-               progress: bool = True) -> Optional[TrainState]:
+               progress: bool = True, validate: Optional[Callable] = None
+               ) -> Optional[TrainState]:
     """Trains one fold for ``config.train.steps`` steps, resuming from ``ckpt_dir`` if possible.
+
+    With ``validate`` (``evaluation.selection.Validator``: params -> Validation) the fold's
+    validation role is scored every ``train.val_every`` steps and at the last step; each pass
+    is a ``"split": "val"`` line of metrics.jsonl. The step to keep is chosen there
+    (``train.select``: the best validation score, ties to the earlier step, or the last step)
+    and its params (blend refit on validation when configured) are written by
+    ``selection.save_selected``. A relaunch recomputes the lost steps bit-identically, so the
+    choice is the one an uninterrupted run makes.
 
     Args:
       config: full config (train, loss, seed).
@@ -123,13 +140,28 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
     else:
         logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
         if tc.init_output_bias:
-            state = init_output_bias(state, pool)
+            skip = ("spot",) if config.model.get("spot_offset", "none") == "known" else ()
+            state = init_output_bias(state, pool, skip)
     if log_path is not None:
         _truncate_log(Path(log_path), fold_index, start)
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     step_fn = make_train_step(model, loss_fn, config, mesh=mesh)
     schedule = make_schedule(tc)
+
+    val_every = int(tc.val_every)
+    select = str(tc.select)
+    prior = selection.load_selected(ckpt_dir) if validate is not None and start else None
+    best = -np.inf if prior is None else float(prior[1]["score"])
+
+    def run_validation(done: int) -> None:
+        nonlocal best
+        v = validate(jax.device_get(state.params))
+        _log_line(log_path, {"fold": fold_index, "step": done, "split": "val", **v.metrics,
+                             "score": v.score})
+        if (select == "last" and done == total) or (select != "last" and v.score > best):
+            best = v.score
+            selection.save_selected(ckpt_dir, done, v)
 
     pending: list = []
     bar = tqdm(total=total, initial=start, desc=f"fold {fold_index}", disable=not progress,
@@ -149,10 +181,10 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                 pending = []
                 rec = {"fold": fold_index, "step": done, **mean, "lr": float(schedule(step)),
                        "seconds": round(time.time() - t0, 3)}
-                if log_path is not None:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                _log_line(log_path, rec)
                 bar.set_postfix(loss=f"{mean['loss']:.4f}")
+            if validate is not None and (done == total or (val_every and done % val_every == 0)):
+                run_validation(done)
             bar.update(1)
             if done % int(tc.checkpoint_every) == 0 and done != total:
                 checkpoint.save(mngr, state)
