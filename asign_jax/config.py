@@ -111,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
                                  # validation (per gene, least squares on the validation role)
     m.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
+    m.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
+                                 # feature, W initialised at the training labels' ridge fit
 
     # ---- loss (paper eq. 7-9) ------------------------------------------------------------
     c.loss = lo = ml_collections.ConfigDict()
@@ -141,6 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
     t.known_mode = "fraction"    # fraction | layer (one whole labelled layer known per step)
     t.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
+    t.skip_lr_multiplier = 0.0   # learning-rate factor of model.image_skip (0 = kept at its
+                                 # ridge initialisation)
+    t.skip_fit = "all"           # labels of that ridge fit: all usable ones | held_out (only the
+                                 # known layers of held-out samples: no other patient's levels)
     t.feature_norm = "sample"    # sample | none: per-sample z-scoring of the image features
     t.init_output_bias = True    # start each regression head's bias at the training label mean
     t.optimizer = "sgd"          # sgd | adam

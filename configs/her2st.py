@@ -21,6 +21,11 @@ def get_config():
     c.train.folds = (("C",),)
     c.train.extra_train_samples = ("B",)
     c.train.known_layer = 0           # C2 is known; C3-C6 are imputed
+    # validation: the only 3D sample is the test sample and B4 is 2D, so a quarter of C2, in
+    # ~2 x 2-spot blocks (500 px), is hidden from training and scored with the rest of C2 as
+    # the known set (README "Validation"); C3-C6 are never read, no second layer of C is used
+    c.train.val_known_fraction = 0.25
+    c.train.val_block_px = 500.0
     c.train.eval_genes = ("ERBB2", "GNAS", "FASN")
     # CPU budget: the paper's SGD (lr 1e-4, momentum 0.9) barely moves in the few hundred
     # steps a 2-core CPU allows (~2 s/step at patient-C size); Adam(W) converges there.

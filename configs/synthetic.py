@@ -12,6 +12,9 @@ def get_config():
     c.data.root = ""                # "" = <workdir>/synthetic_data
     c.synthetic.n_samples = 3
     c.synthetic.n_sections = 4
+    # one validation block (own seed, never a test block): every choice reads it, not the tests
+    c.synthetic.n_val_samples = 1
+    c.train.val_samples = ("Z",)
     # Small encoder inputs keep the demo fast on a CPU: ResNet-50 at 64 px costs ~1/12 of 224 px.
     c.features.spot_input = 64
     c.features.region_input = 64

@@ -75,40 +75,48 @@ def overlap(known_xy: np.ndarray, known_labels: np.ndarray, query_xy: np.ndarray
     return out, fallback
 
 
+def _ridge_basis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U (n, r), s^2 (r,)) of the centred ``x`` (n, D) from the eigendecomposition of the
+    n x n Gram matrix (cheaper than an SVD when n <= D; eigenvalues ~0 dropped)."""
+    evals, u = np.linalg.eigh(x @ x.T)
+    keep = evals > max(float(evals.max()), 0.0) * 1e-10
+    return u[:, keep], evals[keep]
+
+
 def _ridge_paths(x: np.ndarray, y: np.ndarray, x_query: np.ndarray, penalties: np.ndarray
                  ) -> np.ndarray:
     """(P, M, G) ridge predictions of centred ``y`` (n, G) at ``x_query`` (M, D) for each
-    absolute penalty (P,), from one SVD of the centred ``x`` (n, D)."""
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    absolute penalty (P,): x_q X^T U diag(1 / (s^2 + lambda)) U^T y (the kernel form)."""
+    u, s2 = _ridge_basis(x)
     uty = u.T @ y                                                   # (r, G)
-    xq = x_query @ vt.T                                             # (M, r)
-    shrink = s[None, :] / (s[None, :] ** 2 + penalties[:, None])    # (P, r)
-    return np.einsum("mr,pr,rg->pmg", xq, shrink, uty)
+    kq = (x_query @ x.T) @ u                                        # (M, r)
+    return np.stack([(kq / (s2 + p)) @ uty for p in penalties])
 
 
-def ridge(known_feats: np.ndarray, known_labels: np.ndarray, query_feats: np.ndarray,
-          n_folds: int = RIDGE_FOLDS, penalties: np.ndarray = RIDGE_PENALTIES,
-          seed: int = 0) -> tuple[np.ndarray, float]:
-    """Ridge regression fit on the known spots; the penalty by K-fold CV among them.
+def ridge_fit(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
+              n_folds: int = RIDGE_FOLDS, penalties: np.ndarray = RIDGE_PENALTIES,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Ridge regression of ``y`` (n, G) on ``x`` (n, D), the penalty chosen by CV.
 
-    Args:
-      known_feats: (K, D) features of the known spots; known_labels: (K, G) their labels.
-      query_feats: (M, D) features of the spots to predict.
-      n_folds: CV folds (random split of the known spots, ``seed``).
-      penalties: relative penalties; the absolute one is this x mean(s^2) of the centred
-        known features (so the grid does not depend on the feature scale).
+    CV folds: leave one group out when ``groups`` (n,) has >= 2 values (e.g. samples, so
+    spatial autocorrelation inside a sample does not favour a weak penalty), else a random
+    ``n_folds``-fold split (``seed``). Penalties are relative: the absolute one is this x the
+    mean squared singular value of the centred ``x`` (the grid does not depend on the scale).
 
-    Returns:
-      ((M, G) float32 predictions, the chosen relative penalty). Intercept = the known mean.
+    Returns (W (D, G), x mean (D,), y mean (G,), the chosen relative penalty); the prediction
+    at x' is (x' - x mean) @ W + y mean.
     """
-    x = np.asarray(known_feats, np.float64)
-    y = np.asarray(known_labels, np.float64)
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
-    scale = float(np.mean(np.linalg.svd(xc, compute_uv=False) ** 2)) or 1.0
+    scale = float(np.einsum("ij,ij->", xc, xc)) / max(min(xc.shape), 1) or 1.0
     pen = np.asarray(penalties, np.float64) * scale
     n = len(x)
-    folds = np.random.default_rng(seed).permutation(n) % max(2, min(n_folds, n))
+    if groups is not None and len(np.unique(groups)) >= 2:
+        folds = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    else:
+        folds = np.random.default_rng(seed).permutation(n) % max(2, min(n_folds, n))
     sse = np.zeros(len(pen))
     for f in np.unique(folds):
         tr, va = folds != f, folds == f
@@ -118,9 +126,21 @@ def ridge(known_feats: np.ndarray, known_labels: np.ndarray, query_feats: np.nda
         pred = _ridge_paths(x[tr] - mxt, y[tr] - myt, x[va] - mxt, pen) + myt
         sse += ((pred - y[va]) ** 2).sum(axis=(1, 2))
     best = int(np.argmin(sse))
-    q = np.asarray(query_feats, np.float64) - mx
-    out = _ridge_paths(xc, yc, q, pen[best:best + 1])[0] + my
-    return out.astype(np.float32), float(penalties[best])
+    u, s2 = _ridge_basis(xc)
+    w = xc.T @ (u @ ((u.T @ yc) / (s2 + pen[best])[:, None]))
+    return w, mx, my, float(penalties[best])
+
+
+def ridge(known_feats: np.ndarray, known_labels: np.ndarray, query_feats: np.ndarray,
+          n_folds: int = RIDGE_FOLDS, penalties: np.ndarray = RIDGE_PENALTIES,
+          seed: int = 0) -> tuple[np.ndarray, float]:
+    """Ridge regression fit on the known spots; the penalty by K-fold CV among them
+    (``ridge_fit``). Returns ((M, G) float32 predictions at ``query_feats``, the chosen
+    relative penalty). Intercept = the known mean."""
+    w, mx, my, pen = ridge_fit(known_feats, known_labels, n_folds=n_folds, penalties=penalties,
+                               seed=seed)
+    out = (np.asarray(query_feats, np.float64) - mx) @ w + my
+    return out.astype(np.float32), pen
 
 
 def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[dict, dict]:

@@ -15,7 +15,10 @@ Data flow (N_s spots, N_r region nodes, N_q global nodes, hidden H, G genes):
    ``spot_offset="known"`` the spot head predicts the DEVIATION from the mean label of the
    sample's known spots (p_s = mean_known + head(h_s)): the level of a sample is read from its
    own known layer, not learnt from other patients (the labels' per-sample offsets otherwise
-   dominate the spot MSE).
+   dominate the spot MSE). ``image_skip``: p_s also gets a linear path (x - mean) W from the
+   spot's image feature, W initialised at the ridge regression of the fold's training labels
+   on their features (``training.loop.init_image_skip``): the pooled image features carry a
+   linear signal that the deep path, trained a few hundred steps, does not pick up.
 4. CLI (``asign_jax.models.cli``): label propagation from the known spots + eq.-6 blend -> p'_s.
 
 Only the GAT message passing and the CLI propagation move information between nodes of the
@@ -179,6 +182,10 @@ class ASIGN(nn.Module):
         real = node_mask(spot)
         known = known & spot.nodes["label_mask"] & real
         p_s = RegressionHead(self.n_genes, name="spot_head")(h_s)             # (N_s, G)
+        if c.image_skip:
+            # a linear path from the image feature, set to a ridge fit by training.loop
+            p_s = p_s + nn.Dense(self.n_genes, kernel_init=nn.initializers.zeros,
+                                 name="image_skip")(spot.nodes["feat"])
         if c.spot_offset == "known":
             p_s = p_s + known_mean(spot.nodes["label"], known)[None]
         elif c.spot_offset != "none":

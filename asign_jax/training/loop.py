@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asign_jax import atomic
-from asign_jax.evaluation import selection
+from asign_jax.evaluation import references, selection
 from asign_jax.training import checkpoint, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
@@ -83,6 +83,42 @@ def init_output_bias(state: TrainState, pool, skip: tuple = ()) -> TrainState:
     return state.replace(params=params)
 
 
+def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
+                    ) -> tuple[TrainState, float]:
+    """``state`` with the linear image path (``model.image_skip``) at the ridge fit of the
+    pool's usable spot labels (``label_mask``: never a test layer) on their features.
+    ``fit="held_out"`` (``train.skip_fit``) uses only the held-out samples' known layers.
+
+    The targets are the labels minus each sample's mean labelled profile when ``relative``
+    (``model.spot_offset="known"``: the model adds the known spots' mean itself), else the
+    labels minus their pooled mean (the spot head's bias holds it). The penalty is chosen by
+    leave-one-sample-out CV (``references.ridge_fit``). Returns (state, relative penalty).
+    """
+    g = pool.arrays["spot"]
+    mask = np.asarray(g.nodes["label_mask"])
+    feats = np.asarray(g.nodes["feat"], np.float64)
+    labels = np.asarray(g.nodes["label"], np.float64)
+    xs, ys, groups = [], [], []
+    if fit not in ("all", "held_out"):
+        raise ValueError(f"train.skip_fit must be 'all' or 'held_out', got {fit!r}")
+    for i in range(len(pool)):
+        m = mask[i]
+        if not m.any() or (fit == "held_out" and pool.roles[i] == "train"):
+            continue
+        y = labels[i][m]
+        xs.append(feats[i][m])
+        ys.append(y - y.mean(0) if relative else y)
+        groups.append(np.full(int(m.sum()), i))
+    w, mx, _, penalty = references.ridge_fit(np.concatenate(xs), np.concatenate(ys),
+                                             groups=np.concatenate(groups))
+    params = dict(state.params)
+    skip = dict(params["image_skip"])
+    skip["kernel"] = jnp.asarray(w, skip["kernel"].dtype)
+    skip["bias"] = jnp.asarray(-(mx @ w), skip["bias"].dtype)
+    params["image_skip"] = skip
+    return state.replace(params=params), penalty
+
+
 def fold_rng(seed: int, fold_index: int) -> jax.Array:
     """The key of a fold; split into (init key, step key); steps fold their number into the latter."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), fold_index)
@@ -139,9 +175,13 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                            fold_index, start, total)
     else:
         logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
+        relative = config.model.spot_offset == "known"
         if tc.init_output_bias:
-            skip = ("spot",) if config.model.get("spot_offset", "none") == "known" else ()
-            state = init_output_bias(state, pool, skip)
+            state = init_output_bias(state, pool, ("spot",) if relative else ())
+        if config.model.image_skip:
+            state, penalty = init_image_skip(state, pool, relative, str(tc.skip_fit))
+            logger.info("fold %d: linear image path at the ridge fit of the training labels "
+                        "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
     if log_path is not None:
         _truncate_log(Path(log_path), fold_index, start)
     if mesh is not None:
