@@ -62,17 +62,35 @@ def _literal(text: str):
         return text.strip()
 
 
-def candidates(grid: dict, mode: str) -> list[dict]:
-    """The overrides of every candidate ({field: value}); ``each`` starts with the base ({})."""
+def candidates(grid: dict, mode: str, base_config=None) -> list[dict]:
+    """The overrides of every candidate ({field: value}); ``each`` starts with the base ({})
+    and skips values equal to the base config's."""
     fields = list(grid)
     if mode == "grid":
         return [dict(zip(fields, combo)) for combo in itertools.product(*grid.values())]
     if mode == "each":
         out = [{}]
         for f in fields:
-            out += [{f: v} for v in grid[f]]
+            base = None if base_config is None else _get(base_config, f)
+            out += [{f: v} for v in grid[f] if base is None or apply_value(base, v) != base]
         return out
     raise ConfigError(f"--mode={mode!r}: expected 'grid' or 'each'")
+
+
+def _get(config, field: str):
+    node = config
+    for p in field.split("."):
+        if p not in node:
+            raise ConfigError(f"--grid: unknown config field {field!r}")
+        node = node[p]
+    return node
+
+
+def apply_value(old, value):
+    """``value`` cast to the type of the field's current value ``old`` (ints and floats)."""
+    if isinstance(old, (int, float)) and not isinstance(old, bool) and not isinstance(value, bool):
+        return type(old)(value)
+    return value
 
 
 def apply(config, overrides: dict):
@@ -87,9 +105,7 @@ def apply(config, overrides: dict):
             node = node[p]
         if leaf not in node:
             raise ConfigError(f"--grid: unknown config field {field!r}")
-        old = node[leaf]
-        node[leaf] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(
-            old, bool) and not isinstance(value, bool) else value
+        node[leaf] = apply_value(node[leaf], value)
     return c
 
 
@@ -129,7 +145,7 @@ def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: s
         raise ConfigError("a sweep over graph.* fields needs the run folders (no inputs=)")
     record = {"grid": grid, "mode": mode, "metric": metric, "guard_known_mean": guard_known_mean,
               "candidates": []}
-    for i, overrides in enumerate(candidates(grid, mode)):
+    for i, overrides in enumerate(candidates(grid, mode, base_config)):
         cfg = apply(base_config, overrides)
         cand = workdir / f"cand_{i}"
         if inputs is None:

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 
 from asign_jax.data.synthetic import SUMMARY_FILE, load_expected
 from asign_jax.errors import DataError
@@ -78,7 +79,9 @@ def overlap(known_xy: np.ndarray, known_labels: np.ndarray, query_xy: np.ndarray
 def _ridge_basis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(U (n, r), s^2 (r,)) of the centred ``x`` (n, D) from the eigendecomposition of the
     n x n Gram matrix (cheaper than an SVD when n <= D; eigenvalues ~0 dropped)."""
-    evals, u = np.linalg.eigh(x @ x.T)
+    x32 = np.asarray(x, np.float32)
+    evals, u = scipy.linalg.eigh(x32 @ x32.T, driver="evd")     # float32: ~4x faster, enough
+    evals, u = evals.astype(np.float64), u.astype(np.float64)
     keep = evals > max(float(evals.max()), 0.0) * 1e-10
     return u[:, keep], evals[keep]
 
@@ -89,7 +92,7 @@ def _ridge_paths(x: np.ndarray, y: np.ndarray, x_query: np.ndarray, penalties: n
     absolute penalty (P,): x_q X^T U diag(1 / (s^2 + lambda)) U^T y (the kernel form)."""
     u, s2 = _ridge_basis(x)
     uty = u.T @ y                                                   # (r, G)
-    kq = (x_query @ x.T) @ u                                        # (M, r)
+    kq = (np.asarray(x_query, np.float32) @ np.asarray(x, np.float32).T) @ u   # (M, r)
     return np.stack([(kq / (s2 + p)) @ uty for p in penalties])
 
 
