@@ -16,7 +16,6 @@ Variant syntax: ``paper`` (IoU + raw cosine, top-k over all other-layer nodes) o
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from asign_jax import pipeline
+from asign_jax import atomic, pipeline
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
 from asign_jax.evaluation import references, selection
@@ -21,7 +21,7 @@ from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches, folds, known, loop
 from asign_jax.training.losses import asign_loss
-from graph_helpers import random_sample_graph
+from graph_helpers import tiny_sample_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
@@ -49,15 +49,9 @@ def tiny_config(**train):
     return c
 
 
-def make_graph(seed, sid, n_layers=3):
-    return random_sample_graph(seed, n_layers=n_layers, spots_per_layer=9, n_region=6,
-                               n_global=3, n_genes=G, feat_dim=8, n_tokens=2, k=4,
-                               sample_id=sid)
-
-
 @pytest.fixture(scope="module")
 def graphs():
-    return {s: make_graph(i, s) for i, s in enumerate("ABC")}
+    return {s: tiny_sample_graph(i, s, G, spots_per_layer=9) for i, s in enumerate("ABC")}
 
 
 @pytest.fixture(scope="module")
@@ -199,25 +193,30 @@ def test_poisoned_test_labels_change_no_parameter_step_or_blend(graphs, model, t
 
 
 def test_known_layer_blocks_poison(graphs, model, tmp_path):
-    """The HER2ST design: validation = blocks of the test sample's known layer. Test layers
-    poisoned: nothing changes; the blocks poisoned: training unchanged, validation moves."""
+    """The HER2ST design: validation = blocks of the test sample's known layer. Poisoned test
+    layers or poisoned blocks leave what training sees bit-identical; the validation score
+    moves with the blocks only."""
     cfg = tiny_config(val_samples=(), val_known_fraction=0.3, val_block_px=250.0)
     fold = folds.make_folds(cfg.train, {s: 3 for s in graphs}, seed=0)[0]
     assert fold.val_blocks == ("A",) and not fold.val_samples
-    clean = _train(cfg, model, graphs, fold, tmp_path / "clean")
-    dirty = _train(cfg, model, {**graphs, "A": poison(graphs["A"], [1, 2])}, fold,
-                   tmp_path / "dirty")
-    assert _leaves_equal(clean[0], dirty[0]) and _leaves_equal(clean[1], dirty[1])
-    assert clean[2] == dirty[2] and clean[3] == dirty[3]
     spot = batches.unpadded_nodes(graphs["A"], "spot")
     hidden = fold.hidden_validation("A", spot["layer"], spot["xy"])
     g = graphs["A"]
     label = np.array(g.spot.nodes["label"], copy=True)
     label[hidden] = 50.0
-    blocks = g.replace_graphs({"spot": g.spot._replace(nodes={**g.spot.nodes, "label": label})})
-    moved = _train(cfg, model, {**graphs, "A": blocks}, fold, tmp_path / "blocks")
-    assert _leaves_equal(clean[0], moved[0])
-    assert moved[2]["metrics"]["val_mse"] > 100 * clean[2]["metrics"]["val_mse"]
+    variants = {"clean": graphs, "test": {**graphs, "A": poison(g, [1, 2])},
+                "blocks": {**graphs, "A": g.replace_graphs(
+                    {"spot": g.spot._replace(nodes={**g.spot.nodes, "label": label})})}}
+    pools = {k: batches.build_pool(v, fold, seed=0) for k, v in variants.items()}
+    assert _leaves_equal(pools["clean"].arrays, pools["test"].arrays)
+    assert _leaves_equal(pools["clean"].arrays, pools["blocks"].arrays)
+    params, _, record, _ = _train(cfg, model, graphs, fold, tmp_path / "clean")
+    scores = {k: selection.Validator(cfg, fold, v, model, pools[k].pad)(params)
+              for k, v in variants.items()}
+    assert scores["clean"].metrics == scores["test"].metrics
+    assert np.array_equal(scores["clean"].alpha, scores["test"].alpha)
+    assert scores["blocks"].metrics["val_mse"] > 100 * scores["clean"].metrics["val_mse"]
+    assert record["step"] in (3, 6, 9, 12)
 
 
 def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
@@ -225,15 +224,17 @@ def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     import sweep
 
-    cfg = tiny_config()
+    cfg = tiny_config(steps=6, checkpoint_every=6)
     genes = [f"g{i}" for i in range(G)]
     grid = {"train.select": ["last", "mse"]}
     bad = {**graphs, "A": poison(graphs["A"], [1, 2])}
     rec = {name: sweep.run_sweep(cfg, grid, tmp_path / name, inputs=(genes, gs, None),
                                  progress=False)
            for name, gs in (("clean", graphs), ("dirty", bad))}
-    strip = lambda r: [{k: v for k, v in c.items() if k != "folder"} for c in r["candidates"]]
+    strip = lambda r: json.dumps(atomic.json_safe(      # NaN (known_mean pcc_gene) -> null
+        [{k: v for k, v in c.items() if k != "folder"} for c in r["candidates"]]))
     assert strip(rec["clean"]) == strip(rec["dirty"]) and len(rec["clean"]["candidates"]) == 2
+    assert rec["clean"]["candidates"][0]["validation"] != rec["clean"]["candidates"][1]["validation"]
     assert rec["clean"]["chosen"] == rec["dirty"]["chosen"]
     # only the chosen candidate was scored on test, once, after the choice was written
     chosen = Path(rec["clean"]["candidates"][rec["clean"]["chosen"]["index"]]["folder"])
@@ -272,31 +273,33 @@ def test_fit_blend_recovers_the_weight():
 
 # ---- the diverging run of issue 8, replayed small ----------------------------------------------
 
-@pytest.mark.slow
-def test_long_training_divergence_is_noticed(tmp_path, caplog):
-    """configs/test.py trained far too hard (issue 8: 3,000 steps, ASIGN MSE 3.59 against 0.59
-    for known_mean). Replayed with a 30x learning rate for 60 steps: the run warns that the
-    last step is worse than known_mean on validation, and validation selection keeps an
-    earlier step that is not."""
-    cfg = _load_config("test")
-    cfg.train.learning_rate = 3e-2
-    cfg.train.steps = 60
-    cfg.train.val_every = 10
-    cfg.train.checkpoint_every = 30
+def test_long_training_divergence_is_noticed(graphs, tmp_path, caplog):
+    """Issue 8: configs/test.py trained 3,000 steps ended at ASIGN MSE 3.59 against 0.59 for
+    known_mean, silently. Replayed small: the tiny model on samples whose labels carry no
+    learnable signal (all a model can do there is overfit, as one trained far too long does),
+    lr 5e-2, 60 steps, the paper's learned blend. The blend drifts toward the network and ASIGN
+    ends worse than known_mean on validation: the run warns, metrics.json records it, and
+    validation selection keeps the least bad step instead of the last."""
+    genes = [f"g{i}" for i in range(G)]
+    cfg = tiny_config(learning_rate=5e-2, steps=60, val_every=10, log_every=10,
+                      checkpoint_every=30, select="last")
     cfg.model.blend = "learned"
     with caplog.at_level(logging.WARNING):
-        pipeline.train_and_evaluate(cfg, tmp_path / "last", progress=False)
+        pipeline.train_and_evaluate(cfg, tmp_path / "last", inputs=(genes, graphs, None),
+                                    progress=False)
     assert "WORSE than known_mean on validation" in caplog.text
     last = json.loads((tmp_path / "last" / "metrics.json").read_text())
     sel = last["validation"]["folds"][0]["selection"]
     assert sel["worse_than_known_mean"] and sel["step"] == 60
-    log = [json.loads(l) for l in (tmp_path / "last" / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in log if r.get("split") == "val" and r["fold"] == 0]
+    val = [json.loads(l) for l in (tmp_path / "last" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r.get("split") == "val"]
     assert [r["step"] for r in val] == [10, 20, 30, 40, 50, 60]
+    assert val[-1]["val_alpha_mean"] > val[0]["val_alpha_mean"]        # the blend drifted
+    assert val[-1]["val_mse"] > val[-1]["val_mse_known_mean"]
     cfg.train.select = "mse"
-    caplog.clear()
-    pipeline.train_and_evaluate(cfg, tmp_path / "best", progress=False)
+    pipeline.train_and_evaluate(cfg, tmp_path / "best", inputs=(genes, graphs, None),
+                                progress=False)
     best = json.loads((tmp_path / "best" / "metrics.json").read_text())
     kept = best["validation"]["folds"][0]["selection"]
-    assert kept["step"] < 60 and not kept["worse_than_known_mean"]
-    assert best["mean"]["mse"] < last["mean"]["mse"]
+    assert kept["step"] == min(val, key=lambda r: r["val_mse"])["step"] < 60
+    assert kept["metrics"]["val_mse"] < sel["metrics"]["val_mse"]
