@@ -32,7 +32,11 @@ def get_config():
     c.train.steps = 200
     c.train.log_every = 25
     c.train.checkpoint_every = 50
-    # selection, blend, graph: read on the validation block (README "Validation")
+    # every choice below was read on the validation block Z, never on a test layer (README
+    # "Validation"): experiments/sweep.py --mode each over dropout, weight decay, supervision,
+    # CLI learning rate, feature normalisation, known mode and steps picked feature_norm=none;
+    # experiments/graph_choice.py picked the calibrated graph (cross_radius 384 px)
+    c.train.feature_norm = "none"
     c.train.val_every = 25
     c.train.select = "pcc_gene"
     c.model.blend = "validation"
