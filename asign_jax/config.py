@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # ids ("" = all imaged); visium: "sample:dir,dir;sample2:..."
     d.image_glob = ""            # visium: comma-separated globs for the full-res image
     d.n_genes = 250              # top-N genes by mean raw count (averaged over sections)
+    d.gene_selection_sections = ""   # comma-separated section ids the gene ranking reads
+                                 # ("" = every prepared section, as the paper and official code)
     d.normalization = "asign"    # asign | triplex | stnet
     d.smooth = False             # triplex only: 3x3 array-neighbourhood smoothing
     d.spot_size = 224            # spot patch side, px
@@ -37,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- synthetic sample generator (format == "synthetic") -------------------------------
     c.synthetic = s = ml_collections.ConfigDict()
     s.n_samples = 3              # tissue blocks (>= 2 so sample-level folds exist)
+    s.n_val_samples = 0          # extra validation blocks Z, Y, ... (own seeds; never test)
     s.n_sections = 4             # consecutive sections per block
     s.n_genes = 300
     s.n_types = 5                # tissue types
@@ -88,9 +91,15 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- 3D graph ------------------------------------------------------------------------
     c.graph = g = ml_collections.ConfigDict()
     g.k_intra = 8                # same-layer nearest spots
-    g.k_cross = 12               # cross-layer top-k by IoU + cosine
+    g.k_cross = 12               # cross-layer top-k by IoU + similarity
     g.spot_radius = 112.0        # px, circle radius for the IoU (half the 224 patch)
     g.cross_layer = True         # False = 2D-only graph (ablation)
+    g.cross_mode = "paper"       # paper: top-k of IoU + raw cosine over all other-layer nodes |
+                                 # calibrated: candidates within cross_radius, IoU + calibrated sim
+    g.cross_radius = 336.0       # px (registered frame), calibrated mode: candidate radius
+    g.sim_weight = 1.0           # calibrated mode: weight = IoU + sim_weight * max(0, z-cosine)
+    g.expand_min_sim = 0.0       # calibrated mode: > 0 adds the paper's similarity expansion,
+                                 # other-layer nodes within cosine_radius whose z-cosine >= this
     g.cosine_all_max_nodes = 20000   # above this, cosine candidates are radius-limited
     g.cosine_radius = 1000.0     # px in the reference frame, for radius-limited candidates
     g.region_k_intra = 8
@@ -110,6 +119,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.use_gat = True
     m.use_cli = True
     m.cli_iterations = 10
+    m.cli_node_alpha = "learned" # learned: alpha_j = sigmoid(Dense(h_j)) | fixed: alpha_j = 1
+    m.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
+                                 # validation (per gene, least squares on the validation role)
+    m.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
+    m.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
+                                 # feature, W initialised at the training labels' ridge fit
 
     # ---- loss (paper eq. 7-9) ------------------------------------------------------------
     c.loss = lo = ml_collections.ConfigDict()
@@ -129,12 +144,22 @@ def base_config() -> ml_collections.ConfigDict:
     t.extra_train_samples = ()   # samples only ever used for training (e.g. HER2ST B4)
     t.val_samples = ()           # validation samples: held out like a test sample in every fold;
                                  # selection reads their hidden layers, never a test layer
+    t.inner_val = 0              # K-fold datasets: n training samples per fold become validation
+    t.val_known_fraction = 0.0   # > 0: this fraction of each test sample's KNOWN layer is hidden
+                                 # (square blocks) and is the validation role (one-3D-sample data)
+    t.val_block_px = 500.0       # side of those blocks, px (registered frame)
+    t.val_every = 50             # score the validation role every n steps (0 = only at the end)
+    t.select = "last"            # checkpoint: last | pcc_gene | mse (best validation score)
     t.known_layer = 0            # index of the known layer of a held-out sample; negative
                                  # counts from the last layer (-1 = last), as in Python
     t.rotate_known_layer = False # evaluate every layer as the known one
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
     t.known_mode = "fraction"    # fraction | layer (one whole labelled layer known per step)
     t.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
+    t.skip_lr_multiplier = 0.0   # learning-rate factor of model.image_skip (0 = kept at its
+                                 # ridge initialisation)
+    t.skip_fit = "all"           # labels of that ridge fit: all usable ones | held_out (only the
+                                 # known layers of held-out samples: no other patient's levels)
     t.feature_norm = "sample"    # sample | none: per-sample z-scoring of the image features
     t.init_output_bias = True    # start each regression head's bias at the training label mean
     t.optimizer = "sgd"          # sgd | adam

@@ -38,7 +38,7 @@ from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.evaluation import reports, scoring
+from asign_jax.evaluation import references, reports, scoring, selection
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.prepare import prepare_samples, prepared_table
@@ -48,7 +48,7 @@ from asign_jax.preprocess.standardize import standardize_features
 from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
-from asign_jax.runfolder import NEW, REUSE, RunFolder, stage_fields
+from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
 from asign_jax.training import batches, checkpoint, sharding, subgraph
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
@@ -75,7 +75,7 @@ def check_folds(config, n_layers: dict, left_out: dict, *, strict: bool = True):
     """``make_folds`` on the samples' layer counts; its error says which sections the reader
     left out (e.g. a missing image). ``strict=False`` (prepare) only warns."""
     try:
-        return make_folds(config.train, n_layers)
+        return make_folds(config.train, n_layers, seed=int(config.seed))
     except ConfigError as e:
         msg = f"{e}{left_out_note(left_out)}"
         if strict:
@@ -229,13 +229,14 @@ def register(config, workdir, samples: Optional[list[str]] = None, *,
 
 
 def load_inputs(config, workdir, *, overwrite: bool = False, build: bool = True):
-    """Reuses or builds prepare -> register -> graph; returns (genes, graphs).
+    """Reuses or builds prepare -> register -> graph; returns (genes, graphs, oracle).
 
     ``build=False`` (evaluate, export) only reuses: a missing or stale stage is an error.
     The graphs' image features are standardised per sample (``train.feature_norm``,
     ``preprocess.standardize``): everything downstream sees the model's input view.
 
-    genes: list[str]; graphs: {sample id: SampleGraph}.
+    genes: list[str]; graphs: {sample id: SampleGraph}; oracle: {sample id: (N, G) noise-free
+    expression} on synthetic data (``references.oracle_labels``), else None.
     """
     config = validated(config)
     workdir = Path(workdir)
@@ -250,15 +251,23 @@ def load_inputs(config, workdir, *, overwrite: bool = False, build: bool = True)
 
 
 def read_inputs(config, workdir: Path):
-    """(genes, {sample id: standardised SampleGraph}) of a run folder whose stages exist (no
-    manifest checks: ``load_inputs`` does those; ``block`` builds its own stages)."""
+    """(genes, {sample id: standardised SampleGraph}, oracle) of a run folder whose stages
+    exist (no manifest checks: ``load_inputs`` does those; ``block`` builds its own stages).
+    oracle: {sample id: (N, G) noise-free expression} on synthetic data
+    (``references.oracle_labels``), else None."""
     workdir = Path(workdir)
     sample_ids = list_prepared(workdir)
     genes = [str(g) for g in json.loads((workdir / "prepared" / "index.json").read_text())["genes"]]
     norm = str(config.train.feature_norm)
     graphs = {s: standardize_features(graph_io.load_sample_graph(workdir, s), norm)
               for s in sample_ids}
-    return genes, graphs
+    oracle = None
+    if config.data.format == "synthetic":
+        root = Path(config.data.root) if config.data.root else workdir / "synthetic_data"
+        oracle = {s: references.oracle_labels(root, PreparedSample.load(workdir, s),
+                                              str(config.data.normalization))
+                  for s in sample_ids}
+    return genes, graphs, oracle
 
 
 def export(config, workdir, fmt: str = "tfds", out: Optional[str] = None):
@@ -313,19 +322,28 @@ def _mesh(config):
     return sharding.make_mesh(int(config.train.samples_per_step))
 
 
-def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> dict:
-    """Scores the fold on its test (and validation) samples and writes the predictions."""
+def _tiled_wrap(config, pool):
+    """For a pool of tiles (samples too large for one graph): eval_fn -> an eval_fn that imputes
+    whole unpadded samples in exact tiles (``subgraph.tiled_eval``); else None."""
+    if not pool.tiled:
+        return None
+    return lambda eval_fn: subgraph.tiled_eval(eval_fn, config)
+
+
+def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
+           roles=("test", "val"), oracle=None) -> dict:
+    """Scores the fold on its test (and validation) rows and writes the test predictions."""
     fn = make_eval_fn(model)
-    eval_fn = lambda s: fn(params, s)
-    pad_fn = pool.pad
-    if pool.tiled:      # samples too large for one graph: impute in exact tiles
-        eval_fn, pad_fn = subgraph.tiled_eval(eval_fn, config), lambda s: s
+    eval_fn, pad_fn = lambda s: fn(params, s), pool.pad
+    wrap = _tiled_wrap(config, pool)
+    if wrap is not None:
+        eval_fn, pad_fn = wrap(eval_fn), lambda s: s
     out = {}
-    for role in ("test", "val"):
+    for role in roles:
         if not fold.samples_of(role):
             continue
         result, per_gene, predictions = scoring.evaluate_fold(config, fold, eval_fn, graphs,
-                                                              pad_fn, role)
+                                                              pad_fn, role, oracle=oracle)
         out[role] = (result, per_gene)
         if role == "test":
             for p in predictions:
@@ -338,19 +356,23 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names) -> 
     return out
 
 
-def _save_fold(workdir: Path, fold: Fold, scores: dict) -> None:
-    """``done.json`` (the fold's results per role) and ``per_gene.npz``; the fold's manifest,
-    written after them, marks the fold complete."""
+def _save_fold(workdir: Path, fold: Fold, scores: dict, kept: Optional[dict] = None) -> None:
+    """``done.json`` (the fold's results per role, and the validation selection ``kept``) and
+    ``per_gene.npz``; the fold's manifest, written after them, marks the fold complete."""
     d = fold_dir(workdir, fold)
     d.mkdir(parents=True, exist_ok=True)
     arrays = {f"{role}/{m}": v for role, (_, pg) in scores.items() for m, v in pg.items()}
     atomic.write_npz(d / "per_gene.npz", **arrays)
-    atomic.write_json(d / "done.json", {role: r for role, (r, _) in scores.items()})
+    if kept is not None and "val" in scores:
+        scores["val"][0]["selection"] = kept
+    atomic.write_json(d / "done.json", {"roles": sorted(scores),
+                                        **{role: r for role, (r, _) in scores.items()}})
 
 
 def _load_fold(workdir: Path, fold: Fold) -> dict:
     d = fold_dir(workdir, fold)
     results = json.loads((d / "done.json").read_text())
+    results.pop("roles", None)
     with np.load(d / "per_gene.npz") as z:
         per_gene = {k: z[k] for k in z.files}
     return {role: (r, {k.split("/", 1)[1]: v for k, v in per_gene.items()
@@ -367,7 +389,11 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val)
     rf.finish("reports")
-    print(f"\nTest layers of {len(test)} fold(s); mean +- std over folds "
+    if val:
+        print(f"\nValidation role of {len(val)} fold(s) (what every choice read); mean +- std "
+              "over folds")
+        print(reports.summary_table(reports.aggregate(val)))
+    print(f"\nTest layers of {len(test)} fold(s), scored once; mean +- std over folds "
           f"(pcc_gene: per gene across spots; pcc_spot: per spot across genes, official-code metric)")
     print(reports.summary_table(agg))
     print(f"\nmetrics:     {workdir / 'metrics.json'} (per fold/section), {workdir / 'metrics.jsonl'} (training log)")
@@ -378,13 +404,45 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
 
 # ---- train + evaluate -----------------------------------------------------------------------
 
+def _check_against_known_mean(fold: Fold, record: dict) -> dict:
+    """Warns when the kept model is worse than ``known_mean`` on validation; returns a summary."""
+    m = record["metrics"]
+    worse = m["val_mse"] > m["val_mse_known_mean"]
+    if worse:
+        logger.warning("%s: ASIGN at step %d is WORSE than known_mean on validation (MSE %.4f vs "
+                       "%.4f): the model adds nothing over the known layer's mean profile; check "
+                       "the training log (metrics.jsonl, \"split\": \"val\" lines)", fold.name,
+                       record["step"], m["val_mse"], m["val_mse_known_mean"])
+    return {"step": int(record["step"]), "score": record["score"], "metrics": m,
+            "worse_than_known_mean": bool(worse)}
+
+
+def kept_params(config, fold: Fold, workdir: Path, final_params) -> tuple[dict, Optional[dict]]:
+    """The params scored for ``fold``: its validation-selected params (``train.select``, the
+    eq.-6 blend refit when configured) when the fold has a validation role, else the final
+    ones. Returns (params, selection summary or None)."""
+    found = selection.load_selected(fold_dir(workdir, fold)) if fold.has_validation else None
+    if found is None:
+        return final_params, None
+    params, record = found
+    logger.info("%s: scoring the params of step %d (train.select=%s, model.blend=%s)",
+                fold.name, record["step"], config.train.select, config.model.blend)
+    return params, _check_against_known_mean(fold, record)
+
+
 def _folds(config, workdir: Path, graphs: dict) -> list[Fold]:
     return check_folds(config, {s: len(g.section_names) for s, g in graphs.items()},
                        read_left_out(workdir))
 
 
+def _done_roles(workdir: Path, fold: Fold) -> set:
+    done = fold_dir(workdir, fold) / "done.json"
+    return set(json.loads(done.read_text()).get("roles", ["test"])) if done.exists() else set()
+
+
 def train_and_evaluate(config, workdir, *, overwrite: bool = False,
-                       stop_after: Optional[int] = None, progress: bool = True
+                       stop_after: Optional[int] = None, progress: bool = True,
+                       score_test: bool = True, inputs: Optional[tuple] = None
                        ) -> Optional[dict]:
     """The whole pipeline; returns {method: {"mean", "std"}} or None if stopped (``stop_after``).
 
@@ -392,44 +450,72 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
     its latest checkpoint. ``overwrite``: rebuild stages made with another config (and every
     stage after them) instead of stopping. ``stop_after`` (testing): stop the first unfinished
     fold after that many steps, as if the process had been killed.
+    ``score_test=False`` (sweeps): the test rows are never scored; returns the VALIDATION
+    aggregate and writes ``validation.json`` instead of the reports (a later call with
+    ``score_test=True`` scores the same kept params on test, without training again).
+    ``inputs``: (genes, graphs, oracle) to use instead of the run folder's data (tests).
     """
     config = validated(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rf = RunFolder(workdir, overwrite=overwrite)
-    genes, graphs = load_inputs(config, workdir, overwrite=overwrite)
+    if inputs is None:
+        genes, graphs, oracle = load_inputs(config, workdir, overwrite=overwrite)
+        stage_inputs = {"graph": rf.build_id("graph")}
+    else:
+        (genes, graphs, oracle), stage_inputs = inputs, {}
     folds = _folds(config, workdir, graphs)
-    inputs = {"graph": rf.build_id("graph")}
+    selection.check_config(config, all(f.has_validation for f in folds))
     fields = {f.name: stage_fields(f.name, config, fold=f) for f in folds}
-    states = {f.name: rf.check(f.name, fields[f.name], inputs) for f in folds}   # before work
+    states = {f.name: rf.check(f.name, fields[f.name], stage_inputs) for f in folds}  # before work
     names = prediction_names(folds)
     model, loss_fn = factory.build(config, len(genes))
     mesh = _mesh(config)
     logger.info("%d fold(s), %d genes, %d devices; run folder %s", len(folds), len(genes),
                 jax.device_count(), workdir)
+    roles = ("test", "val") if score_test else ("val",)
     scores, builds = [], {}
     for fold in folds:
-        if states[fold.name] == REUSE:
+        state = states[fold.name]
+        if state == REUSE and _done_roles(workdir, fold) >= set(roles):
             logger.info("%s: done with the same config; reusing %s", fold.name,
                         fold_dir(workdir, fold))
             scores.append(_load_fold(workdir, fold))
             builds[fold.name] = rf.build_id(fold.name)
             continue
-        rf.start(fold.name, fields[fold.name], inputs, states[fold.name])
+        # a fold scored on validation only (a sweep candidate) is scored on test from its kept
+        # params: training resumes at its last checkpoint, i.e. does nothing
+        rf.start(fold.name, fields[fold.name], stage_inputs, RESUME if state == REUSE else state)
         logger.info("%s", fold.describe())
         pool = batches.build_pool(graphs, fold, seed=int(config.seed),
                                   **subgraph.pool_options(config))
+        validator = (selection.Validator(config, fold, graphs, model, pool.pad,
+                                         wrap_eval=_tiled_wrap(config, pool))
+                     if fold.has_validation else None)
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
-                           progress=progress)
+                           progress=progress, validate=validator)
         if state is None:
             return None
-        params = jax.device_get(state.params)
-        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
-        _save_fold(workdir, fold, fold_scores)
+        params, kept = kept_params(config, fold, workdir, jax.device_get(state.params))
+        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
+                             roles=roles, oracle=oracle)
+        _save_fold(workdir, fold, fold_scores, kept)
         builds[fold.name] = rf.finish(fold.name)
         scores.append(fold_scores)
+    if not score_test:
+        return _finish_validation(workdir, scores)
     return _finish(config, rf, scores, genes, builds)
+
+
+def _finish_validation(workdir: Path, scores: list[dict]) -> dict:
+    """validation.json (no test block) for a sweep candidate; returns the validation aggregate."""
+    val = [s["val"][0] for s in scores]
+    agg = reports.aggregate(val)
+    atomic.write_json(workdir / "validation.json", {"folds": val, "methods": agg})
+    print("\nValidation role only (test rows not scored)")
+    print(reports.summary_table(agg))
+    return agg
 
 
 def evaluate_all(config, workdir) -> dict:
@@ -442,7 +528,7 @@ def evaluate_all(config, workdir) -> dict:
     config = validated(config)
     workdir = Path(workdir)
     rf = RunFolder(workdir, remedy=EVALUATE_REMEDY)
-    genes, graphs = load_inputs(config, workdir, build=False)
+    genes, graphs, oracle = load_inputs(config, workdir, build=False)
     folds = _folds(config, workdir, graphs)
     inputs = {"graph": rf.build_id("graph")}
     names = prediction_names(folds)
@@ -465,8 +551,11 @@ def evaluate_all(config, workdir) -> dict:
         if step < int(config.train.steps):
             logger.warning("%s: latest checkpoint is step %d of %d (training unfinished)",
                            fold.name, step, int(config.train.steps))
+        params, kept = kept_params(config, fold, workdir, params)
+        step = step if kept is None else kept["step"]
         logger.info("%s: re-scoring from %s (step %d)", fold.name, fold_dir(workdir, fold), step)
-        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
+        fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
+                             oracle=oracle)
         for r, _ in fold_scores.values():
             r["step"] = step
         scores.append(fold_scores)

@@ -17,4 +17,9 @@ def get_config():
     # Visium spots are ~55 um (about 96 full-res px): scale the circles and patches accordingly.
     c.graph.spot_radius = 112.0
     c.train.folds = (("Br5292",), ("Br5595",), ("Br8100",))
+    # validation: an inner split (one 3D training sample per fold, rotating) is the validation
+    # role; the checkpoint and the eq.-6 blend are chosen there (README "Validation")
+    c.train.inner_val = 1
+    c.train.select = "pcc_gene"
+    c.model.blend = "validation"
     return c

@@ -16,4 +16,9 @@ def get_config():
     c.data.sections = ""
     c.data.n_genes = 250
     c.train.folds = ()                # () = leave one sample out
+    # validation: an inner split (one 3D training sample per fold, rotating) is the validation
+    # role; the checkpoint and the eq.-6 blend are chosen there (README "Validation")
+    c.train.inner_val = 1
+    c.train.select = "pcc_gene"
+    c.model.blend = "validation"
     return c

@@ -10,6 +10,8 @@ def get_config():
     c.data.n_genes = 40
     c.synthetic.n_samples = 2
     c.synthetic.n_sections = 3
+    c.synthetic.n_val_samples = 1      # validation block Z (own seed)
+    c.train.val_samples = ("Z",)
     c.synthetic.n_genes = 60
     c.synthetic.n_types = 3
     c.synthetic.image_size = 1280
@@ -30,5 +32,6 @@ def get_config():
     c.train.steps = 8
     c.train.log_every = 4
     c.train.checkpoint_every = 4
+    c.train.val_every = 4
     c.train.eval_genes = ("G000",)
     return c

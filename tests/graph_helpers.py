@@ -133,3 +133,11 @@ def spatial_sample_graph(seed: int, *, n_layers: int = 3, side: int = 8, n_genes
     return SampleGraph(sample_id=sample_id, section_names=[f"{sample_id}{l}" for l in range(n_layers)],
                        spot=spot, region=region, global_=glob,
                        layer_offsets={"spot": offs(l_s), "region": offs(l_r), "global": offs(l_g)})
+
+
+def tiny_sample_graph(seed: int, sample_id: str, n_genes: int, n_layers: int = 3,
+                      spots_per_layer: int = 8):
+    """The small 3D sample the training tests share (6 region / 3 global tiles, 8-d features)."""
+    return random_sample_graph(seed, n_layers=n_layers, spots_per_layer=spots_per_layer,
+                               n_region=6, n_global=3, n_genes=n_genes, feat_dim=8, n_tokens=2,
+                               k=4, sample_id=sample_id)

@@ -153,7 +153,7 @@ def test_evaluate_fold_and_reports(tmp_path):
     assert m["validation"]["folds"][0]["samples"] == ["C"]
     assert set(m["validation"]["methods"]) == set(m["folds"][0]["mean"])
     assert set(m["components"]) == {"asign_model", "asign_propagation"}
-    assert set(m["baselines"]) == {"known_mean", "overlap"}
+    assert set(m["baselines"]) == {"known_mean", "overlap", "ridge"}
     assert set(m["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
     assert m["mean"]["mse"] == pytest.approx(0.25, rel=1e-5) and m["std"]["mse"] == 0.0
     assert m["baselines"]["known_mean"]["mean"]["pcc_gene"] is None

@@ -426,3 +426,82 @@ def test_save_load_and_build_all(tmp_path, sample_graphs, caplog):
     s2 = io.load_sample_graph(tmp_path, "S2")
     np.testing.assert_allclose(s2.spot.nodes["xy"],
                                np.concatenate([s.pixel_xy for s in p2.sections]), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrated cross-layer edges and edge statistics on a hand-built two-layer case
+
+def two_layer_grid():
+    """Two 3x3 grids (pitch 200 px); layer 1 is shifted 30 px right. Each spot's feature is a
+    large common vector plus a one-hot of its grid position, as raw ResNet features (every raw
+    cosine > 0.99): a spot resembles its own counterpart in the other layer only."""
+    g = np.stack(np.meshgrid(np.arange(3), np.arange(3)), -1).reshape(-1, 2) * 200.0
+    xy = np.concatenate([g, g + [30.0, 0.0]])
+    layer = np.repeat([0, 1], 9)
+    feats = np.full((18, 9), 10.0) + np.eye(9)[np.tile(np.arange(9), 2)]
+    return xy, layer, feats
+
+
+def _cross_pairs(edges):
+    c = edges.type == EDGE_CROSS
+    return edges.senders[c], edges.receivers[c], edges.weight[c]
+
+
+def test_calibrated_cross_edges_on_two_layers():
+    xy, layer, feats = two_layer_grid()
+    kw = dict(k_intra=4, k_cross=12, radius=R)
+    paper = build.build_edges(xy, layer, feats, cross_mode="paper", **kw)
+    cal = build.build_edges(xy, layer, feats, cross_mode="calibrated", cross_radius=300.0, **kw)
+    # paper form: 12 > 9 candidates, so every other-layer spot is joined, with raw cosine ~1
+    s, r, w = _cross_pairs(paper)
+    assert len(s) == 2 * 81
+    d = np.linalg.norm(xy[s] - xy[r], axis=1)
+    assert np.all(w[d >= 2 * R] > 0.99)                    # unrelated spots ~ the weight of an overlap
+    # calibrated: an edge needs an overlap or more-than-average similarity
+    s, r, w = _cross_pairs(cal)
+    d = np.linalg.norm(xy[s] - xy[r], axis=1)
+    assert np.all(d <= 300.0) and np.all(d < 2 * R)         # here: no dissimilar, non-overlapping edge
+    twin = (s % 9) == (r % 9)
+    assert twin.sum() == 18 and np.all(d[twin] == 30.0)     # every spot keeps its counterpart
+    expect = iou.circle_iou(30.0, R) + 1.0                   # IoU + z-cosine of identical features
+    np.testing.assert_allclose(w[twin], expect, rtol=1e-5)
+    assert np.all(w[~twin] < w[twin].min())                  # a neighbour weighs less than the twin
+    np.testing.assert_allclose(w[~twin], iou.circle_iou(d[~twin], R), rtol=1e-5)   # sim 0 there
+    # the paper's similarity expansion adds only pairs more similar than expand_min_sim
+    far = xy.copy()
+    far[9:] += [1000.0, 0.0]                                 # layer 1 moved away: nothing overlaps
+    none = build.build_edges(far, layer, feats, cross_mode="calibrated", cross_radius=300.0, **kw)
+    assert none.stats["n_cross"] == 0
+    exp = build.build_edges(far, layer, feats, cross_mode="calibrated", cross_radius=300.0,
+                            expand_min_sim=0.5, cosine_radius=2000.0, **kw)
+    s, r, _ = _cross_pairs(exp)
+    assert len(s) == 18 and np.all((s % 9) == (r % 9))
+
+
+def test_edge_statistics_by_hand():
+    xy, layer, feats = two_layer_grid()
+    e = build.build_edges(xy, layer, feats, k_intra=4, k_cross=12, radius=R, cross_mode="paper")
+    st = e.stats
+    # all 81 layer pairs, each edge in both directions; lengths by hand
+    dx = (np.arange(3)[:, None] - np.arange(3)[None]).ravel() * 200.0
+    lengths = np.array([np.hypot(a + 30.0, b) for a in dx for b in dx])      # 81 pairs
+    overl = lengths < 2 * R
+    assert st["pitch_px"] == pytest.approx(200.0)
+    assert st["cross_iou0_share"] == pytest.approx(1 - overl.mean())
+    assert st["cross_median_pitches"] == pytest.approx(np.median(lengths) / 200.0)
+    assert st["cross_long_share"] == pytest.approx(np.mean(lengths / 200.0 > 4))
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    s, r, w = _cross_pairs(e)
+    cos = (f[s] * f[r]).sum(1)
+    np.testing.assert_allclose(w, iou.circle_iou(np.linalg.norm(xy[s] - xy[r], axis=1), R) + cos,
+                               rtol=1e-5)
+    on = np.linalg.norm(xy[s] - xy[r], axis=1) < 2 * R
+    mw = st["mean_weight"]
+    assert mw["cross_overlap"] == pytest.approx(w[on].mean(), rel=1e-5)
+    assert mw["cross_no_overlap"] == pytest.approx(w[~on].mean(), rel=1e-5)
+    assert mw["intra"] == pytest.approx(e.weight[e.type == EDGE_INTRA].mean(), rel=1e-5)
+    assert mw["self"] is None
+    cal = build.build_edges(xy, layer, feats, k_intra=4, k_cross=12, radius=R,
+                            cross_mode="calibrated", cross_radius=300.0).stats
+    assert cal["cross_iou0_share"] == 0.0 and cal["mean_weight"]["cross_no_overlap"] is None
+    assert cal["mean_weight"]["cross_overlap"] < mw["cross_overlap"]

@@ -14,7 +14,7 @@ from asign_jax.data.section import Sample, Section
 from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.preprocess.genes import mean_expression, select_genes
 from asign_jax.preprocess.normalize import normalize
-from asign_jax.preprocess.prepare import prepare_samples, section_summary
+from asign_jax.preprocess.prepare import prepare_samples, rank_sections, section_summary
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared
 from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region_global,
                                         tile_counts)
@@ -47,6 +47,12 @@ def test_select_genes_equal_section_weight_and_ties():
     assert select_genes([b, a], 3).tolist() == ["g1", "g3", "g2"]
     with pytest.raises(DataError, match="only 3 genes"):
         select_genes([a, b], 4)
+    # data.gene_selection_sections: the ranking reads the listed sections only (genes must
+    # still be common to all): B alone ranks g1 = g2 = 2 > g3 = 0
+    assert select_genes([a, b], 2, rank_sections([a, b], "B")).tolist() == ["g1", "g2"]
+    assert rank_sections([a, b], "") is None
+    with pytest.raises(ConfigError, match="gene_selection_sections.*'C'"):
+        rank_sections([a, b], "B, C")
 
 
 # ------------------------------------------------------------------------------- normalise

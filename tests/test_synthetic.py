@@ -244,7 +244,7 @@ def test_deterministic_from_the_seed(tmp_path):
     s2 = synthetic.generate(cfg, tmp_path / "b", seed=5)
     synthetic.generate(cfg, tmp_path / "c", seed=6)
     t1, t2, t3 = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
-    assert set(t1) == set(t2) == set(t3) and len(t1) == 2 * 2 * 5 + 1
+    assert set(t1) == set(t2) == set(t3) and len(t1) == 2 * 2 * 6 + 1   # 6 files a section
     for key in t1:
         if key != "synthetic.json":
             assert t1[key] == t2[key], key

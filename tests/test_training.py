@@ -21,7 +21,7 @@ from asign_jax.models import factory
 from asign_jax.preprocess import standardize
 from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
 from asign_jax.training.losses import asign_loss
-from graph_helpers import random_sample_graph
+from graph_helpers import tiny_sample_graph
 
 G = 8
 
@@ -50,9 +50,7 @@ def model():
 
 
 def make_graph(seed, sid, n_layers=3):
-    return random_sample_graph(seed, n_layers=n_layers, spots_per_layer=8, n_region=6,
-                               n_global=3, n_genes=G, feat_dim=8, n_tokens=2, k=4,
-                               sample_id=sid)
+    return tiny_sample_graph(seed, sid, G, n_layers)
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,7 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
         prepared[0], frames, config, work,
         spot_radius=lattices[entries[manifest.measured[0]].name].spot_diameter / 2)
     graph_io.build_all(work, config)
-    genes, graphs = pipeline.read_inputs(config, work)
+    genes, graphs, _ = pipeline.read_inputs(config, work)
     times["prepare"] = time.perf_counter() - t
 
     # 5. model ------------------------------------------------------------------------------

@@ -8,7 +8,14 @@
     root/ST-imgs/<P>/<S>/<S>_HE.jpg       H&E-like RGB image (image_size x image_size)
     root/ST-pat/lbl/<S>_labeled_coordinates.tsv   tissue type per spot (HER2ST label format)
     root/ground_truth/<S>.json           transforms, per-spot tissue type and canonical coords
+    root/ground_truth/<S>_expected.npy   (N, n_genes) float32 noise-free expected counts, rows
+                                         in the JSON's spot order, columns in the count file's
     root/synthetic.json                  parameters, seed and summary (written last)
+
+Validation blocks. ``cfg.n_val_samples`` extra blocks, named from the end of the alphabet
+(Z, Y, ...), share the biology but draw their layout from their OWN seeds
+(``seed + VAL_SEED_OFFSET + j``), so no validation block repeats a test block; configs list
+them in ``train.val_samples``.
 
 Model. Every block lives in a canonical frame (image_size px square, x = column, y = row)
 with a smooth section coordinate z (section l has z = l). K tissue types are the argmax of
@@ -61,7 +68,8 @@ from asign_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VAL_SEED_OFFSET = 1000
 SUMMARY_FILE = "synthetic.json"
 _MARKER_FILE = ".synthetic_incomplete"
 _OWNED_DIRS = ("ST-cnts", "ST-spotfiles", "ST-imgs", "ST-pat", "ground_truth")
@@ -70,7 +78,7 @@ _PARAM_FIELDS = ("n_samples", "n_sections", "n_genes", "n_types", "image_size", 
                  "max_rotation_deg", "max_translation_px", "max_scale", "elastic_px")
 _FLOAT_FIELDS = ("max_rotation_deg", "max_translation_px", "max_scale", "elastic_px")
 # Optional fields (read with these defaults when the config lacks them).
-_OPTIONAL_FIELDS = {"shared_grid": False}
+_OPTIONAL_FIELDS = {"shared_grid": False, "n_val_samples": 0}
 # Optional fields recorded in the parameters only when set (older datasets stay up to date):
 # lattice "square" | "hex" (10x Visium: hexagonal, rows pitch*sqrt(3)/2 apart); embedding_dim
 # > 0 also writes root/embeddings.npz (features "drawn directly" for the ``embeddings``
@@ -112,8 +120,8 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
       seed: master seed; block k's layout uses ``seed + k``, the shared biology ``seed``.
 
     Returns:
-      {"version", "seed", "params", "samples": {"A": ["A1", ...]}, "spots": {"A1": n, ...},
-       "genes": [...], "n_types", "seconds"}.
+      {"version", "seed", "params", "samples": {"A": ["A1", ...]}, "validation_samples":
+       ["Z", ...], "spots": {"A1": n, ...}, "genes": [...], "n_types", "seconds"}.
     """
     params = _read_params(cfg)
     root = Path(root)
@@ -146,9 +154,11 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
     samples: dict[str, list[str]] = {}
     spots: dict[str, int] = {}
     embeddings: dict = {}
-    for k in range(params["n_samples"]):
-        letter = chr(ord("A") + k)
-        names = _write_block(root, letter, seed + k, params, bio, embeddings)
+    blocks = [(chr(ord("A") + k), seed + k) for k in range(params["n_samples"])]
+    val_ids = [chr(ord("Z") - j) for j in range(params["n_val_samples"])]
+    blocks += [(v, seed + VAL_SEED_OFFSET + j) for j, v in enumerate(val_ids)]
+    for letter, block_seed in blocks:
+        names = _write_block(root, letter, block_seed, params, bio, embeddings)
         samples[letter] = list(names)
         spots.update(names)
     if embeddings:
@@ -160,6 +170,7 @@ def generate(cfg: Any, root: Path, seed: int) -> dict:
         "seed": int(seed),
         "params": params,
         "samples": samples,
+        "validation_samples": val_ids,
         "spots": spots,
         "genes": list(bio.genes),
         "n_types": params["n_types"],
@@ -197,6 +208,16 @@ def load_ground_truth(root: Path, section: str) -> dict:
     if not path.exists():
         raise DataError(f"{path}: no ground truth for section {section!r}")
     return json.loads(path.read_text())
+
+
+def load_expected(root: Path, section: str) -> tuple[list, np.ndarray]:
+    """(spot ids, (N, n_genes) float32 noise-free expected counts) of one section, columns in
+    the count file's gene order (``summary["genes"]``)."""
+    path = Path(root) / "ground_truth" / f"{section}_expected.npy"
+    if not path.exists():
+        raise DataError(f"{path}: no expected counts for section {section!r} (regenerate the "
+                        "synthetic data)")
+    return load_ground_truth(root, section)["spots"]["ids"], np.load(path)
 
 
 def canonical_to_section(gt: Mapping, xy: np.ndarray) -> np.ndarray:
@@ -261,6 +282,8 @@ def _read_params(cfg: Any) -> dict:
                           f"{p['lattice']!r}")
     checks = [
         (1 <= p["n_samples"] <= 26, "n_samples must be in 1..26"),
+        (0 <= p["n_val_samples"] <= 26 - p["n_samples"],
+         "n_val_samples must be in 0..26 - n_samples"),
         (p["n_sections"] >= 1, "n_sections must be >= 1"),
         (1 <= p["n_types"] <= 64, "n_types must be in 1..64"),
         (p["n_genes"] >= 3 * p["n_types"], "n_genes must be >= 3 * n_types"),
@@ -550,6 +573,9 @@ def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Bio
         mu = lib[:, None] * np.exp(log_mu)
         lam = rng_counts.gamma(bio.nb_size[None], mu / bio.nb_size[None])
         counts = rng_counts.poisson(lam)[:, bio.gene_order]
+        # noise-free: the spot's expected counts at the section's library size (no per-spot
+        # library noise, no NB / Poisson noise), for the oracle ceiling
+        expected = (lib.mean() * np.exp(log_mu))[:, bio.gene_order].astype(np.float32)
 
         image = _render_section(rng, p, bio, types, shape, nuclei, lumens, z, gt)
         ids = [f"{x}x{y}" for x, y in grid]
@@ -563,6 +589,7 @@ def _write_block(root: Path, letter: str, block_seed: int, p: Mapping, bio: _Bio
         })
         _write_section(root, letter, name, ids, grid, pixel, counts, bio.genes, image,
                        spot_type, gt, rng)
+        np.save(root / "ground_truth" / f"{name}_expected.npy", expected)
         if p.get("embedding_dim", 0):
             embeddings[name] = _section_embeddings(p, bio, ids, pixel, spot_type, rng)
         out[name] = len(ids)

@@ -1,7 +1,9 @@
-"""The two 3D-imputation baselines of ASIGN App. E that need no training.
+"""Reference predictors scored beside ASIGN: ASIGN App. E's training-free 3D baselines, a ridge
+regression on the image features, and (synthetic data only) the oracle ceiling.
 
-Both read ONLY the known layer's spot labels, and they read them from the masked sample that
-training sees (``asign_jax.training.batches.mask_sample``), so a test label cannot reach them.
+The references read ONLY the known layer's spot labels, and they read them from the masked
+sample that training sees (``asign_jax.training.batches.mask_sample``), so a test label cannot
+reach them.
 
 known_mean: every spot gets the known layer's mean expression profile.
 overlap:    after registration every spot is a circle of radius ``config.graph.spot_radius`` (px,
@@ -10,15 +12,34 @@ overlap:    after registration every spot is a circle of radius ``config.graph.s
             (tissue outside the known section, or a poor registration) it falls back to the
             NEAREST known spot (not to known_mean: the nearest spot stays spatially local, which
             is the idea of the baseline). The number of fallbacks is reported.
+ridge:      a ridge regression from the spot's image feature (the model's input view: z-scored
+            per sample) to its expression, fit on the known layer's spots alone, the penalty
+            chosen by 5-fold CV inside the known layer. It shows how much of the expression the
+            image features carry for this sample, with no other sample's expression levels.
+oracle:     (synthetic data, ``oracle_labels``) the generator's noise-free expression of every
+            spot, normalised like the labels: the best any method can do given the count noise.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import scipy.linalg
 
+from asign_jax.data.synthetic import SUMMARY_FILE, load_expected
+from asign_jax.errors import DataError
 from asign_jax.graph.iou import circle_iou  # noqa: F401  (also this module's public name)
+from asign_jax.preprocess.normalize import normalize
 
-METHODS = ("known_mean", "overlap")
+METHODS = ("known_mean", "overlap", "ridge")
+CEILINGS = ("oracle",)
+"""Rows that are not methods (they read the generator's truth) but are printed beside them."""
+
+RIDGE_FOLDS = 5
+RIDGE_PENALTIES = np.logspace(-3, 3, 13)
+"""Ridge penalties tried, in units of the mean squared singular value of the centred features."""
 
 
 def known_mean(known_labels: np.ndarray, n_query: int) -> np.ndarray:
@@ -55,6 +76,76 @@ def overlap(known_xy: np.ndarray, known_labels: np.ndarray, query_xy: np.ndarray
     return out, fallback
 
 
+def _ridge_basis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U (n, r), s^2 (r,)) of the centred ``x`` (n, D) from the eigendecomposition of the
+    n x n Gram matrix (cheaper than an SVD when n <= D; eigenvalues ~0 dropped)."""
+    x32 = np.asarray(x, np.float32)
+    evals, u = scipy.linalg.eigh(x32 @ x32.T, driver="evd")     # float32: ~4x faster, enough
+    evals, u = evals.astype(np.float64), u.astype(np.float64)
+    keep = evals > max(float(evals.max()), 0.0) * 1e-10
+    return u[:, keep], evals[keep]
+
+
+def _ridge_paths(x: np.ndarray, y: np.ndarray, x_query: np.ndarray, penalties: np.ndarray
+                 ) -> np.ndarray:
+    """(P, M, G) ridge predictions of centred ``y`` (n, G) at ``x_query`` (M, D) for each
+    absolute penalty (P,): x_q X^T U diag(1 / (s^2 + lambda)) U^T y (the kernel form)."""
+    u, s2 = _ridge_basis(x)
+    uty = u.T @ y                                                   # (r, G)
+    kq = (np.asarray(x_query, np.float32) @ np.asarray(x, np.float32).T) @ u   # (M, r)
+    return np.stack([(kq / (s2 + p)) @ uty for p in penalties])
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
+              n_folds: int = RIDGE_FOLDS, penalties: np.ndarray = RIDGE_PENALTIES,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Ridge regression of ``y`` (n, G) on ``x`` (n, D), the penalty chosen by CV.
+
+    CV folds: leave one group out when ``groups`` (n,) has >= 2 values (e.g. samples, so
+    spatial autocorrelation inside a sample does not favour a weak penalty), else a random
+    ``n_folds``-fold split (``seed``). Penalties are relative: the absolute one is this x the
+    mean squared singular value of the centred ``x`` (the grid does not depend on the scale).
+
+    Returns (W (D, G), x mean (D,), y mean (G,), the chosen relative penalty); the prediction
+    at x' is (x' - x mean) @ W + y mean.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    scale = float(np.einsum("ij,ij->", xc, xc)) / max(min(xc.shape), 1) or 1.0
+    pen = np.asarray(penalties, np.float64) * scale
+    n = len(x)
+    if groups is not None and len(np.unique(groups)) >= 2:
+        folds = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    else:
+        folds = np.random.default_rng(seed).permutation(n) % max(2, min(n_folds, n))
+    sse = np.zeros(len(pen))
+    for f in np.unique(folds):
+        tr, va = folds != f, folds == f
+        if tr.sum() < 2:
+            continue
+        mxt, myt = x[tr].mean(0), y[tr].mean(0)
+        pred = _ridge_paths(x[tr] - mxt, y[tr] - myt, x[va] - mxt, pen) + myt
+        sse += ((pred - y[va]) ** 2).sum(axis=(1, 2))
+    best = int(np.argmin(sse))
+    u, s2 = _ridge_basis(xc)
+    w = xc.T @ (u @ ((u.T @ yc) / (s2 + pen[best])[:, None]))
+    return w, mx, my, float(penalties[best])
+
+
+def ridge(known_feats: np.ndarray, known_labels: np.ndarray, query_feats: np.ndarray,
+          n_folds: int = RIDGE_FOLDS, penalties: np.ndarray = RIDGE_PENALTIES,
+          seed: int = 0) -> tuple[np.ndarray, float]:
+    """Ridge regression fit on the known spots; the penalty by K-fold CV among them
+    (``ridge_fit``). Returns ((M, G) float32 predictions at ``query_feats``, the chosen
+    relative penalty). Intercept = the known mean."""
+    w, mx, my, pen = ridge_fit(known_feats, known_labels, n_folds=n_folds, penalties=penalties,
+                               seed=seed)
+    out = (np.asarray(query_feats, np.float64) - mx) @ w + my
+    return out.astype(np.float32), pen
+
+
 def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[dict, dict]:
     """Baseline predictions for every real spot of one masked held-out sample.
 
@@ -66,7 +157,7 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[d
 
     Returns:
       ({method: (N, G) float32}, {"overlap_fallback": (N,) bool, spots that had no overlapping
-      known spot and took the nearest one}).
+      known spot and took the nearest one; "ridge_penalty": the CV-chosen relative penalty}).
     """
     src = np.asarray(spot_nodes["label_mask"], bool) & (np.asarray(spot_nodes["layer"]) == known_layer)
     if not src.any():
@@ -75,5 +166,36 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[d
     xy = np.asarray(spot_nodes["xy"])
     n = len(xy)
     pred_overlap, fallback = overlap(xy[src], labels, xy, radius)
-    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap},
-            {"overlap_fallback": fallback})
+    feats = np.asarray(spot_nodes["feat"])
+    pred_ridge, penalty = ridge(feats[src], labels, feats)
+    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge},
+            {"overlap_fallback": fallback, "ridge_penalty": penalty})
+
+
+def oracle_labels(root: Path, prepared, normalization: str) -> np.ndarray:
+    """(N, G) the generator's noise-free expression of every spot of a prepared synthetic
+    sample, in graph node order (sections in layer order, spots in prepared order), normalised
+    like the labels (``data.normalization``, over the sample's selected genes).
+
+    Smoothing (triplex ``data.smooth``) is not applied: the oracle is the expression itself.
+    """
+    root = Path(root)
+    file_genes = json.loads((root / SUMMARY_FILE).read_text())["genes"]
+    col = {g: i for i, g in enumerate(file_genes)}
+    try:
+        sel = np.asarray([col[str(g)] for g in prepared.genes])
+    except KeyError as e:
+        raise DataError(f"{root / SUMMARY_FILE}: gene {e} of the prepared sample is not "
+                        "generated") from e
+    out = []
+    for sec in prepared.sections:
+        ids, mu = load_expected(root, sec.name)
+        row = {str(i): r for r, i in enumerate(ids)}
+        missing = [i for i in sec.spot_ids if str(i) not in row]
+        if missing:
+            raise DataError(f"{root}: section {sec.name} has no expected counts for spots "
+                            f"{missing[:3]}")
+        mu = np.asarray(mu, np.float64)[[row[str(i)] for i in sec.spot_ids]]
+        out.append(normalize(mu[:, sel], normalization, all_totals=mu.sum(1),
+                             n_all_genes=mu.shape[1]))
+    return np.concatenate(out).astype(np.float32)

@@ -1,15 +1,20 @@
 """Scoring of one fold: the model's outputs and the reference methods on the same spots.
 
 Methods: ``asign`` (the final p'_s), its two halves ``asign_model`` (the network's p_s) and
-``asign_propagation`` (the CLI's p_i), and the references of ``evaluation.references``, all on
-the spots of the test (or validation) layers of the held-out samples.
+``asign_propagation`` (the CLI's p_i), the references of ``evaluation.references`` and, on
+synthetic data, the ``oracle`` ceiling, all on the spots of the scored rows:
+
+* role "test": the test layers of the held-out samples; the CLI's known set is the whole known
+  layer (validation blocks included: at test time the known layer is given).
+* role "val": the hidden layers of the validation samples, and the validation blocks of a test
+  sample's known layer (known set: the rest of that layer). Never a test layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -36,6 +41,7 @@ class SamplePredictions:
       spot: unpadded spot node arrays of the UNMASKED graph ("label" = truth, "layer", "xy").
       preds: {method: (N, G) float32}.
       info: per-spot extras of the references ({"overlap_fallback": (N,) bool}).
+      scored: (N,) bool, the spots that are scored (test layers, or validation spots).
     """
 
     sample_id: str
@@ -44,6 +50,11 @@ class SamplePredictions:
     spot: dict
     preds: dict
     info: dict
+    scored: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.scored is None:
+            self.scored = self.layer != self.known_layer
 
     @property
     def truth(self) -> np.ndarray:
@@ -54,36 +65,49 @@ class SamplePredictions:
         return np.asarray(self.spot["layer"])
 
 
-def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn) -> SamplePredictions:
-    """Runs the model and the references on one held-out sample (its MASKED view only).
+def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=None,
+                   scored: Optional[np.ndarray] = None, references: bool = True,
+                   oracle: Optional[np.ndarray] = None) -> SamplePredictions:
+    """Runs the model (and the references) on one held-out sample (its MASKED view only).
 
     Args:
       config: full config (graph.spot_radius).
-      graph: the sample's SampleGraph (unmasked; masked here, the truth is kept aside).
+      graph: the sample's SampleGraph (unmasked: the truth is kept aside).
       known_layer: its known layer.
       eval_fn: ``(padded masked sample) -> model output dict`` (``step.make_eval_fn``).
       pad_fn: ``SampleGraph -> padded batch dict`` (the fold's shared budget).
+      masked: the view the model and references see (default: the test view of
+        ``known_layer``).
+      scored: (N,) bool rows to score (default: every layer but the known one).
+      references: also run the references (off for the periodic validation in training).
+      oracle: (N, G) the generator's noise-free expression (synthetic data) or None.
     """
-    masked = batches.mask_sample(graph, "test", known_layer)
+    masked = batches.mask_sample(graph, "test", known_layer) if masked is None else masked
     out = eval_fn(pad_fn(masked))
     spot = batches.unpadded_nodes(graph, "spot")
     n = len(spot["layer"])
     preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in MODEL_OUTPUTS.items()}
-    base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"), known_layer,
-                                          float(config.graph.spot_radius))
-    preds.update(base)
+    info = {"overlap_fallback": np.zeros(n, bool)}
+    if references:
+        base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"),
+                                              known_layer, float(config.graph.spot_radius))
+        preds.update(base)
+    if oracle is not None:
+        preds["oracle"] = np.asarray(oracle, np.float32)
     return SamplePredictions(graph.sample_id, list(graph.section_names), int(known_layer), spot,
-                             preds, info)
+                             preds, info, scored)
 
 
 def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:
-    """Per unknown section of ``p``: metrics of every method. Returns (section results,
-    {method: [per-gene r (G,) per section]})."""
+    """Per scored section of ``p``: metrics of every method. Returns (section results,
+    {method: [per-gene r (G,) per section]}). Validation blocks of the known layer are one
+    section named ``<section>[val]``."""
     sections, per_gene = [], {m: [] for m in p.preds}
     truth, layer = p.truth, p.layer
-    for l in sorted(set(layer.tolist()) - {p.known_layer}):
-        rows = layer == l
-        res = {"sample": p.sample_id, "section": p.section_names[l], "layer": int(l),
+    for l in sorted(set(layer[p.scored].tolist())):
+        rows = p.scored & (layer == l)
+        name = p.section_names[l] + ("[val]" if l == p.known_layer else "")
+        res = {"sample": p.sample_id, "section": name, "layer": int(l),
                "n_spots": int(rows.sum()), "methods": {},
                "overlap_fallback": int(np.sum(rows & p.info["overlap_fallback"]))}
         for m, pred in p.preds.items():
@@ -93,9 +117,30 @@ def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:
     return sections, per_gene
 
 
-def evaluate_fold(config, fold, eval_fn, graphs: Mapping, pad_fn, role: str = "test"
+def role_views(fold, graphs: Mapping, role: str) -> list[tuple]:
+    """[(sample id, masked view, scored rows)] of the samples ``role`` scores (module doc)."""
+    if role not in ("test", "val"):
+        raise ValueError(f"role must be 'test' or 'val', got {role!r}")
+    views = []
+    if role == "test":
+        for sid in fold.test_samples:
+            g = graphs[sid]
+            views.append((sid, batches.fold_view(g, fold, "test", with_validation=False), None))
+        return views
+    for sid in fold.val_samples:
+        views.append((sid, batches.fold_view(graphs[sid], fold, "val"), None))
+    for sid in fold.val_blocks:
+        g = graphs[sid]
+        spot = batches.unpadded_nodes(g, "spot")
+        views.append((sid, batches.fold_view(g, fold, "val"),
+                      fold.hidden_validation(sid, spot["layer"], spot["xy"])))
+    return views
+
+
+def evaluate_fold(config, fold, eval_fn, graphs: Mapping, pad_fn, role: str = "test", *,
+                  references: bool = True, oracle: Optional[Mapping] = None,
                   ) -> tuple[dict, dict, list[SamplePredictions]]:
-    """Scores the model and the references on the held-out samples of one fold.
+    """Scores the model and the references on the ``role`` rows of one fold.
 
     Args:
       config: full config.
@@ -103,30 +148,34 @@ def evaluate_fold(config, fold, eval_fn, graphs: Mapping, pad_fn, role: str = "t
       eval_fn: ``(padded masked sample) -> model output dict``.
       graphs: {sample id: SampleGraph} (unmasked: the truth comes from here).
       pad_fn: ``SampleGraph -> padded batch dict`` (the fold's shared budget).
-      role: "test" (``fold.test_samples``, scored once at the end) or "val"
-        (``fold.val_samples``, what selection may read).
+      role: "test" (scored once, at the end) or "val" (what selection may read); see the
+        module doc for the rows and known sets.
+      references: also score the references (off for the periodic validation).
+      oracle: {sample id: (N, G) noise-free expression} (synthetic data) or None.
 
     Returns:
       (fold result: {"fold", "role", "samples", "known_layer", "sections": [{sample, section,
        layer, n_spots, methods: {method: metrics}, overlap_fallback}], "mean": {method:
        metrics}}, per-gene r: {method: (n_sections, G)}, the predictions per sample).
     """
-    samples = fold.samples_of(role)
-    if not samples:
+    views = role_views(fold, graphs, role)
+    if not views:
         raise ValueError(f"{fold.name} has no {role} samples")
     sections, per_gene, predictions = [], {}, []
-    for sid in samples:
-        p = predict_sample(config, graphs[sid], fold.known_layer[sid], eval_fn, pad_fn)
+    for sid, masked, scored in views:
+        p = predict_sample(config, graphs[sid], fold.known_layer[sid], eval_fn, pad_fn,
+                           masked=masked, scored=scored, references=references,
+                           oracle=None if oracle is None else oracle.get(sid))
         sec, pg = score_sample(p)
         sections += sec
         for m, v in pg.items():
             per_gene.setdefault(m, []).extend(v)
         predictions.append(p)
-        logger.info("%s %s sample %s: %d spots, %d %s sections; overlap fallback for %d spots",
-                    fold.name, role, sid, len(p.layer), len(sec), role,
-                    int(np.sum(p.info["overlap_fallback"] & (p.layer != p.known_layer))))
+        logger.debug("%s %s sample %s: %d spots, %d %s sections", fold.name, role, sid,
+                     int(p.scored.sum()), len(sec), role)
     methods = list(per_gene)
-    result = {"fold": fold.index, "role": role, "samples": list(samples),
+    samples = [sid for sid, _, _ in views]
+    result = {"fold": fold.index, "role": role, "samples": samples,
               "known_layer": {s: fold.known_layer[s] for s in samples}, "sections": sections,
               "mean": {m: fold_means(sections, m) for m in methods}}
     return result, {m: np.stack(v) for m, v in per_gene.items()}, predictions

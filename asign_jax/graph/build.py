@@ -17,6 +17,15 @@ Per scale, with all nodes of all sections in layer order and registered centres 
   Weight = max(e, WEIGHT_FLOOR): cosine can be negative and a weight must stay > 0; a
   selected edge is kept even when its e is below the floor (it is still among the node's
   best other-layer matches).
+* calibrated cross-layer edges (``cross_mode="calibrated"``, ``cross_layer_calibrated``): the
+  candidates of a node are the other-layer nodes within ``cross_radius`` px (registered frame);
+  weight e = IoU + sim_weight * max(0, cos_z), where cos_z is the cosine of the features
+  z-scored over the sample's nodes (per dimension), so the AVERAGE pair has cos_z ~ 0 and
+  "similar" means more similar than average; the raw cosine of un-normalised ResNet features
+  is 0.9-1 for every pair, which gave unrelated spots the weight of an overlap. A pair with
+  e = 0 (no overlap, not more similar than average) is no edge. The top ``k_cross`` by e are
+  kept. ``expand_min_sim > 0`` adds the paper's similarity-based expansion: other-layer nodes
+  up to ``cosine_radius`` px away are candidates too when their cos_z >= expand_min_sim.
 * k is clipped to what exists: a node gets min(k_intra, n_layer - 1) intra neighbours and at
   most k_cross cross neighbours (fewer when fewer candidates exist).
 * symmetry: the edge set of each type is the union of both directions (if j is among i's
@@ -52,7 +61,7 @@ from scipy.spatial import cKDTree
 from asign_jax.errors import DataError
 from asign_jax.graph.contract import (EDGE_CROSS, EDGE_INTRA, EDGE_SELF, SCALES, WEIGHT_FLOOR,
                                       SampleGraph)
-from asign_jax.graph.iou import overlap_matrix
+from asign_jax.graph.iou import circle_iou, overlap_matrix
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +347,97 @@ def cross_layer_topk(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: in
     return s_, r_, e_.astype(np.float32)
 
 
+def zscore_unit(feats: np.ndarray) -> np.ndarray:
+    """(N, D) features z-scored per dimension over the N nodes, rows scaled to unit norm:
+    their dot products are the calibrated cosine cos_z (0 for an average pair)."""
+    f = np.asarray(feats, np.float64)
+    if not np.all(np.isfinite(f)):
+        raise DataError("node features contain NaN or inf")
+    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    return _normalise(f)
+
+
+def cross_layer_calibrated(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, k: int,
+                           radius: float, cross_radius: float, *, sim_weight: float = 1.0,
+                           expand_min_sim: float = 0.0, expand_radius: float = 1000.0,
+                           chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each node's top-k other-layer nodes by e = IoU + sim_weight * max(0, cos_z).
+
+    Candidates: other-layer pairs closer than ``cross_radius`` (one KD-tree pair query), plus,
+    when ``expand_min_sim > 0``, pairs closer than ``expand_radius`` whose cos_z >=
+    ``expand_min_sim`` (the paper's similarity-based expansion, restricted to pairs more
+    similar than average by that margin). Pairs with e = 0 are dropped. Scores are symmetric,
+    so both directions of a pair are candidates of their receivers.
+
+    Returns senders, receivers (int64) and e (float32 > 0), at most k per receiver.
+    """
+    xy = np.asarray(xy, np.float64)
+    layer = np.asarray(layer)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if len(xy) == 0 or k <= 0:
+        return empty
+    fz = zscore_unit(feats).astype(np.float32)
+    expand = float(expand_min_sim) > 0
+    reach = max(float(cross_radius), float(expand_radius) if expand else 0.0)
+    pairs = cKDTree(xy).query_pairs(reach, output_type="ndarray")
+    pairs = pairs[layer[pairs[:, 0]] != layer[pairs[:, 1]]]
+    if len(pairs) == 0:
+        return empty
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = np.sqrt(((xy[i] - xy[j]) ** 2).sum(1))
+    cos = np.empty(len(i), np.float32)
+    for a in range(0, len(i), chunk):
+        cos[a:a + chunk] = np.einsum("nd,nd->n", fz[i[a:a + chunk]], fz[j[a:a + chunk]])
+    sim = np.maximum(cos, 0.0)
+    e = circle_iou(d, radius) + float(sim_weight) * sim
+    ok = (e > 0) & ((d <= cross_radius) | (expand & (cos >= float(expand_min_sim))))
+    i, j, e = i[ok], j[ok], e[ok]
+    recv = np.concatenate([i, j])
+    send = np.concatenate([j, i])
+    e = np.concatenate([e, e])
+    order = np.lexsort((send, -e, recv))          # by receiver, best first, ties by sender
+    recv, send, e = recv[order], send[order], e[order]
+    rank = np.arange(len(recv)) - np.searchsorted(recv, recv, side="left")
+    keep = rank < k
+    return send[keep].astype(np.int64), recv[keep].astype(np.int64), e[keep].astype(np.float32)
+
+
+def edge_statistics(xy: np.ndarray, layer: np.ndarray, edges: "ScaleEdges",
+                    radius: float) -> dict:
+    """What the edges of one scale mean, for the graph log and ``graphs/<sample>.json``.
+
+    pitch_px: median distance of a node to its nearest same-layer node (the spot pitch);
+    cross_iou0_share: share of cross edges whose circles do not overlap (IoU = 0);
+    cross_median_pitches: median cross-edge length in pitches; cross_long_share: share of
+    cross edges longer than 4 pitches; mean_weight: {intra, cross_overlap, cross_no_overlap,
+    self} mean edge weight (null where there is no such edge).
+    """
+    xy = np.asarray(xy, np.float64)
+    layer = np.asarray(layer)
+    nn_d = []
+    for l in np.unique(layer):
+        pts = xy[layer == l]
+        if len(pts) > 1:
+            nn_d.append(cKDTree(pts).query(pts, k=2)[0][:, 1])
+    pitch = float(np.median(np.concatenate(nn_d))) if nn_d else float("nan")
+    length = np.sqrt(((xy[edges.senders] - xy[edges.receivers]) ** 2).sum(1))
+    cross = edges.type == EDGE_CROSS
+    overlap = length < 2.0 * radius
+    kinds = {"intra": edges.type == EDGE_INTRA, "cross_overlap": cross & overlap,
+             "cross_no_overlap": cross & ~overlap, "self": edges.type == EDGE_SELF}
+    mean_w = {k: (float(edges.weight[m].mean()) if m.any() else None) for k, m in kinds.items()}
+    n_cross = int(cross.sum())
+    lc = length[cross] / pitch if n_cross and pitch > 0 else np.zeros(0)
+    return {"pitch_px": pitch,
+            "cross_iou0_share": float((cross & ~overlap).sum() / n_cross) if n_cross else 0.0,
+            "cross_median_pitches": float(np.median(lc)) if len(lc) else None,
+            "cross_long_share": float((lc > 4).mean()) if len(lc) else 0.0,
+            "mean_weight": mean_w}
+
+
+CROSS_MODES = ("paper", "calibrated")
+
+
 def assemble_edges(n: int, intra: tuple, cross: tuple, *, context: str = "") -> ScaleEdges:
     """Symmetrises, weights and merges the directed edge sets; adds self-loops if isolated.
 
@@ -383,19 +483,26 @@ def assemble_edges(n: int, intra: tuple, cross: tuple, *, context: str = "") -> 
 def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra: int,
                 k_cross: int, radius: float, cross_layer: bool = True,
                 cosine_all_max_nodes: int = 20000, cosine_radius: float = 1000.0,
+                cross_mode: str = "paper", cross_radius: float = 336.0,
+                sim_weight: float = 1.0, expand_min_sim: float = 0.0,
                 workers: Optional[int] = None, timings: Optional[dict] = None,
                 context: str = "") -> ScaleEdges:
     """All edges of one scale (the module docstring gives the rules).
 
     Args:
       xy: (N, 2) registered centres; layer: (N,) int grouped increasingly; feats: (N, D).
+      cross_mode: "paper" (``cross_layer_topk``) or "calibrated" (``cross_layer_calibrated``
+        with ``cross_radius``, ``sim_weight``, ``expand_min_sim`` and ``cosine_radius`` as
+        the expansion radius).
       timings: if given, filled with seconds per part ("overlaps", "intra_knn",
         "cross_topk", "assemble").
 
     Returns:
-      ScaleEdges; stats add "frac_overlap" (nodes with an overlapping node in another layer)
-      and "frac_iou_edge" (nodes with a cross edge to such a node).
+      ScaleEdges; stats add "frac_overlap" (nodes with an overlapping node in another layer),
+      "frac_iou_edge" (nodes with a cross edge to such a node) and ``edge_statistics``.
     """
+    if cross_mode not in CROSS_MODES:
+        raise ValueError(f"graph.cross_mode must be one of {CROSS_MODES}, got {cross_mode!r}")
     timings = {} if timings is None else timings
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
@@ -407,7 +514,11 @@ def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra
     intra = intra_layer_knn(xy, layer, k_intra, workers=workers)
     timings["intra_knn"] = time.perf_counter() - t
     t = time.perf_counter()
-    if cross_layer and multi:
+    if cross_layer and multi and cross_mode == "calibrated":
+        cross = cross_layer_calibrated(xy, layer, feats, k_cross, radius, cross_radius,
+                                       sim_weight=sim_weight, expand_min_sim=expand_min_sim,
+                                       expand_radius=cosine_radius)
+    elif cross_layer and multi:
         cross = cross_layer_topk(xy, layer, feats, k_cross, radius,
                                  cosine_all_max_nodes=cosine_all_max_nodes,
                                  cosine_radius=cosine_radius, overlaps=ovm, workers=workers)
@@ -424,6 +535,7 @@ def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra
     has[r[hit]] = True
     edges.stats.update(frac_overlap=float(np.mean(np.diff(ovm.indptr) > 0)) if n else 0.0,
                        frac_iou_edge=float(has.mean()) if n else 0.0)
+    edges.stats.update(edge_statistics(xy, layer, edges, radius))
     return edges
 
 
@@ -516,6 +628,10 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
                    data_cfg.global_size / 2.0),
     }
 
+    # the candidate radius scales with the node size: cross_radius is given for spots
+    cross_radius = {k: float(graph_cfg.cross_radius) * v[2] / settings["spot"][2]
+                    for k, v in settings.items()}
+
     def sample_index(scale, target, field):
         """Section-level tile indices (``field``) -> sample-level node indices of ``target``."""
         local = cat([getattr(s, field) for s in secs], np.int64)
@@ -528,7 +644,11 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
         edges = build_edges(xy[scale], layers[scale], feats[scale], k_intra=int(k_in),
                             k_cross=int(k_cr), radius=rad, cross_layer=bool(graph_cfg.cross_layer),
                             cosine_all_max_nodes=int(graph_cfg.cosine_all_max_nodes),
-                            cosine_radius=float(graph_cfg.cosine_radius), workers=workers,
+                            cosine_radius=float(graph_cfg.cosine_radius),
+                            cross_mode=str(graph_cfg.cross_mode),
+                            cross_radius=cross_radius[scale],
+                            sim_weight=float(graph_cfg.sim_weight),
+                            expand_min_sim=float(graph_cfg.expand_min_sim), workers=workers,
                             context=f"sample {prepared.sample_id} {scale} graph")
         nodes = {"feat": feats[scale], "label": labels[scale],
                  "label_mask": labelled[scale], "known": np.zeros(n, bool),

@@ -1,5 +1,9 @@
 """Sample graphs on disk: ``<workdir>/graphs/<sample_id>.npz``, and the build-all step.
 
+``<workdir>/graphs/<sample_id>.json`` holds each scale's edge statistics (counts, share of cross
+edges with IoU = 0, their median length in spot pitches, mean weight by edge kind;
+``build.edge_statistics``), also logged when the graph is built.
+
 One npz per sample (uncompressed, written to a temporary file and renamed, so a reader never
 sees a half-written graph). Keys: ``<scale>/nodes/<key>``, ``<scale>/edges/<key>``,
 ``<scale>/{senders,receivers,n_node,n_edge}``, ``offsets/<scale>`` and a JSON ``_meta``
@@ -108,14 +112,28 @@ def registered_sample(workdir: Path, prepared: PreparedSample, config) -> Regist
     return reg
 
 
+def stats_path(workdir: Path, sample_id: str) -> Path:
+    return Path(workdir) / "graphs" / f"{sample_id}.json"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _log_stats(sg: SampleGraph) -> None:
     for scale in SCALES:
         st = sg.stats[scale]
+        w = st.get("mean_weight", {})
         log.info("sample %s %s graph: %d nodes, %d edges (intra %d, cross %d, self %d); "
                  "%.1f%% of nodes overlap (IoU > 0) a node of another layer, %.1f%% have a "
-                 "cross edge to one", sg.sample_id, scale, st["n_node"], st["n_edge"],
+                 "cross edge to one; cross edges with IoU = 0: %.1f%%, median length %s "
+                 "pitches (pitch %.0f px); mean weight intra %s, cross overlapping %s, cross "
+                 "not overlapping %s", sg.sample_id, scale, st["n_node"], st["n_edge"],
                  st["n_intra"], st["n_cross"], st["n_self"], 100 * st["frac_overlap"],
-                 100 * st["frac_iou_edge"])
+                 100 * st["frac_iou_edge"], 100 * st.get("cross_iou0_share", 0.0),
+                 _fmt(st.get("cross_median_pitches")), st.get("pitch_px", float("nan")),
+                 _fmt(w.get("intra")), _fmt(w.get("cross_overlap")),
+                 _fmt(w.get("cross_no_overlap")))
 
 
 def build_sample(workdir: Path, config, sample_id: str) -> Path:
@@ -124,7 +142,10 @@ def build_sample(workdir: Path, config, sample_id: str) -> Path:
     sg = build_sample_graph(prepared, registered_sample(workdir, prepared, config), config.graph,
                             config.data)
     _log_stats(sg)
-    return save_sample_graph(sg, workdir)
+    path = save_sample_graph(sg, workdir)
+    atomic.write_json(stats_path(workdir, sample_id), {
+        "sample_id": sample_id, "cross_mode": str(config.graph.cross_mode), "stats": sg.stats})
+    return path
 
 
 def build_all(workdir: Path, config, sample_ids: Optional[Iterable[str]] = None

@@ -11,7 +11,14 @@ Data flow (N_s spots, N_r region nodes, N_q global nodes, hidden H, G genes):
    block on Dense(H)(region feat) with context [its global feature]; the global block on
    Dense(H)(global feat) with no context. The region/global "features" used as context are
    these same projections of the pooled tile features.
-3. Regression head per scale: LayerNorm + Dense(G) -> p_s, p_r, p_g.
+3. Regression head per scale: LayerNorm + Dense(G) -> p_s, p_r, p_g. With
+   ``spot_offset="known"`` the spot head predicts the DEVIATION from the mean label of the
+   sample's known spots (p_s = mean_known + head(h_s)): the level of a sample is read from its
+   own known layer, not learnt from other patients (the labels' per-sample offsets otherwise
+   dominate the spot MSE). ``image_skip``: p_s also gets a linear path (x - mean) W from the
+   spot's image feature, W initialised at the ridge regression of the fold's training labels
+   on their features (``training.loop.init_image_skip``): the pooled image features carry a
+   linear signal that the deep path, trained a few hundred steps, does not pick up.
 4. CLI (``asign_jax.models.cli``): label propagation from the known spots + eq.-6 blend -> p'_s.
 
 Only the GAT message passing and the CLI propagation move information between nodes of the
@@ -108,6 +115,14 @@ def _edges(g: jraph.GraphsTuple) -> tuple:
     return g.senders, g.receivers, g.edges["weight"], g.edges["type"], edge_mask(g)
 
 
+def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
+    """(G,) mean label of the ``known`` (N,) spots; zeros when there is none. Rows outside
+    ``known`` are replaced before any arithmetic (a NaN there never enters)."""
+    n = jnp.sum(known)
+    total = jnp.sum(jnp.where(known[:, None], labels, 0.0), axis=0)
+    return total / jnp.maximum(n, 1).astype(labels.dtype)
+
+
 class RegressionHead(nn.Module):
     """LayerNorm + Dense(G): (N, H) -> (N, G) normalised expression, one head per scale."""
 
@@ -169,16 +184,24 @@ class ASIGN(nn.Module):
         h_g = block("global_block")(drop(g_feat, deterministic=not train), glob_ctx,
                                     *_edges(glob), train=train)
 
+        real = node_mask(spot)
+        known = known & spot.nodes["label_mask"] & real
         p_s = RegressionHead(self.n_genes, name="spot_head")(h_s)             # (N_s, G)
+        if c.image_skip:
+            # a linear path from the image feature, set to a ridge fit by training.loop
+            p_s = p_s + nn.Dense(self.n_genes, kernel_init=nn.initializers.zeros,
+                                 name="image_skip")(spot.nodes["feat"])
+        if c.spot_offset == "known":
+            p_s = p_s + known_mean(spot.nodes["label"], known)[None]
+        elif c.spot_offset != "none":
+            raise ValueError(f"model.spot_offset must be 'none' or 'known', got {c.spot_offset!r}")
         p_r = RegressionHead(self.n_genes, name="region_head")(h_r)           # (N_r, G)
         p_g = RegressionHead(self.n_genes, name="global_head")(h_g)           # (N_q, G)
 
         # -- cross-layer imputation (eq. 5-6) --------------------------------------------------
-        real = node_mask(spot)
-        known = known & spot.nodes["label_mask"] & real
         if c.use_cli:
             senders, receivers, weight, _, emask = _edges(spot)
-            cli = CrossLayerImputation(c.cli_iterations, name="cli")(
+            cli = CrossLayerImputation(c.cli_iterations, c.cli_node_alpha, name="cli")(
                 h_s, p_s, spot.nodes["label"], known, senders, receivers, weight, emask, real)
         else:
             cli = {"spot": p_s, "imputed": p_s, "alpha": jnp.ones((self.n_genes,), p_s.dtype),

@@ -14,6 +14,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from asign_jax.models import sparse
 
@@ -133,6 +134,34 @@ def blend(pred: jnp.ndarray, imputed: jnp.ndarray, theta: jnp.ndarray) -> tuple[
     return alpha * pred + (1.0 - alpha) * imputed, alpha
 
 
+def fit_blend(pred: np.ndarray, imputed: np.ndarray, truth: np.ndarray,
+              shrinkage: float = 1.0) -> np.ndarray:
+    """Per-gene eq.-6 weight alpha (G,) in [0, 1] by least squares on held-out spots.
+
+    Minimises sum_spots (alpha p_s + (1 - alpha) p_i - y)^2 per gene:
+    alpha_g = sum (p_s - p_i)(y - p_i) / sum (p_s - p_i)^2, shrunk toward the pooled
+    alpha* = sum_g num_g / sum_g den_g with ``shrinkage`` x the mean denominator as the prior's
+    weight (a gene whose two predictions barely differ gets alpha*), then clipped to [0, 1].
+    pred, imputed, truth: (M, G) on spots whose labels neither prediction saw (validation).
+    """
+    d = np.asarray(pred, np.float64) - np.asarray(imputed, np.float64)
+    r = np.asarray(truth, np.float64) - np.asarray(imputed, np.float64)
+    num, den = (d * r).sum(0), (d * d).sum(0)
+    pooled = float(np.clip(num.sum() / max(den.sum(), 1e-12), 0.0, 1.0))
+    prior = float(shrinkage) * float(den.mean())
+    alpha = (num + prior * pooled) / np.maximum(den + prior, 1e-12)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def blend_logit(alpha: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """theta with sigmoid(theta) = alpha (clipped to [eps, 1 - eps]): the CLI's "theta"."""
+    a = np.clip(np.asarray(alpha, np.float64), eps, 1.0 - eps)
+    return np.log(a / (1.0 - a)).astype(np.float32)
+
+
+NODE_ALPHA = ("learned", "fixed")
+
+
 class CrossLayerImputation(nn.Module):
     """CLI block: alpha_j = sigmoid(Dense(1)(h_j)), ``propagate``, then the eq.-6 blend.
 
@@ -140,19 +169,30 @@ class CrossLayerImputation(nn.Module):
     representation h_j, not a free parameter per node: free per-node parameters would not
     transfer between samples (a held-out sample has other nodes). The Dense kernel starts at
     zero, so at init every alpha_j = 0.5 and the propagation is the plain e_ij-weighted average.
-    theta (G,) starts at 0 (alpha = 0.5: equal trust in model and propagation).
+    ``node_alpha="fixed"``: alpha_j = 1, a parameter-free propagation (no Dense), for data
+    where no training sample can teach cross-layer trust (one labelled layer per 3D sample).
+    theta (G,) starts at 0 (alpha = 0.5: equal trust in model and propagation); with
+    ``model.blend = "validation"`` it is replaced after training by ``blend_logit(fit_blend(
+    ...))`` on the validation role (``evaluation.selection``).
 
     Shapes: h (N, H), pred (N, G), labels (N, G), known (N,) bool, graph arrays as in
     ``propagate`` -> dict(spot (N, G), imputed (N, G), alpha (G,), reached (N,)).
     """
 
     n_iter: int = 10
+    node_alpha: str = "learned"
 
     @nn.compact
     def __call__(self, h, pred, labels, known, senders, receivers, edge_weight, edge_mask,
                  node_mask):
-        node_alpha = nn.sigmoid(nn.Dense(1, kernel_init=nn.initializers.zeros,
-                                         name="node_alpha")(h)[:, 0])
+        if self.node_alpha == "learned":
+            node_alpha = nn.sigmoid(nn.Dense(1, kernel_init=nn.initializers.zeros,
+                                             name="node_alpha")(h)[:, 0])
+        elif self.node_alpha == "fixed":
+            node_alpha = jnp.ones(h.shape[:1], pred.dtype)
+        else:
+            raise ValueError(f"model.cli_node_alpha must be one of {NODE_ALPHA}, "
+                             f"got {self.node_alpha!r}")
         imputed, reached = propagate(pred, labels, known, senders, receivers, edge_weight,
                                      node_alpha, edge_mask, node_mask, self.n_iter)
         theta = self.param("theta", nn.initializers.zeros, (pred.shape[-1],))
@@ -160,4 +200,5 @@ class CrossLayerImputation(nn.Module):
         return {"spot": spot, "imputed": imputed, "alpha": alpha, "reached": reached}
 
 
-__all__ = ["propagate", "propagate_jit", "blend", "CrossLayerImputation"]
+__all__ = ["propagate", "propagate_jit", "blend", "fit_blend", "blend_logit",
+           "CrossLayerImputation"]

@@ -40,16 +40,20 @@ def mean_expression(sections: Sequence[Section], genes: np.ndarray) -> np.ndarra
     return total / len(sections)
 
 
-def select_genes(sections: Sequence[Section], n: int) -> np.ndarray:
+def select_genes(sections: Sequence[Section], n: int,
+                 rank_sections: Sequence[Section] | None = None) -> np.ndarray:
     """Selects the ``n`` most expressed genes common to all ``sections``.
 
-    Score = mean over sections of (mean raw count over the section's spots), so every
-    section weighs equally. Sorted by score descending; equal scores are ordered by gene
-    name (ascending) so the result is deterministic.
+    Score = mean over ``rank_sections`` (default: all ``sections``) of (mean raw count over
+    the section's spots), so every section weighs equally. Sorted by score descending; equal
+    scores are ordered by gene name (ascending) so the result is deterministic.
 
     Args:
-      sections: every section that will be used (training and held-out alike).
+      sections: every section that will be used (training and held-out alike); a gene must be
+        present in all of them.
       n: number of genes to keep (> 0).
+      rank_sections: the sections whose counts rank the genes (``data.gene_selection_sections``,
+        e.g. the training sections only); None = ``sections`` (the paper and official code).
 
     Returns:
       (n,) str gene names, most expressed first.
@@ -63,9 +67,11 @@ def select_genes(sections: Sequence[Section], n: int) -> np.ndarray:
             f"gene selection: only {len(genes)} genes are present in all {len(sections)} "
             f"sections ({[s.name for s in sections]}), fewer than data.n_genes={n}; "
             "lower --config.data.n_genes or drop the section with the fewest genes")
-    score = mean_expression(sections, genes)
+    ranking = list(sections) if rank_sections is None else list(rank_sections)
+    score = mean_expression(ranking, genes)
     order = np.lexsort((genes, -score))  # last key is primary: score desc, then name asc
     chosen = genes[order[:n]]
-    logger.info("selected %d of %d common genes over %d sections (top: %s)", n, len(genes),
-                len(sections), ", ".join(chosen[:5]))
+    logger.info("selected %d of %d common genes, ranked over %d sections (%s; top: %s)", n,
+                len(genes), len(ranking), ",".join(s.name for s in ranking),
+                ", ".join(chosen[:5]))
     return chosen

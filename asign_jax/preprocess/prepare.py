@@ -3,8 +3,10 @@
 ``prepare_samples`` is the whole preprocessing stage minus reading and registration:
 
 1. select the top ``data.n_genes`` genes over ALL sections with counts of all samples
-   (held-out ones included, as the official code does) -> ``<workdir>/prepared/genes.txt``;
-   image-only sections (no counts) get no labels, their spots only images;
+   (held-out ones included, as the paper and the official code do;
+   ``data.gene_selection_sections`` restricts the ranking to the listed sections, e.g. the
+   training ones) -> ``<workdir>/prepared/genes.txt``; image-only sections (no counts) get no
+   labels, their spots only images;
 2. per section (layer order): check spot centres lie in the image, subset genes, normalise
    spots (``stnet`` uses the per-spot total over all genes, taken before subsetting), build
    region/global tiles with labels = normalisation of summed member counts (triplex smoothing
@@ -47,6 +49,20 @@ def check_data_config(data_cfg) -> None:
     if data_cfg.global_size % data_cfg.region_size:
         raise ConfigError(f"data.global_size={data_cfg.global_size} must be a multiple of "
                           f"data.region_size={data_cfg.region_size}")
+
+
+def rank_sections(sections: Sequence[Section], names: str) -> Optional[list[Section]]:
+    """The sections named by ``data.gene_selection_sections`` (comma-separated ids; "" = None,
+    i.e. rank over every section). Raises ConfigError for a name that is not prepared."""
+    wanted = [n.strip() for n in str(names).split(",") if n.strip()]
+    if not wanted:
+        return None
+    by_name = {s.name: s for s in sections}
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ConfigError(f"data.gene_selection_sections: unknown section(s) {unknown}; "
+                          f"prepared sections: {sorted(by_name)}")
+    return [by_name[n] for n in wanted]
 
 
 def label_tiles(counts: np.ndarray, spot_tile: np.ndarray, n_tiles: int, method: str,
@@ -196,7 +212,8 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     if genes is None:
         logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
                     len(measured), len(samples))
-        genes = select_genes(measured, data_cfg.n_genes)
+        genes = select_genes(measured, data_cfg.n_genes,
+                             rank_sections(measured, data_cfg.gene_selection_sections))
     else:
         genes = np.asarray([str(g) for g in genes], dtype=str)
         for x in measured:

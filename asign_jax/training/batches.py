@@ -13,6 +13,10 @@ Roles (a node whose graph has label_mask False, an image-only section, stays unl
            "known" = its nodes (used at evaluation); the other layers are test layers.
   "val":   a validation sample, masked exactly like "test" (its other layers are scored for
            selection only, never trained on).
+A held-out sample may also carry ``hidden`` spots (validation blocks of its known layer,
+``folds.Fold.hidden_validation``): their labels are removed like a test layer's, and so are the
+labels of every region / global tile that contains one of them (tile labels are sums over
+their spots).
 
 A batch is ``{"spot", "region", "global"}`` of ``jraph.GraphsTuple`` padded to the fold's
 shared budget (``graph.padding.budget_for``); ``Pool.take`` stacks samples on a leading axis.
@@ -53,7 +57,7 @@ def unpadded_nodes(sample, scale: str) -> dict:
     return {k: np.asarray(v)[:n] for k, v in g.nodes.items()}
 
 
-def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer) -> dict:
+def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer, hidden=None) -> dict:
     layer = np.asarray(nodes["layer"])
     # a node without a label (an image-only section) never gains one
     real = (np.arange(len(layer)) < n_real) & np.asarray(nodes["label_mask"], bool)
@@ -62,6 +66,8 @@ def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer) -> dict:
         known = np.zeros(len(layer), bool)
     elif role in HELD_OUT_ROLES:
         keep = real & (layer == known_layer)
+        if hidden is not None:
+            keep &= ~hidden
         known = keep.copy()
     else:
         raise ValueError(f"role must be 'train', 'val' or 'test', got {role!r}")
@@ -73,16 +79,39 @@ def _mask_nodes(nodes: dict, n_real: int, role: str, known_layer) -> dict:
     return out
 
 
-def mask_sample(sample, role: str, known_layer: int | None = None):
+def hidden_tiles(sample, hidden_spots: np.ndarray) -> dict:
+    """{scale: (n_node,) bool}: the hidden spots and every region / global node containing one.
+
+    ``hidden_spots`` is (n_real_spots,) or (n_spot_nodes,) bool; padded rows are False.
+    """
+    spot = sample.graph("spot")
+    n_s = int(np.asarray(spot.n_node).sum())
+    hs = np.zeros(n_s, bool)
+    hs[:len(hidden_spots)] = hidden_spots
+    out = {"spot": hs}
+    for scale, field in (("region", "region_idx"), ("global", "global_idx")):
+        m = np.zeros(int(np.asarray(sample.graph(scale).n_node).sum()), bool)
+        m[np.asarray(spot.nodes[field])[hs]] = True
+        out[scale] = m
+    return out
+
+
+def mask_sample(sample, role: str, known_layer: int | None = None,
+                hidden: np.ndarray | None = None):
     """A copy of ``sample`` whose labels are those the given role may use (see module doc).
 
     Args:
       sample: SampleGraph (unpadded or padded).
       role: "train", "val" or "test".
       known_layer: the known layer of a held-out ("val" / "test") sample.
+      hidden: optional (n_spots,) bool, held-out sample only: known-layer spots whose labels
+        are removed too (validation blocks), with the tiles that contain them.
     """
     if role in HELD_OUT_ROLES and known_layer is None:
         raise ValueError("mask_sample: a held-out sample needs its known_layer")
+    if hidden is not None and role not in HELD_OUT_ROLES:
+        raise ValueError("mask_sample: hidden spots need a held-out role ('val' / 'test')")
+    hide = hidden_tiles(sample, hidden) if hidden is not None and np.any(hidden) else {}
     new = {}
     for scale in SCALES:
         g = sample.graph(scale)
@@ -90,8 +119,22 @@ def mask_sample(sample, role: str, known_layer: int | None = None):
         if dropped:
             logger.debug("%s graph: dropping non-contract node fields %s", scale, dropped)
         n_real = int(np.asarray(g.n_node)[0])
-        new[scale] = g._replace(nodes=_mask_nodes(g.nodes, n_real, role, known_layer))
+        new[scale] = g._replace(nodes=_mask_nodes(g.nodes, n_real, role, known_layer,
+                                                  hide.get(scale)))
     return sample.replace_graphs(new)
+
+
+def fold_view(graph, fold, role: str | None = None, *, with_validation: bool = True):
+    """``graph`` masked for its role in ``fold`` (``role`` overrides it: the scorer asks for
+    a "test" view of a validation-block sample). ``with_validation=False`` keeps the
+    validation blocks of the known layer as known spots (the test-time view)."""
+    sid = graph.sample_id
+    role = fold.role(sid) if role is None else role
+    hidden = None
+    if with_validation and role != "train" and sid in fold.val_blocks:
+        spot = unpadded_nodes(graph, "spot")
+        hidden = fold.hidden_validation(sid, spot["layer"], spot["xy"])
+    return mask_sample(graph, role, fold.known_layer.get(sid), hidden)
 
 
 def _pad(sample, budget) -> dict:
@@ -163,7 +206,7 @@ def build_pool(graphs: Mapping[str, object], fold, seed: int, *, max_nodes: int 
     ids, roles, masked = [], [], []
     for sid in sorted(set(fold.train_samples) | set(fold.val_samples) | set(fold.test_samples)):
         role = fold.role(sid)
-        m = mask_sample(graphs[sid], role, fold.known_layer.get(sid))
+        m = fold_view(graphs[sid], fold)
         n_spot = int(np.asarray(m.spot.n_node)[0])
         if max_nodes and n_spot > max_nodes:
             for t in subgraph.tile_sample(m, max_nodes, halo, hide_halo_labels=True):

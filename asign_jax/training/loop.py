@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from asign_jax import atomic
 from asign_jax.errors import TrainingError
+from asign_jax.evaluation import references, selection
 from asign_jax.training import checkpoint, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
@@ -64,18 +65,19 @@ def label_means(pool) -> dict:
     return out
 
 
-def init_output_bias(state: TrainState, pool) -> TrainState:
+def init_output_bias(state: TrainState, pool, skip: tuple = ()) -> TrainState:
     """``state`` with each regression head's bias set to the mean training label of its scale.
 
     Labels are log-normalised (around -5 to -7 for 250 genes), so a zero-initialised bias makes
     the first steps spend the whole network on the constant offset (MSE ~20 at init); starting
     at the mean leaves the network the spatial variation. Optimiser moments start at zero
-    whatever the parameter values, so ``opt_state`` stays valid.
+    whatever the parameter values, so ``opt_state`` stays valid. Scales in ``skip`` keep their
+    zero bias (the spot head with ``model.spot_offset="known"`` predicts a deviation).
     """
     params = dict(state.params)
     means = label_means(pool)
     for scale, head in HEADS.items():
-        if head not in params:
+        if head not in params or scale in skip:
             continue
         out = dict(params[head]["out"])
         out["bias"] = jnp.asarray(means[scale], out["bias"].dtype)
@@ -83,15 +85,66 @@ def init_output_bias(state: TrainState, pool) -> TrainState:
     return state.replace(params=params)
 
 
+def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
+                    ) -> tuple[TrainState, float]:
+    """``state`` with the linear image path (``model.image_skip``) at the ridge fit of the
+    pool's usable spot labels (``label_mask``: never a test layer) on their features.
+    ``fit="held_out"`` (``train.skip_fit``) uses only the held-out samples' known layers.
+
+    The targets are the labels minus each sample's mean labelled profile when ``relative``
+    (``model.spot_offset="known"``: the model adds the known spots' mean itself), else the
+    labels minus their pooled mean (the spot head's bias holds it). The penalty is chosen by
+    leave-one-sample-out CV (``references.ridge_fit``). Returns (state, relative penalty).
+    """
+    g = pool.arrays["spot"]
+    mask = np.asarray(g.nodes["label_mask"])
+    feats = np.asarray(g.nodes["feat"], np.float64)
+    labels = np.asarray(g.nodes["label"], np.float64)
+    xs, ys, groups = [], [], []
+    if fit not in ("all", "held_out"):
+        raise ValueError(f"train.skip_fit must be 'all' or 'held_out', got {fit!r}")
+    for i in range(len(pool)):
+        m = mask[i]
+        if not m.any() or (fit == "held_out" and pool.roles[i] == "train"):
+            continue
+        y = labels[i][m]
+        xs.append(feats[i][m])
+        ys.append(y - y.mean(0) if relative else y)
+        groups.append(np.full(int(m.sum()), i))
+    w, mx, _, penalty = references.ridge_fit(np.concatenate(xs), np.concatenate(ys),
+                                             groups=np.concatenate(groups))
+    params = dict(state.params)
+    skip = dict(params["image_skip"])
+    skip["kernel"] = jnp.asarray(w, skip["kernel"].dtype)
+    skip["bias"] = jnp.asarray(-(mx @ w), skip["bias"].dtype)
+    params["image_skip"] = skip
+    return state.replace(params=params), penalty
+
+
 def fold_rng(seed: int, fold_index: int) -> jax.Array:
     """The key of a fold; split into (init key, step key); steps fold their number into the latter."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), fold_index)
 
 
+def _log_line(log_path: Optional[Path], rec: dict) -> None:
+    if log_path is not None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(atomic.json_safe(rec)) + "\n")
+
+
 def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir: Path,
                log_path: Optional[Path], *, mesh=None, stop_after: Optional[int] = None,
-               progress: bool = True) -> Optional[TrainState]:
+               progress: bool = True, validate: Optional[Callable] = None
+               ) -> Optional[TrainState]:
     """Trains one fold for ``config.train.steps`` steps, resuming from ``ckpt_dir`` if possible.
+
+    With ``validate`` (``evaluation.selection.Validator``: params -> Validation) the fold's
+    validation role is scored every ``train.val_every`` steps and at the last step; each pass
+    is a ``"split": "val"`` line of metrics.jsonl. The step to keep is chosen there
+    (``train.select``: the best validation score, ties to the earlier step, or the last step)
+    and its params (blend refit on validation when configured) are written by
+    ``selection.save_selected``. A relaunch recomputes the lost steps bit-identically, so the
+    choice is the one an uninterrupted run makes.
 
     Args:
       config: full config (train, loss, seed).
@@ -128,14 +181,33 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                            fold_index, start, total)
     else:
         logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
+        relative = config.model.spot_offset == "known"
         if tc.init_output_bias:
-            state = init_output_bias(state, pool)
+            state = init_output_bias(state, pool, ("spot",) if relative else ())
+        if config.model.image_skip:
+            state, penalty = init_image_skip(state, pool, relative, str(tc.skip_fit))
+            logger.info("fold %d: linear image path at the ridge fit of the training labels "
+                        "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
     if log_path is not None:
         _truncate_log(Path(log_path), fold_index, start)
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     step_fn = make_train_step(model, loss_fn, config, mesh=mesh)
     schedule = make_schedule(tc)
+
+    val_every = int(tc.val_every)
+    select = str(tc.select)
+    prior = selection.load_selected(ckpt_dir) if validate is not None and start else None
+    best = -np.inf if prior is None else float(prior[1]["score"])
+
+    def run_validation(done: int) -> None:
+        nonlocal best
+        v = validate(jax.device_get(state.params))
+        _log_line(log_path, {"fold": fold_index, "step": done, "split": "val", **v.metrics,
+                             "score": v.score})
+        if (select == "last" and done == total) or (select != "last" and v.score > best):
+            best = v.score
+            selection.save_selected(ckpt_dir, done, v)
 
     pending: list = []
     bar = tqdm(total=total, initial=start, desc=f"fold {fold_index}", disable=not progress,
@@ -164,10 +236,10 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                 pending = []
                 rec = {"fold": fold_index, "step": done, **mean, "lr": float(schedule(step)),
                        "seconds": round(time.time() - t0, 3)}
-                if log_path is not None:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                _log_line(log_path, rec)
                 bar.set_postfix(loss=f"{mean['loss']:.4f}")
+            if validate is not None and (done == total or (val_every and done % val_every == 0)):
+                run_validation(done)
             bar.update(1)
             if done % int(tc.checkpoint_every) == 0 and done != total:
                 checkpoint.save(mngr, state)

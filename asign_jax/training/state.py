@@ -42,18 +42,21 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     return _optimizer(str(train_cfg.optimizer), float(train_cfg.learning_rate),
                       float(train_cfg.momentum), float(train_cfg.weight_decay),
                       float(train_cfg.final_lr_fraction), int(train_cfg.steps),
-                      float(train_cfg.cli_lr_multiplier))
+                      float(train_cfg.cli_lr_multiplier), float(train_cfg.skip_lr_multiplier))
 
 
-def _is_cli(params):
-    """Pytree of bools like ``params``: True on the CLI block's parameters (module "cli")."""
-    return {k: jax.tree.map(lambda _: k == "cli", v) for k, v in params.items()}
+def _is_module(name):
+    """Mask builder: pytree of bools like ``params``, True on the parameters of module ``name``."""
+    return lambda params: {k: jax.tree.map(lambda _: k == name, v) for k, v in params.items()}
+
+
+_is_cli = _is_module("cli")
 
 
 @functools.lru_cache(maxsize=None)
 def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: float,
-               final_lr_fraction: float, steps: int, cli_lr_multiplier: float
-               ) -> optax.GradientTransformation:
+               final_lr_fraction: float, steps: int, cli_lr_multiplier: float,
+               skip_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
     schedule = _schedule(learning_rate, steps, final_lr_fraction)
     if name == "sgd":
         tx = optax.chain(optax.add_decayed_weights(weight_decay),
@@ -66,6 +69,11 @@ def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: f
         # the CLI has a handful of scalars per gene / a Dense(1); with Adam each moves at most
         # ~lr a step, far too slow for a blend weight that must travel several logits
         tx = optax.chain(tx, optax.masked(optax.scale(cli_lr_multiplier), _is_cli))
+    if skip_lr_multiplier != 1.0:
+        # the linear image path starts at a ridge fit (training.loop.init_image_skip); at the
+        # network's learning rate Adam would move each of its D x G weights by ~lr a step
+        tx = optax.chain(tx, optax.masked(optax.scale(skip_lr_multiplier),
+                                          _is_module("image_skip")))
     return tx
 
 
