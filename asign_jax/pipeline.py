@@ -331,8 +331,9 @@ def _tiled_wrap(config, pool):
 
 
 def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
-           roles=("test", "val"), oracle=None) -> dict:
-    """Scores the fold on its test (and validation) rows and writes the test predictions."""
+           roles=("test", "val"), oracle=None, write: bool = True) -> dict:
+    """Scores the fold on its test (and validation) rows and writes the test predictions
+    (``write=False``: graphs given in memory, no prepared data to place them)."""
     fn = make_eval_fn(model)
     eval_fn, pad_fn = lambda s: fn(params, s), pool.pad
     wrap = _tiled_wrap(config, pool)
@@ -345,7 +346,7 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
         result, per_gene, predictions = scoring.evaluate_fold(config, fold, eval_fn, graphs,
                                                               pad_fn, role, oracle=oracle)
         out[role] = (result, per_gene)
-        if role == "test":
+        if role == "test" and write:
             for p in predictions:
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
@@ -499,7 +500,7 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
             return None
         params, kept = kept_params(config, fold, workdir, jax.device_get(state.params))
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
-                             roles=roles, oracle=oracle)
+                             roles=roles, oracle=oracle, write=inputs is None)
         _save_fold(workdir, fold, fold_scores, kept)
         builds[fold.name] = rf.finish(fold.name)
         scores.append(fold_scores)

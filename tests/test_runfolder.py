@@ -70,7 +70,7 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
     config, workdir, agg = trained
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
-    assert set(metrics["baselines"]) == {"known_mean", "overlap"}
+    assert set(metrics["baselines"]) == {"known_mean", "overlap", "ridge"}
     assert len(metrics["folds"]) == 2 and np.isfinite(agg["asign"]["mean"]["mse"])
     assert list((workdir / "predictions").glob("*.h5ad"))
     assert (workdir / "plots" / "pcc_sections.png").exists()
@@ -85,7 +85,7 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
                                       "fold_1": m["fold_1"]["build"]}
     assert m["prepare"]["config"]["data.n_genes"] == 40
     assert m["fold_0"]["config"]["fold.test_samples"] == ["A"]
-    assert len(m["prepare"]["files"]) == 6            # the images read, relative to the run
+    assert len(m["prepare"]["files"]) == 9            # A, B and validation block Z: 3 images each
     assert all(k.startswith("synthetic_data/ST-imgs/") for k in m["prepare"]["files"])
     # no recompilation across samples and folds: one trace of the train step for both folds,
     # one of the eval step for every sample scored
@@ -178,7 +178,7 @@ def test_kill_between_prepare_and_register(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "register_sample",
                         lambda p, *a, **k: calls.append(p.sample_id) or real(p, *a, **k))
     pipeline.load_inputs(config, run)
-    assert calls == ["B"]                              # only what the kill left undone
+    assert calls == ["B", "Z"]                         # only what the kill left undone
     assert rf.read("register")["complete"] and rf.read("graph")["complete"]
     want, got = graph_arrays(src), graph_arrays(run)
     assert want.keys() == got.keys()
