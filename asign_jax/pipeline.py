@@ -36,10 +36,10 @@ from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.errors import DataError
-from asign_jax.training import batches, checkpoint, sharding
+from asign_jax.training import batches, checkpoint, model_inputs, sharding
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
-from asign_jax.training.state import create_train_state
+from asign_jax.training.state import count_params, create_train_state
 from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
@@ -220,11 +220,15 @@ def _load_fold(workdir: Path, fold: Fold) -> dict:
                        if k.startswith(role + "/")}) for role, r in results.items()}
 
 
-def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
+def _finish(workdir: Path, scores: list[dict], genes: list, method: str,
+            n_params: Optional[int] = None) -> dict:
     test = [s["test"] for s in scores]
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
-                                val_results=val)
+                                val_results=val, method=method, n_params=n_params)
+    if n_params is not None:
+        print(f"
+model {method}: {n_params:,} trainable parameters")
     print(f"\nTest layers of {len(test)} fold(s); mean +- std over folds "
           f"(pcc_gene: per gene across spots; pcc_spot: per spot across genes, official-code metric)")
     print(reports.summary_table(agg))
@@ -236,30 +240,45 @@ def _finish(workdir: Path, scores: list[dict], genes: list) -> dict:
 
 # ---- train + evaluate -----------------------------------------------------------------------
 
+def fold_pool(config, model, graphs, fold, data_dir) -> batches.Pool:
+    """The fold's masked training pool plus the model's own inputs (``training.model_inputs``:
+    e.g. the retrieval bank of EGN / BLEEP, built from the pool's labelled spots only)."""
+    pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+    return model_inputs.attach(config, factory.model_inputs(model), data_dir, pool)
+
+
 def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
-                       progress: bool = True) -> Optional[dict]:
+                       progress: bool = True, data_dir=None) -> Optional[dict]:
     """The whole pipeline; returns {method: {"mean", "std"}} or None if stopped (``stop_after``).
 
     ``stop_after`` (testing): stop the first unfinished fold after that many steps, as if the
     process had been killed; relaunching resumes from its latest checkpoint.
+    ``data_dir``: the run folder whose prepared data, registration and graphs are used (built
+    there if missing); default ``workdir``. Several runs (the rows of
+    ``experiments/paper_tables.py``) share one; checkpoints and reports go to ``workdir``.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    genes, graphs = load_inputs(config, workdir)
+    data_dir = workdir if data_dir is None else Path(data_dir)
+    genes, graphs = load_inputs(config, data_dir)
     folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
     names = prediction_names(folds)
     model, loss_fn = factory.build(config, len(genes))
     mesh = _mesh(config)
     logger.info("%d fold(s), %d genes, %d devices; run folder %s", len(folds), len(genes),
                 jax.device_count(), workdir)
-    scores = []
+    scores, n_params = [], None
     for fold in folds:
+        if n_params is None:
+            n_params = count_params(model, fold_pool(config, model, graphs, fold,
+                                                     data_dir).example())
+            logger.info("model %s: %d trainable parameters", config.model.name, n_params)
         if (fold_dir(workdir, fold) / "done.json").exists():
             logger.info("%s: done (%s); skipping", fold.name, fold_dir(workdir, fold) / "done.json")
             scores.append(_load_fold(workdir, fold))
             continue
         logger.info("%s", fold.describe())
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = fold_pool(config, model, graphs, fold, data_dir)
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
                            progress=progress)
@@ -269,22 +288,24 @@ def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names)
         _save_fold(workdir, fold, fold_scores)
         scores.append(fold_scores)
-    return _finish(workdir, scores, genes)
+    return _finish(workdir, scores, genes, str(config.model.name), n_params)
 
 
-def evaluate_all(config, workdir) -> dict:
+def evaluate_all(config, workdir, *, data_dir=None) -> dict:
     """Re-scores every fold from its latest checkpoint (no training); rewrites the reports.
 
-    The folds' done.json files are left alone (they mark finished training).
+    The folds' done.json files are left alone (they mark finished training). ``data_dir`` as
+    in ``train_and_evaluate``.
     """
     workdir = Path(workdir)
-    genes, graphs = load_inputs(config, workdir)
+    data_dir = workdir if data_dir is None else Path(data_dir)
+    genes, graphs = load_inputs(config, data_dir)
     folds = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()})
     names = prediction_names(folds)
     model, _ = factory.build(config, len(genes))
     scores = []
     for fold in folds:
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = fold_pool(config, model, graphs, fold, data_dir)
         state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
         try:
             params, step = checkpoint.restore_params(state, fold_dir(workdir, fold))
@@ -301,4 +322,4 @@ def evaluate_all(config, workdir) -> dict:
         scores.append(fold_scores)
     if not scores:
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no fold checkpoint to evaluate")
-    return _finish(workdir, scores, genes)
+    return _finish(workdir, scores, genes, str(config.model.name))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
 
 def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
                       fold_index: int) -> Path:
-    """AnnData: X = ASIGN prediction, layers truth / known_mean / overlap, obs per spot."""
+    """AnnData: X = the model's prediction (``p.method``), layers truth and every other
+    method's prediction (its components, the references), obs per spot."""
     import anndata as ad
     import pandas as pd
 
@@ -37,12 +38,13 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
                         "layer": layer, "known": layer == known_layer, "x": xy[:, 0],
                         "y": xy[:, 1], "z": layer.astype(np.float64)},
                        index=pd.Index(index, dtype=object))
-    adata = ad.AnnData(X=preds["asign"].astype(np.float32), obs=obs,
+    adata = ad.AnnData(X=preds[p.method].astype(np.float32), obs=obs,
                        var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object)))
     adata.layers["truth"] = truth.astype(np.float32)
-    for m, p in preds.items():
-        if m != "asign":
-            adata.layers[m] = p.astype(np.float32)
+    for m, pred in preds.items():
+        if m != p.method:
+            adata.layers[m] = pred.astype(np.float32)
+    adata.uns["method"] = p.method
     adata.uns["fold"] = int(fold_index)
     adata.uns["known_layer"] = int(known_layer)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,12 +54,13 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
 
 def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequence[str],
                    eval_genes: Sequence[str]) -> list[Path]:
-    """Per test section and gene of ``eval_genes`` present: truth | ASIGN | overlap scatter."""
+    """Per test section and gene of ``eval_genes`` present: truth | the model | overlap scatter."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     preds, truth, section_names, known_layer = p.preds, p.truth, p.section_names, p.known_layer
+    method = p.method
     genes = [str(g) for g in genes]
     layer = p.layer.astype(int)
     xy = np.asarray(p.spot["xy"])
@@ -69,7 +72,7 @@ def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequen
         g = genes.index(gname)
         for l in sorted(set(layer.tolist()) - {known_layer}):
             rows = layer == l
-            panels = [("truth", truth[rows, g]), ("ASIGN", preds["asign"][rows, g]),
+            panels = [("truth", truth[rows, g]), (method, preds[method][rows, g]),
                       ("overlap", preds["overlap"][rows, g])]
             vmin, vmax = np.percentile(truth[rows, g], [1, 99])
             fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
@@ -83,10 +86,10 @@ def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequen
                 ax.set_yticks([])
             fig.colorbar(sc, ax=axes, shrink=0.8)
             fig.suptitle(f"{stem} section {section_names[l]} (layer {l}; known layer {known_layer})")
-            p = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
-            fig.savefig(p, dpi=90)
+            path = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
+            fig.savefig(path, dpi=90)
             plt.close(fig)
-            written.append(p)
+            written.append(path)
     return written
 
 
@@ -145,19 +148,24 @@ def summary_table(agg: dict) -> str:
 
 
 def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: Sequence[dict],
-                  genes: Sequence[str], val_results: Sequence[dict] = ()) -> dict:
+                  genes: Sequence[str], val_results: Sequence[dict] = (),
+                  method: str = "asign", n_params: Optional[int] = None) -> dict:
     """metrics.json, per_gene_pcc.csv and plots/pcc_sections.png; returns the test aggregate.
 
-    metrics.json: the test block ("folds", "mean"/"std" of ASIGN, "components", "baselines")
+    metrics.json: the test block ("method", "folds", "mean"/"std" of the model ``method``,
+    "components" (ASIGN's halves), "baselines" (the references))
     and, when the folds have validation samples, a "validation" block of the same layout
     (the only scores any selection may read).
     """
     workdir = Path(workdir)
     agg = aggregate(fold_results)
-    metrics = {"folds": list(fold_results), "mean": agg["asign"]["mean"], "std": agg["asign"]["std"],
+    metrics = {"method": method, "folds": list(fold_results), "mean": agg[method]["mean"],
+               "std": agg[method]["std"],
                "components": {m: v for m, v in agg.items() if m in COMPONENTS},
                "baselines": {m: v for m, v in agg.items() if m in baselines.METHODS},
                "conventions": CONVENTIONS}
+    if n_params is not None:
+        metrics["n_params"] = int(n_params)
     if val_results:
         vagg = aggregate(val_results)
         metrics["validation"] = {"folds": list(val_results), "methods": vagg}

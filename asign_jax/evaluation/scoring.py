@@ -1,8 +1,10 @@
 """Scoring of one fold: the model's outputs and the reference methods on the same spots.
 
-Methods: ``asign`` (the final p'_s), its two halves ``asign_model`` (the network's p_s) and
-``asign_propagation`` (the CLI's p_i), and the references of ``evaluation.references``, all on
-the spots of the test (or validation) layers of the held-out samples.
+Methods: the model's outputs (``model_outputs``: for ASIGN ``asign`` = the final p'_s and its
+two halves ``asign_model`` (the network's p_s) and ``asign_propagation`` (the CLI's p_i); for
+any other model its "spot" prediction under its name) and the references of
+``evaluation.references``, all on the spots of the test (or validation) layers of the
+held-out samples.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from asign_jax.training import batches
 logger = logging.getLogger(__name__)
 
 MODEL_OUTPUTS = {"asign": "spot", "asign_model": "spot_model", "asign_propagation": "imputed"}
-"""Method name -> key of the model's output dict (``models.asign.ASIGN``)."""
+"""ASIGN's scored outputs: method name -> key of the model's output dict (``models.asign.ASIGN``)."""
 COMPONENTS = tuple(m for m in MODEL_OUTPUTS if m != "asign")
 """ASIGN's two halves, scored like methods: the network's p_s and the CLI propagation p_i
 (p'_s = alpha p_s + (1 - alpha) p_i, eq. 6). They show where ASIGN's numbers come from."""
+
+
+def model_outputs(name: str) -> dict:
+    """{method: output key} scored for the model ``config.model.name``: ASIGN's three outputs
+    (``MODEL_OUTPUTS``), or, for any other model (the baselines, asign2d), its "spot"
+    prediction under its own name."""
+    return dict(MODEL_OUTPUTS) if name == "asign" else {name: "spot"}
 
 
 @dataclasses.dataclass
@@ -36,6 +45,7 @@ class SamplePredictions:
       spot: unpadded spot node arrays of the UNMASKED graph ("label" = truth, "layer", "xy").
       preds: {method: (N, G) float32}.
       info: per-spot extras of the references ({"overlap_fallback": (N,) bool}).
+      method: the model's method name (its row in ``preds``; the AnnData's X).
     """
 
     sample_id: str
@@ -44,6 +54,7 @@ class SamplePredictions:
     spot: dict
     preds: dict
     info: dict
+    method: str = "asign"
 
     @property
     def truth(self) -> np.ndarray:
@@ -68,12 +79,14 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn) -> SamplePr
     out = eval_fn(pad_fn(masked))
     spot = batches.unpadded_nodes(graph, "spot")
     n = len(spot["layer"])
-    preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in MODEL_OUTPUTS.items()}
+    method = str(config.model.name)
+    preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in model_outputs(method).items()}
     base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"), known_layer,
-                                          float(config.graph.spot_radius))
+                                          float(config.graph.spot_radius),
+                                          int(config.evaluation.similarity_k))
     preds.update(base)
     return SamplePredictions(graph.sample_id, list(graph.section_names), int(known_layer), spot,
-                             preds, info)
+                             preds, info, method)
 
 
 def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:

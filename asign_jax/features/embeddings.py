@@ -6,6 +6,7 @@ or ``.npz`` with ``"<section>/<name>"`` keys::
 
     <section>/spot_ids        (N,)  str     spot ids as in the ST data (e.g. "10x13")
     <section>/spot            (N, D)        pooled spot-patch embeddings
+    <section>/spot_tokens     (N, T, D)     optional token grid of each spot patch
     <section>/region_origin   (R, 2) int    top-left (x, y) px of each region tile
     <section>/region          (R, D)        pooled region-tile embeddings
     <section>/region_tokens   (R, T, D)     optional token grid of each region tile
@@ -131,8 +132,9 @@ class EmbeddingsReader:
         """Looks up a section's embeddings; ``image``, ``spot_xy``, ``data_cfg`` and
         ``cache_dir`` are unused (kept for the common interface). ``spot_ids`` is required.
 
-        Returns spot_feats (N, D) float32, region_feats (R, D) float32, region_tokens
-        (R, T, D) float16, global_feats, global_tokens likewise.
+        Returns spot_feats (N, D) float32, spot_tokens (N, T, D) float16 (the pooled vector as
+        one token when the file has no 'spot_tokens'), region_feats (R, D) float32,
+        region_tokens (R, T, D) float16, global_feats, global_tokens likewise.
         """
         del image, data_cfg, cache_dir
         if spot_ids is None:
@@ -148,6 +150,16 @@ class EmbeddingsReader:
         spot = self._matrix(sec, "spot", len(file_ids))
         rows = _match(self.path, section_name, "spot", spot_ids, file_ids)
         out = {"spot_feats": spot[rows]}
+        spot_toks = sec.get("spot_tokens", required=False)
+        if spot_toks is None:
+            spot_toks = spot[:, None, :]       # no grid: the pooled vector as a single token
+        else:
+            spot_toks = np.asarray(spot_toks)
+            if spot_toks.ndim != 3 or spot_toks.shape[0] != len(file_ids) \
+                    or spot_toks.shape[2] != spot.shape[1]:
+                raise DataError(f"{where}: 'spot_tokens' must be ({len(file_ids)}, T, "
+                                f"{spot.shape[1]}), got {spot_toks.shape}")
+        out["spot_tokens"] = np.asarray(spot_toks[rows], dtype=np.float16)
 
         for level, origin in (("region", region_origin), ("global", global_origin)):
             origin = np.asarray(origin, np.int64).reshape(-1, 2)
