@@ -174,3 +174,19 @@ def base_config() -> ml_collections.ConfigDict:
                                  # spots (App. E: 20 = 8 + 12, ASIGN's reference budget)
 
     return c
+
+
+def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads: int = 4
+                  ) -> ml_collections.ConfigDict:
+    """Shrinks the paper's baselines (``c.model.<name>``) to ``dim`` wide, ``depth`` deep
+    transformer stacks for a CPU budget (same architectures; the README's baseline table gives
+    the paper sizes). Returns ``c``."""
+    head_dim = max(dim // heads, 1)
+    common = {"heads": heads, "head_dim": head_dim}
+    c.model.egn.update(dim=dim, depth=depth, mlp_dim=2 * dim, bhead=heads, bdim=head_dim,
+                       **common)
+    c.model.histogene.update(dim=dim, depth=depth, mlp_dim=2 * dim, **common)
+    c.model.his2st.update(dim=dim, depth=depth, mlp_dim=dim, bake_passes=2, **common)
+    c.model.triplex.update(emb_dim=dim, depth_global=depth, depth_neighbor=depth,
+                           heads_fusion=heads, heads_global=heads, heads_neighbor=heads)
+    return c

@@ -227,8 +227,7 @@ def _finish(workdir: Path, scores: list[dict], genes: list, method: str,
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val, method=method, n_params=n_params)
     if n_params is not None:
-        print(f"
-model {method}: {n_params:,} trainable parameters")
+        print(f"\nmodel {method}: {n_params:,} trainable parameters")
     print(f"\nTest layers of {len(test)} fold(s); mean +- std over folds "
           f"(pcc_gene: per gene across spots; pcc_spot: per spot across genes, official-code metric)")
     print(reports.summary_table(agg))

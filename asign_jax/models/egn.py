@@ -103,6 +103,9 @@ class EGN(nn.Module):
         del region, glob, known
         c = self.cfg.egn
         d = int(c.dim)
+        if int(c.depth) < int(c.bfre):
+            raise ValueError(f"model.egn.depth={c.depth} < bfre={c.bfre}: no exemplar bridge "
+                             "block, the exemplars would not reach the prediction")
         drop = lambda x: nn.Dropout(c.dropout)(x, deterministic=not train)
         feat, tokens = spot_encoder(self.cfg)(spot, extra, need_tokens=True, train=train)
         label_mean = extra["label_mean"]
