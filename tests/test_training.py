@@ -14,6 +14,7 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
+from asign_jax.evaluation import references
 from asign_jax.models import factory
 from asign_jax.preprocess import standardize
 from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
@@ -316,7 +317,8 @@ def test_end_to_end_test_config(tmp_path):
     agg = train_and_evaluate(config, tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
-    assert set(metrics["baselines"]) == {"known_mean", "overlap"}
+    assert set(metrics["baselines"]) == set(references.METHODS) >= {"known_mean", "overlap",
+                                                                    "similarity"}
     n_folds = len(metrics["folds"])
     assert n_folds >= 1 and all((tmp_path / "checkpoints" / f"fold_{k}" / "done.json").exists()
                                 for k in range(n_folds))
