@@ -21,6 +21,7 @@ import pytest
 from asign_jax import atomic, pipeline
 from asign_jax.config import base_config, cpu_baselines
 from asign_jax.evaluation import references
+from asign_jax.features.resnet import fixed_seed_variables
 from asign_jax.models import factory
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
 from asign_jax.preprocess.tiles import assign_tiles, region_global, tile_counts
@@ -217,6 +218,72 @@ def test_parameter_counts_match_baselines_md():
     expect = 10 * layer + 4 * 25 + 512 * 9 + 512 + 4 * 1024 + 4 * lin(512, 250) + lin(512, 512)
     assert abs(_n(p) - expect) <= 0.1 * expect
     assert abs(_n(p) + 11.18e6 - 43.2e6) <= 0.1 * 43.2e6
+
+
+def test_backbone_train_mode_puts_a_trainable_resnet50_under_the_head():
+    """model.backbone="train": the model reads the spot patches and its parameters include the
+    ResNet-50 trunk (23.5M), starting from the features' fixed-seed initialisation (shapes only:
+    the mode is for a GPU)."""
+    cfg = base_config()
+    cfg.model.update(name="stnet", backbone="train")
+    model, _ = factory.build(cfg, 250)
+    assert factory.model_inputs(model) == ("label_mean", "patches")
+    n = 4
+    g = _fake_sample(n, 2048)
+    extra = {"label_mean": jnp.zeros(250), "patches": jnp.zeros((n, 32, 32, 3), jnp.uint8),
+             "backbone_stats": fixed_seed_variables(0)["batch_stats"]}
+    shapes = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, g, g, g,
+        jnp.zeros(n, bool), extra, train=False))
+    trunk = _n(shapes["params"], "['spot_encoder']")
+    assert abs(trunk - 23.5e6) < 0.05e6 and _n(shapes["params"]) == trunk + 2048 * 250 + 250
+    out = jax.eval_shape(lambda v: model.apply(v, g, g, g, jnp.zeros(n, bool), extra,
+                                               train=True, rngs={"dropout": jax.random.PRNGKey(2)}),
+                         shapes)
+    assert out["spot"].shape == (n, 250)
+
+
+@pytest.mark.parametrize("name", ["asign2d", "histogene", "his2st", "triplex"])
+def test_2d_methods_never_mix_layers(name, data):
+    """A 2D method's prediction for a section does not move when another section's images do."""
+    root, genes, graphs = data
+    cfg, model, _, pool = build(name, data)
+    ex = pool.example()
+    params = jax.jit(lambda e: model.init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, e["spot"],
+        e["region"], e["global"], e["spot"].nodes["known"], train=False,
+        **batches.model_extra(e)))(ex)
+    run = jax.jit(lambda s: model.apply(params, s["spot"], s["region"], s["global"],
+                                        s["spot"].nodes["known"], train=False,
+                                        **batches.model_extra(s))["spot"])
+    s = pool.pad(batches.mask_sample(graphs["B"], "train"))
+    before = np.asarray(run(s))
+    rng = np.random.default_rng(3)
+    nodes = dict(s["spot"].nodes)
+    nodes["feat"] = np.array(nodes["feat"])
+    nodes["feat"][:16] += rng.normal(0, 3, nodes["feat"][:16].shape)  # section B0's images
+    for scale in ("region", "global"):                                   # and its tiles
+        g = s[scale]
+        f = np.array(g.nodes["feat"])
+        layer0 = np.asarray(g.nodes["layer"]) == 0
+        f[layer0] += 3.0
+        s[scale] = g._replace(nodes={**g.nodes, "feat": f})
+    extra = dict(s["extra"]) if "extra" in s else None
+    if extra is not None and "spot_tokens" in extra:
+        t = np.array(extra["spot_tokens"], np.float32)
+        t[:16] += 3.0
+        extra["spot_tokens"] = t.astype(np.float16)
+        s["extra"] = extra
+    s["spot"] = s["spot"]._replace(nodes=nodes)
+    after = np.asarray(run(s))
+    np.testing.assert_allclose(after[16:48], before[16:48], rtol=1e-5, atol=1e-5)
+    assert np.abs(after[:16] - before[:16]).max() > 1e-4
+
+
+def test_asign2d_is_asign_without_cross_layer_edges_and_cli():
+    model, loss = factory.build(tiny_config("asign2d"), G)
+    assert not model.cfg.use_cli and not model.cfg.cross_layer_edges
+    assert loss is factory.MODELS["asign"][1]
 
 
 # ---- retrieval, masking, neighbour tables -----------------------------------------------------
