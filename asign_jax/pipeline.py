@@ -268,16 +268,16 @@ def train_and_evaluate(config, workdir, *, stop_after: Optional[int] = None,
                 jax.device_count(), workdir)
     scores, n_params = [], None
     for fold in folds:
+        done = (fold_dir(workdir, fold) / "done.json").exists()
+        pool = fold_pool(config, model, graphs, fold, data_dir) if not (done and n_params) else None
         if n_params is None:
-            n_params = count_params(model, fold_pool(config, model, graphs, fold,
-                                                     data_dir).example())
+            n_params = count_params(model, pool.example())
             logger.info("model %s: %d trainable parameters", config.model.name, n_params)
-        if (fold_dir(workdir, fold) / "done.json").exists():
+        if done:
             logger.info("%s: done (%s); skipping", fold.name, fold_dir(workdir, fold) / "done.json")
             scores.append(_load_fold(workdir, fold))
             continue
         logger.info("%s", fold.describe())
-        pool = fold_pool(config, model, graphs, fold, data_dir)
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,
                            progress=progress)
