@@ -287,12 +287,12 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
         w.writeheader()
         w.writerows(csv_rows)
     plot_boxes(out_dir, k, dataset, [label(r) for r in rows],
-               [results[r]["sections"] for r in rows], [pvals[r] for r in rows])
+               [results[r]["sections"] for r in rows], [pvals[r] for r in rows], label(base_id))
     return pvals
 
 
 def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list,
-               pvals: list) -> None:
+               pvals: list, base: str) -> None:
     """Fig. 4 style: one box per row of the per-section values of each metric, * if p < 0.05."""
     import matplotlib
     matplotlib.use("Agg")
@@ -307,7 +307,7 @@ def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list
             if p[m] < 0.05:
                 ax.text(i + 1, top, "*", ha="center", va="bottom", fontsize=14)
         ax.set_title(f"Table {k}, {dataset.split(' (')[0]}: {m} per test section "
-                     "(* p < 0.05 vs ASIGN)", fontsize=9)
+                     f"(* p < 0.05 vs {base})", fontsize=9)
         ax.tick_params(axis="x", rotation=45)
         ax.grid(alpha=0.3)
         fig.tight_layout()
