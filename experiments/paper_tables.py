@@ -216,7 +216,7 @@ def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str]) -> d
             if r not in references.METHODS:
                 logger.info("row %s: no such reference in this project; left out", r)
                 continue
-            out[r] = read_row(runs[ASIGN][0], r)
+            out[r] = {**read_row(runs[ASIGN][0], r), "n_params": None, "seconds": None}
         else:
             out[r] = read_row(*runs[r])
         out[r]["encoder"] = encoder_label(row_config(config, ROWS[r][1] or {}), r)
