@@ -249,7 +249,7 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
                      if base is not None and r != base_id else float("nan"))
                  for m in METRICS} for r in rows}
     paper = PAPER.get(paper_set, {})
-    head = (["row", "encoder", "params"] + [m for m in METRICS]
+    head = (["row", "encoder", "params", "run (s)"] + [m for m in METRICS]
             + ["paper MSE", "paper MAE", "paper PCC (per spot)"])
     note = (f"Paper columns: {paper_set} (ASIGN paper; on other data they are for orientation "
             "only)." if synthetic else f"Paper columns: {paper_set} (ASIGN paper).")
@@ -258,7 +258,8 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
     csv_rows = []
     for r in rows:
         res = results[r]
-        cells = [label(r), res["encoder"], f"{res['n_params']:,}" if res.get("n_params") else "-"]
+        cells = [label(r), res["encoder"], f"{res['n_params']:,}" if res.get("n_params") else "-",
+                 f"{res['seconds']:.0f}" if res.get("seconds") else "-"]
         for m in METRICS:
             mean, std = summarise(res["per_fold"][m])
             star = "*" if pvals[r][m] < 0.05 else ""
@@ -279,7 +280,9 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
     lines += ["", f"Mean ± population std over {n_folds} fold(s). pcc_gene: per gene across "
               "spots; pcc_spot: per spot across genes (the paper's PCC). * = Welch's t-test "
               f"of the per-section values against {label(base_id)}, p < 0.05. Encoder 'cached': "
-              "the frozen cached ResNet-50 features / token grids every method reads on a CPU."]
+              "the frozen cached ResNet-50 features / token grids every method reads on a CPU. "
+              "run (s): wall time of the row's run (training + scoring of every fold) when it "
+              "was computed."]
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / f"table{k}.md", "\n".join(lines) + "\n")
     with open(out_dir / f"table{k}.csv", "w", newline="") as f:
