@@ -109,7 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- model ---------------------------------------------------------------------------
     c.model = m = ml_collections.ConfigDict()
-    m.name = "asign"             # asign (see asign_jax.models.factory.MODELS)
+    m.name = "asign"             # asign | asign2d | stnet | egn | histogene | bleep | his2st |
+                                 # triplex (asign_jax.models.factory.MODELS)
     m.hidden = 256
     m.heads = 4
     m.gat_layers = 3
@@ -125,6 +126,33 @@ def base_config() -> ml_collections.ConfigDict:
     m.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
     m.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
                                  # feature, W initialised at the training labels' ridge fit
+    m.cross_layer_edges = True   # False: the GAT ignores cross-layer edges (2D graph; asign2d)
+    # The paper's baselines (models/<name>.py). Sizes below are the originals' (baselines.md);
+    # configs/<dataset>.py shrink them for a CPU and say so.
+    m.backbone = "cached"        # cached: frozen cached features / token grids (CPU default);
+                                 # train: the spot ResNet-50 trained end to end (GPU)
+    m.backbone_token_grid = f.get_ref("token_grid")   # train mode: token grid of the spot map
+    m.backbone_weights = f.get_ref("weights")         # train mode: starting weights
+    m.backbone_init_seed = f.get_ref("init_seed")
+    m.stnet = ml_collections.ConfigDict({"dropout": 0.0})
+    m.egn = ml_collections.ConfigDict({       # TRIPLEX-copy defaults; App. E: 8 exemplars
+        "dim": 1024, "depth": 16, "heads": 16, "head_dim": 64, "mlp_dim": 2048,
+        "bhead": 16, "bdim": 128, "bfre": 2, "player": 2, "n_exemplars": 8, "dropout": 0.0})
+    m.histogene = ml_collections.ConfigDict({  # tutorial / paper runs: 8 layers
+        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 2048, "n_pos": 64,
+        "dropout": 0.1})
+    m.bleep = ml_collections.ConfigDict({      # App. E: average of the top 50
+        "projection_dim": 256, "dropout": 0.1, "top_k": 50, "aggregate": "mean",
+        "temperature": 1.0})
+    m.his2st = ml_collections.ConfigDict({     # tag 5-7-2-8-4-16-32, dim 16*16*4 = 1024
+        "mixer_channels": 32, "mixer_depth": 2, "mixer_kernel": 5, "mixer_out": 4,
+        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 1024, "n_pos": 64,
+        "gnn_layers": 4, "grid_k": 4, "grid_max_dist": 2.0, "dropout": 0.2, "bake_passes": 5})
+    m.triplex = ml_collections.ConfigDict({    # CVPR-era BC1 (her2st) configuration
+        "emb_dim": 512, "depth_fusion": 1, "depth_global": 5, "depth_neighbor": 4,
+        "heads_fusion": 4, "heads_global": 8, "heads_neighbor": 4, "mlp_ratio_fusion": 4.0,
+        "mlp_ratio_global": 4.0, "mlp_ratio_neighbor": 4.0, "dropout_fusion": 0.4,
+        "dropout_global": 0.3, "dropout_neighbor": 0.3, "window": 5})
 
     # ---- loss (paper eq. 7-9) ------------------------------------------------------------
     c.loss = lo = ml_collections.ConfigDict()
@@ -137,6 +165,11 @@ def base_config() -> ml_collections.ConfigDict:
     lo.gamma_2 = 1.0
     lo.consistency_spots = "all" # all | labelled: spots used by the label-free L_c terms
     lo.spot_supervision = "both" # model (p_s) | final (p'_s) | both: what the spot MSE + PCC see
+    lo.egn_pcc = 0.5             # EGN: MSE + 0.5 (1 - PCC)
+    lo.bleep_temperature = 1.0   # BLEEP's contrastive temperature
+    lo.his2st_zinb = 0.25        # His2ST: MSE + 0.25 ZINB + 0.5 bake
+    lo.his2st_bake = 0.5
+    lo.triplex_alpha = 0.3       # TRIPLEX: fusion MSE + 3 x (0.7 supervised + 0.3 distillation)
 
     # ---- training ------------------------------------------------------------------------
     c.train = t = ml_collections.ConfigDict()
@@ -185,6 +218,27 @@ def base_config() -> ml_collections.ConfigDict:
     im.plot_genes = ()           # genes drawn over the H&E; () = train.eval_genes present,
                                  # else the 3 most expressed
 
+    # ---- evaluation ----------------------------------------------------------------------
+    c.evaluation = ev = ml_collections.ConfigDict()
+    ev.similarity_k = 20         # "similarity" reference: mean of the top-k most similar known
+                                 # spots (App. E: 20 = 8 + 12, ASIGN's reference budget)
+
+    return c
+
+
+def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads: int = 4
+                  ) -> ml_collections.ConfigDict:
+    """Shrinks the paper's baselines (``c.model.<name>``) to ``dim`` wide, ``depth`` deep
+    transformer stacks for a CPU budget (same architectures; the README's baseline table gives
+    the paper sizes). Returns ``c``."""
+    head_dim = max(dim // heads, 1)
+    common = {"heads": heads, "head_dim": head_dim}
+    c.model.egn.update(dim=dim, depth=depth, mlp_dim=2 * dim, bhead=heads, bdim=head_dim,
+                       **common)
+    c.model.histogene.update(dim=dim, depth=depth, mlp_dim=2 * dim, **common)
+    c.model.his2st.update(dim=dim, depth=depth, mlp_dim=dim, bake_passes=2, **common)
+    c.model.triplex.update(emb_dim=dim, depth_global=depth, depth_neighbor=depth,
+                           heads_fusion=heads, heads_global=heads, heads_neighbor=heads)
     return c
 
 

@@ -9,8 +9,10 @@ from asign_jax import entry, pipeline
 
 
 def main(flags) -> None:
-    pipeline.evaluate_all(flags.config, flags.workdir)
+    pipeline.evaluate_all(flags.config, flags.workdir, data_dir=flags.data_dir or None)
 
 
 if __name__ == "__main__":
-    entry.run(main, "Run folder (holds checkpoints/).")
+    entry.run(main, "Run folder (holds checkpoints/).",
+              data_dir=("", "The run folder holding the prepared data and graphs (default "
+                            "--workdir)."))

@@ -49,10 +49,10 @@ from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
-from asign_jax.training import batches, checkpoint, sharding, subgraph
+from asign_jax.training import batches, checkpoint, model_inputs, sharding, subgraph
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
-from asign_jax.training.state import create_train_state
+from asign_jax.training.state import count_params, create_train_state
 from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
@@ -331,9 +331,10 @@ def _tiled_wrap(config, pool):
 
 
 def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
-           roles=("test", "val"), oracle=None, write: bool = True) -> dict:
+           roles=("test", "val"), oracle=None, write: bool = True, data_dir=None) -> dict:
     """Scores the fold on its test (and validation) rows and writes the test predictions
-    (``write=False``: graphs given in memory, no prepared data to place them)."""
+    (``write=False``: graphs given in memory, no prepared data to place them; ``data_dir``:
+    the run folder holding the prepared data, default ``workdir``)."""
     fn = make_eval_fn(model)
     eval_fn, pad_fn = lambda s: fn(params, s), pool.pad
     wrap = _tiled_wrap(config, pool)
@@ -351,7 +352,7 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
                                           genes, fold.index,
-                                          PreparedSample.load(workdir, p.sample_id))
+                                          PreparedSample.load(data_dir or workdir, p.sample_id))
                 reports.plot_gene_maps(Path(workdir) / "plots", stem, p, genes,
                                        config.train.eval_genes)
     return out
@@ -380,16 +381,20 @@ def _load_fold(workdir: Path, fold: Fold) -> dict:
                        if k.startswith(role + "/")}) for role, r in results.items()}
 
 
-def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict) -> dict:
+def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict,
+            n_params: Optional[int] = None) -> dict:
     """The reports stage: metrics.json, per_gene_pcc.csv, plots/pcc_sections.png and the
     summary table, from the folds' results; ``builds``: {fold name: its build id}."""
     workdir = rf.workdir
+    method = str(config.model.name)
     rf.start("reports", stage_fields("reports", config), builds, NEW)
     test = [s["test"] for s in scores]
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
-                                val_results=val)
+                                val_results=val, method=method, n_params=n_params)
     rf.finish("reports")
+    if n_params is not None:
+        print(f"\nmodel {method}: {n_params:,} trainable parameters")
     if val:
         print(f"\nValidation role of {len(val)} fold(s) (what every choice read); mean +- std "
               "over folds")
@@ -441,10 +446,18 @@ def _done_roles(workdir: Path, fold: Fold) -> set:
     return set(json.loads(done.read_text()).get("roles", ["test"])) if done.exists() else set()
 
 
+def fold_pool(config, model, graphs, fold, data_dir) -> batches.Pool:
+    """The fold's masked training pool plus the model's own inputs (``training.model_inputs``:
+    e.g. the retrieval bank of EGN / BLEEP, built from the pool's labelled spots only)."""
+    pool = batches.build_pool(graphs, fold, seed=int(config.seed),
+                              **subgraph.pool_options(config))
+    return model_inputs.attach(config, factory.model_inputs(model), data_dir, pool)
+
+
 def train_and_evaluate(config, workdir, *, overwrite: bool = False,
                        stop_after: Optional[int] = None, progress: bool = True,
-                       score_test: bool = True, inputs: Optional[tuple] = None
-                       ) -> Optional[dict]:
+                       score_test: bool = True, inputs: Optional[tuple] = None,
+                       data_dir=None) -> Optional[dict]:
     """The whole pipeline; returns {method: {"mean", "std"}} or None if stopped (``stop_after``).
 
     Every stage is reused when its manifest matches; a fold that did not finish resumes from
@@ -455,17 +468,21 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
     aggregate and writes ``validation.json`` instead of the reports (a later call with
     ``score_test=True`` scores the same kept params on test, without training again).
     ``inputs``: (genes, graphs, oracle) to use instead of the run folder's data (tests).
+    ``data_dir``: the run folder whose prepared data, registration and graphs are used (built
+    there if missing); default ``workdir``. Several runs (the rows of
+    ``experiments/paper_tables.py``) share one; checkpoints and reports go to ``workdir``.
     """
     config = validated(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir if data_dir is None else Path(data_dir)
     rf = RunFolder(workdir, overwrite=overwrite)
     if inputs is None:
-        genes, graphs, oracle = load_inputs(config, workdir, overwrite=overwrite)
-        stage_inputs = {"graph": rf.build_id("graph")}
+        genes, graphs, oracle = load_inputs(config, data_dir, overwrite=overwrite)
+        stage_inputs = {"graph": RunFolder(data_dir).build_id("graph")}
     else:
         (genes, graphs, oracle), stage_inputs = inputs, {}
-    folds = _folds(config, workdir, graphs)
+    folds = _folds(config, data_dir, graphs)
     selection.check_config(config, all(f.has_validation for f in folds))
     fields = {f.name: stage_fields(f.name, config, fold=f) for f in folds}
     states = {f.name: rf.check(f.name, fields[f.name], stage_inputs) for f in folds}  # before work
@@ -475,10 +492,15 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
     logger.info("%d fold(s), %d genes, %d devices; run folder %s", len(folds), len(genes),
                 jax.device_count(), workdir)
     roles = ("test", "val") if score_test else ("val",)
-    scores, builds = [], {}
+    scores, builds, n_params = [], {}, None
     for fold in folds:
-        state = states[fold.name]
-        if state == REUSE and _done_roles(workdir, fold) >= set(roles):
+        st = states[fold.name]
+        done = st == REUSE and _done_roles(workdir, fold) >= set(roles)
+        pool = fold_pool(config, model, graphs, fold, data_dir) if not (done and n_params) else None
+        if n_params is None:
+            n_params = count_params(model, pool.example())
+            logger.info("model %s: %d trainable parameters", config.model.name, n_params)
+        if done:
             logger.info("%s: done with the same config; reusing %s", fold.name,
                         fold_dir(workdir, fold))
             scores.append(_load_fold(workdir, fold))
@@ -486,10 +508,8 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
             continue
         # a fold scored on validation only (a sweep candidate) is scored on test from its kept
         # params: training resumes at its last checkpoint, i.e. does nothing
-        rf.start(fold.name, fields[fold.name], stage_inputs, RESUME if state == REUSE else state)
+        rf.start(fold.name, fields[fold.name], stage_inputs, RESUME if st == REUSE else st)
         logger.info("%s", fold.describe())
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
-                                  **subgraph.pool_options(config))
         validator = (selection.Validator(config, fold, graphs, model, pool.pad,
                                          wrap_eval=_tiled_wrap(config, pool))
                      if fold.has_validation else None)
@@ -500,13 +520,13 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
             return None
         params, kept = kept_params(config, fold, workdir, jax.device_get(state.params))
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
-                             roles=roles, oracle=oracle, write=inputs is None)
+                             roles=roles, oracle=oracle, write=inputs is None, data_dir=data_dir)
         _save_fold(workdir, fold, fold_scores, kept)
         builds[fold.name] = rf.finish(fold.name)
         scores.append(fold_scores)
     if not score_test:
         return _finish_validation(workdir, scores)
-    return _finish(config, rf, scores, genes, builds)
+    return _finish(config, rf, scores, genes, builds, n_params)
 
 
 def _finish_validation(workdir: Path, scores: list[dict]) -> dict:
@@ -519,19 +539,21 @@ def _finish_validation(workdir: Path, scores: list[dict]) -> dict:
     return agg
 
 
-def evaluate_all(config, workdir) -> dict:
+def evaluate_all(config, workdir, *, data_dir=None) -> dict:
     """Re-scores every fold from its latest checkpoint (no training); rewrites the reports.
 
     Needs the data stages and each fold's manifest to match ``config``; a fold that never
     started is skipped, an unfinished one is scored at its latest checkpoint (with a warning).
-    The folds' own results (done.json) are left alone.
+    The folds' own results (done.json) are left alone. ``data_dir`` as in
+    ``train_and_evaluate``.
     """
     config = validated(config)
     workdir = Path(workdir)
+    data_dir = workdir if data_dir is None else Path(data_dir)
     rf = RunFolder(workdir, remedy=EVALUATE_REMEDY)
-    genes, graphs, oracle = load_inputs(config, workdir, build=False)
-    folds = _folds(config, workdir, graphs)
-    inputs = {"graph": rf.build_id("graph")}
+    genes, graphs, oracle = load_inputs(config, data_dir, build=False)
+    folds = _folds(config, data_dir, graphs)
+    inputs = {"graph": RunFolder(data_dir).build_id("graph")}
     names = prediction_names(folds)
     model, _ = factory.build(config, len(genes))
     scores, builds = [], {}
@@ -541,8 +563,7 @@ def evaluate_all(config, workdir) -> dict:
             logger.warning("%s: never trained (no %s); skipped", fold.name,
                            rf.manifest_path(fold.name))
             continue
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed),
-                                  **subgraph.pool_options(config))
+        pool = fold_pool(config, model, graphs, fold, data_dir)
         state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
         try:
             params, step = checkpoint.restore_params(state, fold_dir(workdir, fold))
@@ -556,7 +577,7 @@ def evaluate_all(config, workdir) -> dict:
         step = step if kept is None else kept["step"]
         logger.info("%s: re-scoring from %s (step %d)", fold.name, fold_dir(workdir, fold), step)
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
-                             oracle=oracle)
+                             oracle=oracle, data_dir=data_dir)
         for r, _ in fold_scores.values():
             r["step"] = step
         scores.append(fold_scores)

@@ -8,7 +8,7 @@ With the full public dataset, set data.sections="" and train.folds to the 4 pati
 e.g. (("A","E"),("B","F"),("C","G"),("D","H")).
 """
 
-from asign_jax.config import base_config
+from asign_jax.config import base_config, cpu_baselines
 
 
 def get_config():
@@ -48,4 +48,7 @@ def get_config():
     c.model.cli_node_alpha = "fixed"
     c.model.spot_offset = "known"
     c.model.image_skip = True
+    # the paper's baselines (--config.model.name=stnet|egn|...) at CPU sizes: 128 wide, 2 deep
+    cpu_baselines(c, dim=128)
+    c.model.his2st.mixer_out = 8        # token grid 4 x 4 x 8 = 128 = his2st dim
     return c

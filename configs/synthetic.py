@@ -3,7 +3,7 @@
     python -m asign_jax.train --config configs/synthetic.py --workdir runs/synthetic
 """
 
-from asign_jax.config import base_config
+from asign_jax.config import base_config, cpu_baselines
 
 
 def get_config():
@@ -46,4 +46,8 @@ def get_config():
     c.graph.cross_mode = "calibrated"
     c.graph.cross_radius = 384.0
     c.train.eval_genes = ("G000", "G001")
+    # the paper's baselines (--config.model.name=stnet|egn|...) at CPU sizes: 64 wide, 2 deep
+    # (the originals are 512-1024 wide, 4-16 deep; base_config keeps those sizes)
+    cpu_baselines(c, dim=64)
+    c.model.his2st.mixer_out = 16       # token grid 2 x 2 x 16 = 64 = his2st dim
     return c

@@ -1,6 +1,6 @@
 """A tiny CPU config for tests: 2 synthetic samples x 3 sections, tiny images, a few steps."""
 
-from asign_jax.config import base_config
+from asign_jax.config import base_config, cpu_baselines
 
 
 def get_config():
@@ -34,4 +34,8 @@ def get_config():
     c.train.checkpoint_every = 4
     c.train.val_every = 4
     c.train.eval_genes = ("G000",)
+    cpu_baselines(c, dim=16, depth=1, heads=2)
+    c.model.bleep.projection_dim = 16
+    c.model.egn.depth = 2                # one exemplar bridge block (every 2nd layer)
+    c.model.his2st.update(mixer_channels=8, mixer_out=16, gnn_layers=2)
     return c

@@ -143,7 +143,7 @@ def test_evaluate_fold_and_reports(tmp_path):
     np.testing.assert_allclose(adata.obsm["spatial"], pixel)           # each section's own px
     np.testing.assert_allclose(adata.obsm["spatial_3d"][:, :2], graphs["A"].spot.nodes["xy"])
     np.testing.assert_array_equal(adata.obsm["spatial_3d"][:, 2], np.repeat([0, 1, 2], 9))
-    assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap"}
+    assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap", "similarity"}
     assert (tmp_path / "plots" / "genemap_A_A1_g1.png").exists()
 
     res2 = json.loads(json.dumps(atomic.json_safe(res)))            # as read back from done.json
@@ -153,7 +153,8 @@ def test_evaluate_fold_and_reports(tmp_path):
     assert m["validation"]["folds"][0]["samples"] == ["C"]
     assert set(m["validation"]["methods"]) == set(m["folds"][0]["mean"])
     assert set(m["components"]) == {"asign_model", "asign_propagation"}
-    assert set(m["baselines"]) == {"known_mean", "overlap", "ridge"}
+    assert set(m["baselines"]) == set(baselines.METHODS) >= {"known_mean", "overlap",
+                                                              "similarity"}
     assert set(m["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
     assert m["mean"]["mse"] == pytest.approx(0.25, rel=1e-5) and m["std"]["mse"] == 0.0
     assert m["baselines"]["known_mean"]["mean"]["pcc_gene"] is None

@@ -1,5 +1,6 @@
-"""Reference predictors scored beside ASIGN: ASIGN App. E's training-free 3D baselines, a ridge
-regression on the image features, and (synthetic data only) the oracle ceiling.
+"""Reference predictors scored beside ASIGN: ASIGN App. E's training-free 3D baselines
+(overlap, similarity), a ridge regression on the image features, and (synthetic data only)
+the oracle ceiling.
 
 The references read ONLY the known layer's spot labels, and they read them from the masked
 sample that training sees (``asign_jax.training.batches.mask_sample``), so a test label cannot
@@ -12,6 +13,11 @@ overlap:    after registration every spot is a circle of radius ``config.graph.s
             (tissue outside the known section, or a poor registration) it falls back to the
             NEAREST known spot (not to known_mean: the nearest spot stays spatially local, which
             is the idea of the baseline). The number of fallbacks is reported.
+similarity: every spot gets the mean label of the ``k`` (App. E: 20) known-layer spots whose
+            image features are most similar to its own (cosine of the spot features the
+            model reads, i.e. the cached ResNet-50 feature z-scored per sample; ASIGN's code
+            takes the cosine of ResNet-50 features through an untrained random Linear, which
+            is a random projection of the same). Fewer than k known spots: all of them.
 ridge:      a ridge regression from the spot's image feature (the model's input view: z-scored
             per sample) to its expression, fit on the known layer's spots alone, the penalty
             chosen by 5-fold CV inside the known layer. It shows how much of the expression the
@@ -33,7 +39,8 @@ from asign_jax.errors import DataError
 from asign_jax.graph.iou import circle_iou  # noqa: F401  (also this module's public name)
 from asign_jax.preprocess.normalize import normalize
 
-METHODS = ("known_mean", "overlap", "ridge")
+METHODS = ("known_mean", "overlap", "ridge", "similarity")
+SIMILARITY_K = 20
 CEILINGS = ("oracle",)
 """Rows that are not methods (they read the generator's truth) but are printed beside them."""
 
@@ -146,14 +153,41 @@ def ridge(known_feats: np.ndarray, known_labels: np.ndarray, query_feats: np.nda
     return out.astype(np.float32), pen
 
 
-def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[dict, dict]:
+def similarity(known_feat: np.ndarray, known_labels: np.ndarray, query_feat: np.ndarray,
+               k: int = SIMILARITY_K, chunk: int = 2048) -> np.ndarray:
+    """Mean label of the ``k`` known spots most similar (cosine of features) to each query.
+
+    Args:
+      known_feat: (K, D) features of the known spots; known_labels: (K, G) their labels.
+      query_feat: (M, D) features of the spots to predict.
+      k: neighbours per query (clipped to K).
+
+    Returns:
+      (M, G) float32.
+    """
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    kf = unit(np.asarray(known_feat, np.float64))
+    labels = np.asarray(known_labels, np.float64)
+    k = min(int(k), len(kf))
+    out = np.empty((len(query_feat), labels.shape[1]), np.float32)
+    for start in range(0, len(query_feat), chunk):
+        cos = unit(np.asarray(query_feat[start:start + chunk], np.float64)) @ kf.T   # (m, K)
+        top = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+        out[start:start + len(cos)] = labels[top].mean(1)
+    return out
+
+
+def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
+                   similarity_k: int = SIMILARITY_K) -> tuple[dict, dict]:
     """Baseline predictions for every real spot of one masked held-out sample.
 
     Args:
       spot_nodes: unpadded spot node arrays of the MASKED sample ("label", "label_mask",
-        "layer", "xy"); only rows with label_mask & layer == known_layer are read.
+        "layer", "xy", "feat"); labels are read only in rows with label_mask & layer ==
+        known_layer.
       known_layer: the known layer.
       radius: spot circle radius, px.
+      similarity_k: neighbours of the similarity reference (``evaluation.similarity_k``).
 
     Returns:
       ({method: (N, G) float32}, {"overlap_fallback": (N,) bool, spots that had no overlapping
@@ -168,7 +202,9 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float) -> tuple[d
     pred_overlap, fallback = overlap(xy[src], labels, xy, radius)
     feats = np.asarray(spot_nodes["feat"])
     pred_ridge, penalty = ridge(feats[src], labels, feats)
-    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge},
+    pred_similar = similarity(feats[src], labels, feats, similarity_k)
+    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge,
+             "similarity": pred_similar},
             {"overlap_fallback": fallback, "ridge_penalty": penalty})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -20,10 +20,10 @@ from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
 
 def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
                       fold_index: int, prepared) -> Path:
-    """AnnData (``spatial_data`` convention): X = ASIGN prediction, layers truth / the other
-    methods, obs section, layer, spot_id (original), known; obsm spatial (the section's own
-    pixels) and spatial_3d (registered x, y; z = layer index); uns spatial with each section's
-    lowres image.
+    """AnnData (``spatial_data`` convention): X = the model's prediction (``p.method``),
+    layers truth / every other method (its components, the references), obs section, layer,
+    spot_id (original), known; obsm spatial (the section's own pixels) and spatial_3d
+    (registered x, y; z = layer index); uns spatial with each section's lowres image.
 
     ``prepared``: the sample's ``PreparedSample`` (spot ids, pixel centres and images, in the
     node order of the graph).
@@ -35,12 +35,13 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
     layer = np.asarray(p.spot["layer"]).astype(int)
     xy = np.asarray(p.spot["xy"], np.float64)
     adata = spatial_data.make_adata(
-        p.preds["asign"], genes, p.section_names, layer,
+        p.preds[p.method], genes, p.section_names, layer,
         np.concatenate([s.spot_ids for s in secs]),
         np.concatenate([s.pixel_xy for s in secs]),
         np.column_stack([xy, layer.astype(np.float64)]),
         columns={"known": layer == p.known_layer},
-        layers={"truth": p.truth, **{m: v for m, v in p.preds.items() if m != "asign"}})
+        layers={"truth": p.truth, **{m: v for m, v in p.preds.items() if m != p.method}})
+    adata.uns["method"] = p.method
     adata.uns["fold"] = int(fold_index)
     adata.uns["known_layer"] = int(p.known_layer)
     adata.uns["spatial"] = {
@@ -54,12 +55,13 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
 
 def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequence[str],
                    eval_genes: Sequence[str]) -> list[Path]:
-    """Per test section and gene of ``eval_genes`` present: truth | ASIGN | overlap scatter."""
+    """Per test section and gene of ``eval_genes`` present: truth | the model | overlap scatter."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     preds, truth, section_names, known_layer = p.preds, p.truth, p.section_names, p.known_layer
+    method = p.method
     genes = [str(g) for g in genes]
     layer = p.layer.astype(int)
     xy = np.asarray(p.spot["xy"])
@@ -71,7 +73,7 @@ def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequen
         g = genes.index(gname)
         for l in sorted(set(layer.tolist()) - {known_layer}):
             rows = layer == l
-            panels = [("truth", truth[rows, g]), ("ASIGN", preds["asign"][rows, g]),
+            panels = [("truth", truth[rows, g]), (method, preds[method][rows, g]),
                       ("overlap", preds["overlap"][rows, g])]
             vmin, vmax = np.percentile(truth[rows, g], [1, 99])
             fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
@@ -85,10 +87,10 @@ def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequen
                 ax.set_yticks([])
             fig.colorbar(sc, ax=axes, shrink=0.8)
             fig.suptitle(f"{stem} section {section_names[l]} (layer {l}; known layer {known_layer})")
-            p = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
-            fig.savefig(p, dpi=90)
+            path = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
+            fig.savefig(path, dpi=90)
             plt.close(fig)
-            written.append(p)
+            written.append(path)
     return written
 
 
@@ -147,23 +149,28 @@ def summary_table(agg: dict) -> str:
 
 
 def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: Sequence[dict],
-                  genes: Sequence[str], val_results: Sequence[dict] = ()) -> dict:
+                  genes: Sequence[str], val_results: Sequence[dict] = (),
+                  method: str = "asign", n_params: Optional[int] = None) -> dict:
     """metrics.json, per_gene_pcc.csv and plots/pcc_sections.png; returns the test aggregate.
 
-    metrics.json: the test block ("folds", "mean"/"std" of ASIGN, "components", "baselines",
-    on synthetic data "ceilings" = the oracle) and, when the folds have a validation role, a
-    "validation" block ("folds" with each fold's selection record, "methods") beside it: the
-    only scores any selection read. The test block is scored once, with the selected params.
+    metrics.json: the test block ("method", "folds", "mean"/"std" of the model ``method``,
+    "components" (ASIGN's halves), "baselines" (the references), on synthetic data "ceilings"
+    = the oracle, "n_params") and, when the folds have a validation role, a "validation" block
+    ("folds" with each fold's selection record, "methods") beside it: the only scores any
+    selection read. The test block is scored once, with the selected params.
     """
     workdir = Path(workdir)
     agg = aggregate(fold_results)
-    metrics = {"folds": list(fold_results), "mean": agg["asign"]["mean"], "std": agg["asign"]["std"],
+    metrics = {"method": method, "folds": list(fold_results), "mean": agg[method]["mean"],
+               "std": agg[method]["std"],
                "components": {m: v for m, v in agg.items() if m in COMPONENTS},
                "baselines": {m: v for m, v in agg.items() if m in baselines.METHODS},
                "conventions": CONVENTIONS}
     ceilings = {m: v for m, v in agg.items() if m in baselines.CEILINGS}
     if ceilings:
         metrics["ceilings"] = ceilings
+    if n_params is not None:
+        metrics["n_params"] = int(n_params)
     if val_results:
         vagg = aggregate(val_results)
         metrics["validation"] = {"folds": list(val_results), "methods": vagg}

@@ -1,8 +1,10 @@
 """Scoring of one fold: the model's outputs and the reference methods on the same spots.
 
-Methods: ``asign`` (the final p'_s), its two halves ``asign_model`` (the network's p_s) and
-``asign_propagation`` (the CLI's p_i), the references of ``evaluation.references`` and, on
-synthetic data, the ``oracle`` ceiling, all on the spots of the scored rows:
+Methods: the model's outputs (``model_outputs``: for ASIGN ``asign`` = the final p'_s and its
+two halves ``asign_model`` (the network's p_s) and ``asign_propagation`` (the CLI's p_i); for
+any other model its "spot" prediction under its name), the references of
+``evaluation.references`` and, on synthetic data, the ``oracle`` ceiling, all on the spots of
+the scored rows:
 
 * role "test": the test layers of the held-out samples; the CLI's known set is the whole known
   layer (validation blocks included: at test time the known layer is given).
@@ -25,10 +27,17 @@ from asign_jax.training import batches
 logger = logging.getLogger(__name__)
 
 MODEL_OUTPUTS = {"asign": "spot", "asign_model": "spot_model", "asign_propagation": "imputed"}
-"""Method name -> key of the model's output dict (``models.asign.ASIGN``)."""
+"""ASIGN's scored outputs: method name -> key of the model's output dict (``models.asign.ASIGN``)."""
 COMPONENTS = tuple(m for m in MODEL_OUTPUTS if m != "asign")
 """ASIGN's two halves, scored like methods: the network's p_s and the CLI propagation p_i
 (p'_s = alpha p_s + (1 - alpha) p_i, eq. 6). They show where ASIGN's numbers come from."""
+
+
+def model_outputs(name: str) -> dict:
+    """{method: output key} scored for the model ``config.model.name``: ASIGN's three outputs
+    (``MODEL_OUTPUTS``), or, for any other model (the baselines, asign2d), its "spot"
+    prediction under its own name."""
+    return dict(MODEL_OUTPUTS) if name == "asign" else {name: "spot"}
 
 
 @dataclasses.dataclass
@@ -42,6 +51,7 @@ class SamplePredictions:
       preds: {method: (N, G) float32}.
       info: per-spot extras of the references ({"overlap_fallback": (N,) bool}).
       scored: (N,) bool, the spots that are scored (test layers, or validation spots).
+      method: the model's method name (its row in ``preds``; the AnnData's X).
     """
 
     sample_id: str
@@ -51,6 +61,7 @@ class SamplePredictions:
     preds: dict
     info: dict
     scored: Optional[np.ndarray] = None
+    method: str = "asign"
 
     def __post_init__(self):
         if self.scored is None:
@@ -86,16 +97,18 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=N
     out = eval_fn(pad_fn(masked))
     spot = batches.unpadded_nodes(graph, "spot")
     n = len(spot["layer"])
-    preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in MODEL_OUTPUTS.items()}
+    method = str(config.model.name)
+    preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in model_outputs(method).items()}
     info = {"overlap_fallback": np.zeros(n, bool)}
     if references:
         base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"),
-                                              known_layer, float(config.graph.spot_radius))
+                                              known_layer, float(config.graph.spot_radius),
+                                              int(config.evaluation.similarity_k))
         preds.update(base)
     if oracle is not None:
         preds["oracle"] = np.asarray(oracle, np.float32)
     return SamplePredictions(graph.sample_id, list(graph.section_names), int(known_layer), spot,
-                             preds, info, scored)
+                             preds, info, scored, method)
 
 
 def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:

@@ -85,7 +85,10 @@ class Validator:
         self.views = scoring.role_views(fold, graphs, "val")
         if not self.views:
             raise ValueError(f"{fold.name} has no validation role")
-        self.refit = str(config.model.blend) == "validation"
+        self.method = str(config.model.name)
+        self.outputs = scoring.model_outputs(self.method)     # ASIGN: the final and its halves
+        # the eq.-6 blend exists only in ASIGN (a baseline's config may still say "validation")
+        self.refit = str(config.model.blend) == "validation" and "asign_model" in self.outputs
         self.select = str(config.train.select)
         self._references: Optional[dict] = None
 
@@ -97,7 +100,7 @@ class Validator:
                 p = scoring.predict_sample(self.config, self.graphs[sid],
                                            self.fold.known_layer[sid], _no_model, self.pad_fn,
                                            masked=masked, scored=scored, references=True)
-                for m in scoring.MODEL_OUTPUTS:
+                for m in self.outputs:
                     p.preds.pop(m)
                 sections += scoring.score_sample(p)[0]
             methods = list(sections[0]["methods"])
@@ -129,16 +132,16 @@ class Validator:
             alpha = (1 / (1 + np.exp(-np.asarray(params["cli"]["theta"], np.float64)))
                      if "cli" in params else np.ones(preds[0].truth.shape[1]))
         sections = [s for p in preds for s in scoring.score_sample(p)[0]]
-        means = {m: fold_means(sections, m) for m in scoring.MODEL_OUTPUTS}
+        means = {m: fold_means(sections, m) for m in self.outputs}
         refs = self.references()
         metrics = {}
         for m, v in list(means.items()) + [(r, refs[r]) for r in ("known_mean",)]:
-            suffix = "" if m == "asign" else "_" + m.replace("asign_", "")
+            suffix = "" if m == self.method else "_" + m.replace("asign_", "")
             metrics[f"val_mse{suffix}"] = v["mse"]
             if m != "known_mean":
                 metrics[f"val_pcc_gene{suffix}"] = v["pcc_gene"]
         metrics["val_alpha_mean"] = float(np.mean(alpha))
-        score = {"pcc_gene": means["asign"]["pcc_gene"], "mse": -means["asign"]["mse"],
+        score = {"pcc_gene": means[self.method]["pcc_gene"], "mse": -means[self.method]["mse"],
                  "last": 0.0}[self.select]
         if not np.isfinite(score):
             score = -np.inf

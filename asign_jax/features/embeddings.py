@@ -6,6 +6,7 @@ or ``.npz`` with ``"<section>/<name>"`` keys::
 
     <section>/spot_ids        (N,)  str     spot ids as in the ST data (e.g. "10x13")
     <section>/spot            (N, D)        pooled spot-patch embeddings
+    <section>/spot_tokens     (N, T, D)     optional token grid of each spot patch
     <section>/region_origin   (R, 2) int    top-left (x, y) px of each region tile
     <section>/region          (R, D)        pooled region-tile embeddings
     <section>/region_tokens   (R, T, D)     optional token grid of each region tile
@@ -131,8 +132,9 @@ class EmbeddingsReader:
         """Looks up a section's embeddings; ``image``, ``spot_xy``, ``data_cfg`` and
         ``cache_dir`` are unused (kept for the common interface). ``spot_ids`` is required.
 
-        Returns spot_feats (N, D) float32, region_feats (R, D) float32, region_tokens
-        (R, T, D) float16, global_feats, global_tokens likewise.
+        Returns spot_feats (N, D) float32, spot_tokens (N, T, D) float16 (the pooled vector as
+        one token when the file has no 'spot_tokens'), region_feats (R, D) float32,
+        region_tokens (R, T, D) float16, global_feats, global_tokens likewise.
         """
         del image, data_cfg, cache_dir
         if spot_ids is None:
@@ -148,6 +150,7 @@ class EmbeddingsReader:
         spot = self._matrix(sec, "spot", len(file_ids))
         rows = _match(self.path, section_name, "spot", spot_ids, file_ids)
         out = {"spot_feats": spot[rows]}
+        out["spot_tokens"] = self._tokens(sec, "spot", spot)[rows]
 
         for level, origin in (("region", region_origin), ("global", global_origin)):
             origin = np.asarray(origin, np.int64).reshape(-1, 2)
@@ -160,21 +163,8 @@ class EmbeddingsReader:
             rows = _match(self.path, section_name, f"{level} tile origin",
                           [tuple(int(v) for v in o) for o in origin],
                           [tuple(int(v) for v in o) for o in f_origin])
-            toks = sec.get(f"{level}_tokens", required=False)
-            if toks is None:
-                if not self._logged_single_token:
-                    logger.info("%s: no %s_tokens; using the pooled vector as a single token "
-                                "(T=1), so cross-attention has one key per tile", where, level)
-                    self._logged_single_token = True
-                toks = feats[:, None, :]
-            else:
-                toks = np.asarray(toks)
-                if toks.ndim != 3 or toks.shape[0] != len(f_origin) \
-                        or toks.shape[2] != feats.shape[1]:
-                    raise DataError(f"{where}: '{level}_tokens' must be ({len(f_origin)}, T, "
-                                    f"{feats.shape[1]}), got {toks.shape}")
             out[f"{level}_feats"] = feats[rows]
-            out[f"{level}_tokens"] = np.asarray(toks[rows], dtype=np.float16)
+            out[f"{level}_tokens"] = self._tokens(sec, level, feats)[rows]
 
         for k, v in out.items():
             if not np.isfinite(v).all():
@@ -183,6 +173,21 @@ class EmbeddingsReader:
         if len(set(dims.values())) > 1:
             logger.info("%s: embedding dims differ between levels: %s", where, dims)
         return out
+
+    def _tokens(self, sec: _Section, level: str, feats: np.ndarray) -> np.ndarray:
+        """'<level>_tokens' (rows, T, D) float16, or the pooled ``feats`` as one token (T=1)."""
+        toks = sec.get(f"{level}_tokens", required=False)
+        if toks is None:
+            if not self._logged_single_token:
+                logger.info("%s: section %r: no %s_tokens; using the pooled vector as a single "
+                            "token (T=1)", self.path, sec.section, level)
+                self._logged_single_token = True
+            return feats[:, None, :].astype(np.float16)
+        toks = np.asarray(toks)
+        if toks.ndim != 3 or toks.shape[0] != len(feats) or toks.shape[2] != feats.shape[1]:
+            raise DataError(f"{self.path}: section {sec.section!r}: '{level}_tokens' must be "
+                            f"({len(feats)}, T, {feats.shape[1]}), got {toks.shape}")
+        return toks.astype(np.float16)
 
     def _matrix(self, sec: _Section, name: str, n_rows: int) -> np.ndarray:
         a = np.asarray(sec.get(name))

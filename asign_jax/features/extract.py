@@ -4,8 +4,11 @@
 (``FeatureExtractor`` here, ``EmbeddingsReader`` for precomputed embeddings) offer the same
 ``section_features(...)``, returning::
 
-    spot_feats (N, D) float32, region_feats (R, D) float32, region_tokens (R, T, D) float16,
-    global_feats (Q, D) float32, global_tokens (Q, T, D) float16
+    spot_feats (N, D) float32, spot_tokens (N, T, D) float16, region_feats (R, D) float32,
+    region_tokens (R, T, D) float16, global_feats (Q, D) float32, global_tokens (Q, T, D) float16
+
+(the spot token grid feeds the baselines that read a spot's token grid, ``models/egn.py``,
+``his2st.py``, ``triplex.py``; it costs no extra forward pass).
 
 Results of ``FeatureExtractor.section_features`` are cached per section in ``cache_dir`` as
 ``<section>-<key>.npz``; the key hashes everything the features depend on (encoder, weights
@@ -41,8 +44,9 @@ from asign_jax.preprocess.patches import crop_patches
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
-CACHE_VERSION = 1          # bump when the feature computation changes
-_OUTPUT_KEYS = ("spot_feats", "region_feats", "region_tokens", "global_feats", "global_tokens")
+CACHE_VERSION = 2          # bump when the feature computation changes (2: + spot_tokens)
+_OUTPUT_KEYS = ("spot_feats", "spot_tokens", "region_feats", "region_tokens", "global_feats",
+                "global_tokens")
 
 
 def _forward(model, variables, images, grid):
@@ -242,13 +246,17 @@ class FeatureExtractor:
         with tqdm(total=total, desc=f"features {section_name}", unit="patch",
                   leave=False) as bar:
             chunk = 4 * self.batch_size
-            parts = []
+            parts, tparts = [], []
             for i in range(0, len(spot_xy), chunk):   # crop lazily: N patches can be large
                 patches = crop_patches(image, spot_xy[i:i + chunk], int(data_cfg.spot_size))
-                parts.append(self.encode(patches, int(c.spot_input), False, bar.update)[0])
-            spot_feats = (np.concatenate(parts) if parts
-                          else np.zeros((0, FEATURE_DIM), np.float32))
-            out = {"spot_feats": spot_feats}
+                f, t = self.encode(patches, int(c.spot_input), True, bar.update)
+                parts.append(f)
+                tparts.append(t)
+            g = self.grid_for(int(c.spot_input))
+            out = {"spot_feats": (np.concatenate(parts) if parts
+                                  else np.zeros((0, FEATURE_DIM), np.float32)),
+                   "spot_tokens": (np.concatenate(tparts) if tparts
+                                   else np.zeros((0, g * g, FEATURE_DIM), np.float16))}
             for level, origin, size, inp in (
                     ("region", region_origin, int(data_cfg.region_size), int(c.region_input)),
                     ("global", global_origin, int(data_cfg.global_size), int(c.global_input))):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
-from asign_jax.graph.contract import edge_mask, node_mask
+from asign_jax.graph.contract import EDGE_CROSS, edge_mask, node_mask
 from asign_jax.models.cli import CrossLayerImputation
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models import sparse
@@ -111,8 +111,13 @@ class SpatialGraphBlock(nn.Module):
         return jnp.einsum("l,lnh->nh", w, outs)
 
 
-def _edges(g: jraph.GraphsTuple) -> tuple:
-    return g.senders, g.receivers, g.edges["weight"], g.edges["type"], edge_mask(g)
+def _edges(g: jraph.GraphsTuple, cross_layer: bool = True) -> tuple:
+    """(senders, receivers, weight, type, mask); ``cross_layer=False`` masks the cross-layer
+    edges out (the 2D graph of ASIGN 2D / Table IV, on the same stored 3D graph)."""
+    mask = edge_mask(g)
+    if not cross_layer:
+        mask = mask & (g.edges["type"] != EDGE_CROSS)
+    return g.senders, g.receivers, g.edges["weight"], g.edges["type"], mask
 
 
 def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
@@ -178,11 +183,12 @@ class ASIGN(nn.Module):
         spot_ctx = jnp.stack([r_feat[ridx], g_feat[gidx]], axis=1)             # (N_s, 2, H)
         region_ctx = g_feat[region.nodes["global_idx"]][:, None]               # (N_r, 1, H)
         glob_ctx = jnp.zeros((g_feat.shape[0], 0, hidden), g_feat.dtype)       # (N_q, 0, H)
-        h_s = block("spot_block")(fused, spot_ctx, *_edges(spot), train=train)
+        cross = bool(c.cross_layer_edges)
+        h_s = block("spot_block")(fused, spot_ctx, *_edges(spot, cross), train=train)
         h_r = block("region_block")(drop(r_feat, deterministic=not train), region_ctx,
-                                    *_edges(region), train=train)
+                                    *_edges(region, cross), train=train)
         h_g = block("global_block")(drop(g_feat, deterministic=not train), glob_ctx,
-                                    *_edges(glob), train=train)
+                                    *_edges(glob, cross), train=train)
 
         real = node_mask(spot)
         known = known & spot.nodes["label_mask"] & real
@@ -200,7 +206,7 @@ class ASIGN(nn.Module):
 
         # -- cross-layer imputation (eq. 5-6) --------------------------------------------------
         if c.use_cli:
-            senders, receivers, weight, _, emask = _edges(spot)
+            senders, receivers, weight, _, emask = _edges(spot, cross)
             cli = CrossLayerImputation(c.cli_iterations, c.cli_node_alpha, name="cli")(
                 h_s, p_s, spot.nodes["label"], known, senders, receivers, weight, emask, real)
         else:

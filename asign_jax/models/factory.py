@@ -3,7 +3,11 @@ plus one line in ``MODELS``.
 
 Every model is a linen module called as ``model(spot, region, glob, known, *, train)`` on ONE
 padded sample (``graph/contract.py``) and returns a dict with at least "spot" (N_s, G), the
-prediction that is scored. Its loss has the signature of ``training.losses.asign_loss``. The
+prediction that is scored (under the model's name, ``evaluation.scoring.model_outputs``). A
+model that needs more than the graphs lists the inputs in an ``inputs()`` method and takes
+them as ``model(spot, region, glob, known, extra, *, train)``; ``training.model_inputs``
+builds them per fold from the masked pool (the retrieval bank of EGN / BLEEP, token grids,
+array positions, neighbour tables). Its loss has the signature of ``training.losses.asign_loss``. The
 module's config is frozen (``ml_collections.FrozenConfigDict``), so two modules built from
 equal configs are equal and hash alike: jitted steps that take the model as a static argument
 compile once per configuration, across folds and relaunches.
@@ -17,11 +21,32 @@ import ml_collections
 
 from asign_jax.errors import ConfigError
 from asign_jax.models.asign import ASIGN
+from asign_jax.models.asign2d import ASIGN2D
+from asign_jax.models.bleep import BLEEP, bleep_loss
+from asign_jax.models.blocks import spot_mse_loss
+from asign_jax.models.egn import EGN, egn_loss
+from asign_jax.models.his2st import His2ST, his2st_loss
+from asign_jax.models.histogene import HisToGene
+from asign_jax.models.stnet import STNet
+from asign_jax.models.triplex import Triplex, triplex_loss
 from asign_jax.training.losses import asign_loss
 
 MODELS = {
     "asign": (ASIGN, asign_loss),
+    "asign2d": (ASIGN2D, asign_loss),
+    "stnet": (STNet, spot_mse_loss),
+    "egn": (EGN, egn_loss),
+    "histogene": (HisToGene, spot_mse_loss),
+    "bleep": (BLEEP, bleep_loss),
+    "his2st": (His2ST, his2st_loss),
+    "triplex": (Triplex, triplex_loss),
 }
+
+
+def model_inputs(model) -> tuple:
+    """The ``extra`` inputs ``model`` reads (``training.model_inputs``); () for ASIGN."""
+    inputs = getattr(model, "inputs", None)
+    return tuple(inputs()) if inputs is not None else ()
 
 
 def build(config, n_genes: int) -> tuple[object, Callable]:

@@ -37,7 +37,8 @@ from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region
 
 logger = logging.getLogger(__name__)
 
-FEATURE_KEYS = ("spot_feats", "region_feats", "region_tokens", "global_feats", "global_tokens")
+FEATURE_KEYS = ("spot_feats", "spot_tokens", "region_feats", "region_tokens", "global_feats",
+                "global_tokens")
 
 
 def check_data_config(data_cfg) -> None:
@@ -79,7 +80,10 @@ def label_tiles(counts: np.ndarray, spot_tile: np.ndarray, n_tiles: int, method:
 
 
 def _check_features(feats: dict, section: str, n: int, r: int, q: int) -> dict:
-    """Validates the extractor's output shapes and casts to the stored dtypes."""
+    """Validates the extractor's output shapes and casts to the stored dtypes (an extractor that
+    gives no ``spot_tokens`` gets the pooled spot feature as a one-token grid)."""
+    if "spot_tokens" not in feats and "spot_feats" in feats:   # an extractor without spot grids
+        feats = {**feats, "spot_tokens": np.asarray(feats["spot_feats"])[:, None]}
     missing = [k for k in FEATURE_KEYS if k not in feats]
     if missing:
         raise DataError(f"section {section!r}: feature extractor returned no {missing}")
@@ -92,7 +96,7 @@ def _check_features(feats: dict, section: str, n: int, r: int, q: int) -> dict:
         if out[k].shape != shape:
             raise DataError(f"section {section!r}: {k} has shape {out[k].shape}, expected "
                             f"{shape}")
-    for k, rows in (("region_tokens", r), ("global_tokens", q)):
+    for k, rows in (("spot_tokens", n), ("region_tokens", r), ("global_tokens", q)):
         t = out[k]
         if t.ndim != 3 or t.shape[0] != rows or t.shape[2] != d:
             raise DataError(f"section {section!r}: {k} has shape {t.shape}, expected "

@@ -30,7 +30,8 @@ _ARRAY_FIELDS = (
     "spot_ids", "array_xy", "pixel_xy", "spot_counts", "spot_labels",
     "region_origin", "region_counts", "region_labels", "spot_region",
     "global_origin", "global_counts", "global_labels", "spot_global", "region_global",
-    "spot_feats", "region_feats", "region_tokens", "global_feats", "global_tokens",
+    "spot_feats", "spot_tokens", "region_feats", "region_tokens", "global_feats",
+    "global_tokens",
     "image_shape",
 )
 
@@ -59,6 +60,8 @@ class PreparedSection:
       global_origin, global_counts, global_labels, spot_global: the same for 1024 tiles.
       region_global: (R,) int32 index of the global tile containing each region tile.
       spot_feats: (N, D) float32 pooled spot-patch features (None before feature extraction).
+      spot_tokens: (N, T, D) float16 pooled grid of the spot patch's last feature map (read
+        by the baselines, ``training.model_inputs``; None in data prepared before it existed).
       region_feats / global_feats: (R, D) / (Q, D) float32 pooled tile features.
       region_tokens / global_tokens: (R, T, D) / (Q, T, D) float16 pooled grid of the last
         feature map (T = grid*grid), keys/values for the model's cross-attention.
@@ -84,6 +87,7 @@ class PreparedSection:
     region_global: np.ndarray
     image_shape: np.ndarray
     spot_feats: Optional[np.ndarray] = None
+    spot_tokens: Optional[np.ndarray] = None
     region_feats: Optional[np.ndarray] = None
     region_tokens: Optional[np.ndarray] = None
     global_feats: Optional[np.ndarray] = None

@@ -9,6 +9,20 @@ from asign_jax.graph.contract import SCALES
 FEATURE_NORMS = ("sample", "none")
 
 
+def feature_stats(feat: np.ndarray, n_real: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (D,), of the first ``n_real`` rows of ``feat`` (N, D) (0 / 1 if none)."""
+    feat = np.asarray(feat, np.float32)
+    if not n_real:
+        return np.zeros(feat.shape[1:], np.float32), np.ones(feat.shape[1:], np.float32)
+    return feat[:n_real].mean(0), feat[:n_real].std(0)
+
+
+def apply_stats(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / (std + 1e-3) over the last axis, in x's dtype."""
+    x = np.asarray(x)
+    return ((x.astype(np.float32) - mean) / (std + 1e-3)).astype(x.dtype)
+
+
 def standardize_features(sample, mode: str = "sample"):
     """Per-sample, per-dimension z-scoring of the image features of every scale (model input).
 
@@ -30,12 +44,9 @@ def standardize_features(sample, mode: str = "sample"):
         g = sample.graph(scale)
         n_real = int(np.asarray(g.n_node)[0])
         nodes = dict(g.nodes)
-        feat = np.asarray(nodes["feat"], np.float32)
-        mean = feat[:n_real].mean(0) if n_real else np.zeros(feat.shape[1:], np.float32)
-        std = feat[:n_real].std(0) if n_real else np.ones(feat.shape[1:], np.float32)
+        mean, std = feature_stats(nodes["feat"], n_real)
         for key in ("feat", "tokens"):
             if key in nodes:
-                x = np.asarray(nodes[key])
-                nodes[key] = ((x.astype(np.float32) - mean) / (std + 1e-3)).astype(x.dtype)
+                nodes[key] = apply_stats(nodes[key], mean, std)
         new[scale] = g._replace(nodes=nodes)
     return sample.replace_graphs(new)

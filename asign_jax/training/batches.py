@@ -137,6 +137,13 @@ def fold_view(graph, fold, role: str | None = None, *, with_validation: bool = T
     return mask_sample(graph, role, fold.known_layer.get(sid), hidden)
 
 
+def model_extra(sample: dict) -> dict:
+    """``{"extra": ...}`` when a (padded) sample carries per-model inputs
+    (``training.model_inputs``), else {}: a model without ``inputs()`` keeps the plain
+    ``model(spot, region, glob, known, train=...)`` call."""
+    return {"extra": sample["extra"]} if "extra" in sample else {}
+
+
 def _pad(sample, budget) -> dict:
     return graph_dict(pad_sample(sample, budget))
 
@@ -148,7 +155,8 @@ class Pool:
     Attributes:
       sample_ids: (P,) ids in pool order (sorted).
       roles: (P,) "train" / "val" / "test" (a held-out sample enters with only its known layer).
-      arrays: {"spot", "region", "global"} GraphsTuples of numpy arrays, leading axis P.
+      arrays: {"spot", "region", "global"} GraphsTuples of numpy arrays, leading axis P, and
+        "extra" (the model's own inputs, ``training.model_inputs.attach``) when it has any.
       budget: the padding budget (graph.padding.budget_for) shared by every sample.
       seed: sample-order seed.
       tiled: True when some sample entered as spatial tiles ("<sample>#<k>" ids).
@@ -190,8 +198,13 @@ class Pool:
         return out
 
     def pad(self, sample) -> dict:
-        """Pads one (masked) SampleGraph to the pool's budget -> {"spot", "region", "global"}."""
-        return _pad(sample, self.budget)
+        """Pads one (masked) SampleGraph to the pool's budget -> {"spot", "region", "global"},
+        plus its row of the per-model inputs ("extra", ``training.model_inputs``) if any."""
+        out = _pad(sample, self.budget)
+        if "extra" in self.arrays:
+            i = self.sample_ids.index(sample.sample_id)
+            out["extra"] = jax.tree.map(lambda a: a[i], self.arrays["extra"])
+        return out
 
 
 def build_pool(graphs: Mapping[str, object], fold, seed: int, *, max_nodes: int = 0,

@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 
 from asign_jax.errors import ConfigError
+from asign_jax.training.batches import model_extra
 
 
 class TrainState(train_state.TrainState):
@@ -82,7 +83,7 @@ def _init_fn(model):
     """Jitted ``(params_rng, dropout_rng, sample) -> variables`` (one per model configuration)."""
     def init(r, d, ex):
         return model.init({"params": r, "dropout": d}, ex["spot"], ex["region"], ex["global"],
-                          ex["spot"].nodes["known"], train=False)
+                          ex["spot"].nodes["known"], train=False, **model_extra(ex))
     return jax.jit(init)
 
 
@@ -107,3 +108,10 @@ def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> Train
                               tx=make_optimizer(train_cfg))
     # a strongly typed int32 step: the same signature fresh, stepped and restored (no recompiles)
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def count_params(model, example: dict) -> int:
+    """Number of trainable parameters of ``model`` on ``example`` (shapes only, no compute)."""
+    key = jax.random.PRNGKey(0)
+    shapes = jax.eval_shape(_init_fn(model), key, key, example)
+    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))

@@ -24,6 +24,7 @@ import ml_collections
 
 from asign_jax.training import known as known_lib
 from asign_jax.training import sharding
+from asign_jax.training.batches import model_extra
 from asign_jax.training.state import TrainState
 
 
@@ -41,7 +42,7 @@ def sample_loss(params, sample: dict, rng: jax.Array, *, model, loss_fn: Callabl
                            known_mode)
     spot = spot._replace(nodes={**spot.nodes, "known": known})
     out = model.apply({"params": params}, spot, region, glob, known, train=True,
-                      rngs={"dropout": dropout_rng})
+                      rngs={"dropout": dropout_rng}, **model_extra(sample))
     return loss_fn(out, spot, region, glob, spot_labelled & ~known,
                    region.nodes["label_mask"], glob.nodes["label_mask"], loss_cfg)
 
@@ -80,7 +81,7 @@ def eval_step(params, sample: dict, *, model) -> dict:
     """Deterministic forward pass of ONE sample (no leading axis); known = nodes["known"]."""
     spot = sample["spot"]
     return model.apply({"params": params}, spot, sample["region"], sample["global"],
-                       spot.nodes["known"], train=False)
+                       spot.nodes["known"], train=False, **model_extra(sample))
 
 
 def step_options(config) -> dict:
