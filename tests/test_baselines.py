@@ -392,6 +392,8 @@ def test_two_row_table_end_to_end(tmp_path, monkeypatch):
     tables = _load(ROOT / "experiments" / "paper_tables.py")
     config = _load(ROOT / "configs" / "test.py").get_config()
     config.registration.enabled = False                # keep the data stage short
+    # ASIGN's own options, as the shipped configs set them: a baseline row must ignore them
+    config.model.image_skip, config.model.spot_offset = True, "known"
     out = tables.make_tables(config, tmp_path, [1], only_rows=["stnet", "bleep"])[1]
     assert set(out) == {"stnet", "bleep"}
     md = (tmp_path / "tables" / "table1.md").read_text()
