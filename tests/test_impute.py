@@ -409,3 +409,24 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: 0 section(s)")
+
+
+def test_block_fold_uses_the_dataset_validation_design():
+    """One measured section: the block is held out like cross-validation's test sample (its
+    measured layer known), so val_known_fraction hides blocks of that layer and selection reads
+    them; several measured sections: a training sample; a config that needs validation but
+    gets none stops with one line."""
+    c = base_config()
+    c.train.val_known_fraction, c.train.val_block_px = 0.25, 400.0
+    fold = block_model.block_fold("C", ["B"], {"C": 5, "B": 1}, c, measured=[2])
+    assert fold.test_samples == ("C",) and fold.train_samples == ("B",)
+    assert fold.known_layer == {"C": 2} and fold.val_blocks == ("C",) and fold.has_validation
+    layer = np.repeat(np.arange(5), 40)
+    xy = np.tile(np.stack(np.meshgrid(np.arange(8), np.arange(5)), -1).reshape(-1, 2), (5, 1))
+    hidden = fold.hidden_validation("C", layer, xy * 200.0)
+    assert hidden.any() and not hidden[layer != 2].any()      # only the measured layer
+    multi = block_model.block_fold("C", ["B"], {"C": 5, "B": 1}, c, measured=[0, 2])
+    assert multi.train_samples == ("C", "B") and not multi.has_validation
+    c.train.select = "pcc_gene"
+    with pytest.raises(ConfigError, match="read a validation role, but the folds have none"):
+        block_model.fit(c, None, None, {}, multi, Path("/nonexistent"))

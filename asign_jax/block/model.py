@@ -2,11 +2,16 @@
 
 Training uses the project's own code path (``training.batches.build_pool`` +
 ``training.loop.train_fold``, as ``pipeline.train_and_evaluate``): the block enters the fold
-as a training sample whose only labels are its measured sections (image-only sections have
-``label_mask`` False from the graph on, so nothing of theirs can be trained on), next to the
-``--train_with`` samples. Validation samples (``train.val_samples`` naming a ``--train_with``
-sample) are held out exactly as in cross-validation, so any selection reads only data the
-user labelled; without them, nothing is selected (fixed ``train.steps``).
+next to the ``--train_with`` samples; image-only sections have ``label_mask`` False from the
+graph on, so nothing of theirs can be trained on. A block with ONE measured section enters as
+cross-validation's held-out sample does, its measured section the known layer, so the
+dataset config's validation design applies unchanged (``train.val_known_fraction``: blocks of
+the measured section are hidden from training and are the validation role; the checkpoint and
+the eq.-6 blend are read there, as in ``pipeline.train_and_evaluate``). A block with several
+measured sections is a training sample. Validation samples (``train.val_samples`` naming a
+``--train_with`` sample) are held out exactly as in cross-validation. Every selection reads
+only data the user labelled; without a validation role, nothing is selected (fixed
+``train.steps``, and a config that needs one stops with one line).
 
 ``--checkpoint``: a run folder of ``asign_jax.train`` (or one ``checkpoints/fold_<k>`` of it,
 or an impute ``--out`` folder); its genes come from its ``prepared/index.json``, the model
@@ -19,12 +24,13 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
 
 from asign_jax.errors import ConfigError, DataError
+from asign_jax.evaluation import selection
 from asign_jax.evaluation.scoring import MODEL_OUTPUTS
 from asign_jax.training import batches, checkpoint
 from asign_jax.training.folds import Fold
@@ -78,17 +84,27 @@ def find_checkpoint(path) -> Checkpoint:
                       str(meta.get("normalization", "asign")))
 
 
-def block_fold(block_id: str, train_ids, n_layers: dict, config) -> Fold:
-    """The fold that trains on the block (see the module docstring)."""
-    val = tuple(str(s) for s in config.train.val_samples if str(s) in train_ids)
-    k = int(config.train.known_layer)
+def block_fold(block_id: str, train_ids, n_layers: dict, config,
+               measured: Sequence[int] = ()) -> Fold:
+    """The fold that trains on the block (see the module docstring); ``measured``: the
+    block's measured layers."""
+    tc = config.train
+    val = tuple(str(s) for s in tc.val_samples if str(s) in train_ids)
+    k = int(tc.known_layer)
     for s in val:
         if n_layers[s] < 2:
             raise ConfigError(f"train.val_samples: {s!r} has one layer; a validation sample "
                               "needs a known layer and a hidden one")
-    return Fold(index=0, test_samples=(),
-                train_samples=(block_id,) + tuple(s for s in train_ids if s not in val),
-                known_layer={s: k % n_layers[s] for s in val}, val_samples=val)
+    known = {s: k % n_layers[s] for s in val}
+    train = tuple(s for s in train_ids if s not in val)
+    if len(measured) == 1 and n_layers[block_id] >= 2:
+        frac = float(tc.val_known_fraction)
+        return Fold(index=0, test_samples=(block_id,), train_samples=train,
+                    known_layer={block_id: int(measured[0]), **known}, val_samples=val,
+                    val_blocks=(block_id,) if frac > 0 else (), val_block_fraction=frac,
+                    val_block_px=float(tc.val_block_px), val_seed=int(config.seed))
+    return Fold(index=0, test_samples=(), train_samples=(block_id,) + train, known_layer=known,
+                val_samples=val)
 
 
 def restore(config, model, pool, fold_dir: Path) -> tuple[dict, int]:
@@ -120,17 +136,26 @@ def seed_finetune(config, model, pool, params, fold_dir: Path) -> None:
 
 def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
         init_params: Optional[dict] = None, progress: bool = True):
-    """Trains (or fine-tunes from ``init_params``) on the fold; returns (pool, params, step)."""
+    """Trains (or fine-tunes from ``init_params``) on the fold; returns (pool, params, step):
+    the validation-selected params and step when the fold has a validation role."""
+    selection.check_config(config, fold.has_validation)
     pool = batches.build_pool(graphs, fold, seed=int(config.seed))
     ckpt = Path(workdir) / "checkpoints" / fold.name
     if init_params is not None:
         seed_finetune(config, model, pool, init_params, ckpt)
-    logger.info("training on %s%s for %d steps; checkpoints in %s",
-                ", ".join(fold.train_samples),
-                f" (validation: {', '.join(fold.val_samples)})" if fold.val_samples else
-                " (no validation sample: nothing is selected)", int(config.train.steps), ckpt)
+    logger.info("%s for %d steps; checkpoints in %s", fold.describe() if fold.has_validation
+                else f"training on {', '.join(fold.train_samples + fold.test_samples)} (no "
+                "validation role: nothing is selected)", int(config.train.steps), ckpt)
+    validator = (selection.Validator(config, fold, graphs, model, pool.pad)
+                 if fold.has_validation else None)
     state = train_fold(config, model, loss_fn, pool, fold.index, ckpt,
-                       Path(workdir) / "metrics.jsonl", progress=progress)
+                       Path(workdir) / "metrics.jsonl", progress=progress, validate=validator)
+    found = selection.load_selected(ckpt) if fold.has_validation else None
+    if found is not None:
+        params, record = found
+        logger.info("model: the params of step %d, selected on validation (train.select=%s, "
+                    "model.blend=%s)", record["step"], config.train.select, config.model.blend)
+        return pool, params, int(record["step"])
     return pool, jax.device_get(state.params), int(state.step)
 
 

@@ -190,7 +190,8 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     t = time.perf_counter()
     net, loss_fn = factory.build(config, len(genes))
     fold = block_model.block_fold(manifest.sample_id, [s.sample_id for s in extra],
-                                  {s: len(g.section_names) for s, g in graphs.items()}, config)
+                                  {s: len(g.section_names) for s, g in graphs.items()}, config,
+                                  manifest.measured)
     if ckpt is not None:
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
         params, step = block_model.restore(config, net, pool, ckpt.fold_dir)
@@ -208,8 +209,10 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
                   "source": ("checkpoint" if ckpt and not finetune else
                              "checkpoint fine-tuned on the block" if ckpt else
                              "trained on the block"),
-                  "step": int(step), "trained_on": list(fold.train_samples),
-                  "validation_samples": list(fold.val_samples), "model": str(config.model.name),
+                  "step": int(step), "trained_on": list(fold.test_samples + fold.train_samples),
+                  "validation_samples": list(fold.val_samples),
+                  "validation": fold.describe().split("; ", 1)[1] if fold.has_validation else "",
+                  "model": str(config.model.name),
                   "config": json.loads(config.to_json_best_effort())}
 
     # 6. outputs ----------------------------------------------------------------------------

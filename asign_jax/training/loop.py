@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asign_jax import atomic
-from asign_jax.errors import TrainingError
+from asign_jax.errors import ConfigError, TrainingError
 from asign_jax.evaluation import references, selection
 from asign_jax.models.asign import ASIGN
 from asign_jax.training import checkpoint, sharding
@@ -112,6 +112,10 @@ def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
         xs.append(feats[i][m])
         ys.append(y - y.mean(0) if relative else y)
         groups.append(np.full(int(m.sum()), i))
+    if not xs:
+        raise ConfigError(f"train.skip_fit={fit!r}: no labelled spot to fit the linear image "
+                          "path on (held_out needs a held-out sample with a known layer; "
+                          "use 'all')")
     w, mx, _, penalty = references.ridge_fit(np.concatenate(xs), np.concatenate(ys),
                                              groups=np.concatenate(groups))
     params = dict(state.params)
