@@ -47,7 +47,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from asign_jax import atomic, pipeline  # noqa: E402
-from asign_jax.errors import ConfigError, DataError  # noqa: E402
+from asign_jax.errors import ConfigError, DataError, TrainingError  # noqa: E402
 from asign_jax.evaluation import references  # noqa: E402
 from asign_jax.evaluation.metrics import METRICS, nan_or, nanmean  # noqa: E402
 
@@ -156,15 +156,26 @@ def row_dir(workdir: Path, config) -> Path:
 
 
 def run_row(config, workdir: Path, data_dir: Path, row_id: str) -> Path:
-    """Trains and scores one row unless its run folder holds a finished run of this config."""
+    """Trains and scores one row unless its run folder holds a finished run of this config.
+
+    A row whose training stops on a non-finite loss (``TrainingError``) is recorded as failed
+    (``failed.json``, shown as such in the table) and the other rows go on. Training is
+    deterministic, so a failed row is not retried (delete its folder to run it again)."""
     d = row_dir(workdir, config)
     meta = d / "row.json"
-    if (d / "metrics.json").exists() and meta.exists():
-        logger.info("row %s: finished in %s; not recomputed", row_id, d)
+    if ((d / "metrics.json").exists() and meta.exists()) or (d / "failed.json").exists():
+        logger.info("row %s: finished%s in %s; not recomputed", row_id,
+                    " (FAILED)" if (d / "failed.json").exists() else "", d)
         return d
     logger.info("row %s: running in %s", row_id, d)
     t0 = time.time()
-    agg = pipeline.train_and_evaluate(config, d, data_dir=data_dir, progress=False)
+    try:
+        agg = pipeline.train_and_evaluate(config, d, data_dir=data_dir, progress=False)
+    except TrainingError as e:
+        logger.error("row %s FAILED: %s", row_id, e)
+        atomic.write_json(d / "failed.json", {"row": row_id, "error": str(e),
+                                               "seconds": round(time.time() - t0, 1)})
+        return d
     if agg is None:
         raise RuntimeError(f"row {row_id}: training stopped early")
     atomic.write_json(meta, {"row": row_id, "config": json.loads(config.to_json()),
@@ -173,7 +184,14 @@ def run_row(config, workdir: Path, data_dir: Path, row_id: str) -> Path:
 
 
 def read_row(run: Path, method: str) -> dict:
-    """Per-fold means and per-section values of ``method`` in a finished run folder."""
+    """Per-fold means and per-section values of ``method`` in a finished run folder (NaN and
+    ``failed`` = the error when the row's training failed)."""
+    if (run / "failed.json").exists():
+        err = json.loads((run / "failed.json").read_text())
+        nan = np.array([np.nan])
+        return {"per_fold": {k: nan for k in METRICS}, "sections": {k: nan for k in METRICS},
+                "n_folds": 0, "n_params": None, "seconds": err.get("seconds"),
+                "run": str(run), "failed": err["error"]}
     m = json.loads((run / "metrics.json").read_text())
     folds = m["folds"]
     if method not in folds[0]["mean"]:
@@ -263,7 +281,7 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
         for m in METRICS:
             mean, std = summarise(res["per_fold"][m])
             star = "*" if pvals[r][m] < 0.05 else ""
-            cells.append(fmt(mean, std) + star)
+            cells.append("failed" if res.get("failed") else fmt(mean, std) + star)
         ref = paper.get(r)
         cells += [f"{v:.3f}" for v in ref] if ref else ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -277,6 +295,10 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
             row[name] = v
         csv_rows.append(row)
     n_folds = max(res["n_folds"] for res in results.values())
+    failed = [f"{label(r)}: {results[r]['failed']}" for r in rows if results[r].get("failed")]
+    if failed:
+        lines += ["", "Failed rows (training stopped; no number is reported): "
+                  + "; ".join(failed)]
     lines += ["", f"Mean ± population std over {n_folds} fold(s). pcc_gene: per gene across "
               "spots; pcc_spot: per spot across genes (the paper's PCC). * = Welch's t-test "
               f"of the per-section values against {label(base_id)}, p < 0.05. Encoder 'cached': "

@@ -411,3 +411,31 @@ def test_two_row_table_end_to_end(tmp_path, monkeypatch):
                         lambda *a, **k: pytest.fail("a finished row was recomputed"))
     again = tables.make_tables(config, tmp_path, [1], only_rows=["stnet", "bleep"])[1]
     assert again["stnet"]["per_fold"]["mse"].tolist() == out["stnet"]["per_fold"]["mse"].tolist()
+
+
+def test_a_diverged_row_is_reported_as_failed_and_not_retried(tmp_path, monkeypatch):
+    from asign_jax.errors import TrainingError
+
+    sys.argv = sys.argv[:1]
+    tables = _load(ROOT / "experiments" / "paper_tables.py")
+    config = tables.row_config(_load(ROOT / "configs" / "test.py").get_config(),
+                               tables.ROWS["stnet"][1])
+    msg = "fold 1: training loss is nan at step 6 (mse=nan)"
+
+    def diverge(*a, **k):
+        raise TrainingError(msg)
+    monkeypatch.setattr(tables.pipeline, "train_and_evaluate", diverge)
+    d = tables.run_row(config, tmp_path, tmp_path / "data", "stnet")
+    failed = tables.read_row(d, "stnet")
+    assert failed["failed"] == msg and np.isnan(failed["per_fold"]["mse"]).all()
+    monkeypatch.setattr(tables.pipeline, "train_and_evaluate",
+                        lambda *a, **k: pytest.fail("a failed row was retried"))
+    assert tables.run_row(config, tmp_path, tmp_path / "data", "stnet") == d
+    ok = {"per_fold": {m: np.array([0.3, 0.31]) for m in tables.METRICS},
+          "sections": {m: np.array([0.3, 0.31, 0.29]) for m in tables.METRICS}, "n_folds": 2,
+          "n_params": 10, "seconds": 1.0, "encoder": "cached"}
+    results = {"asign": ok, "stnet": {**failed, "encoder": "cached"}}
+    tables.write_table(tmp_path / "tables", 1, "test", "HER2", results, True)
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    assert "| ST-Net | cached | - | - | failed | failed | failed | failed |" in md
+    assert f"Failed rows (training stopped; no number is reported): ST-Net: {msg}" in md
