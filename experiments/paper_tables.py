@@ -74,7 +74,8 @@ ROWS = {
                                                   "model.use_cross_attention": False}),
     "no_xattn": ("w.o Cross-atten", {"model.use_cross_attention": False}),
     "no_gat": ("w.o GAT", {"model.use_gat": False}),
-    "no_cli": ("w. 0% (w.o CLI)", {"model.use_cli": False}),
+    # no CLI, so no eq.-6 blend either (the configs fit it on validation)
+    "no_cli": ("w. 0% (w.o CLI)", {"model.use_cli": False, "model.blend": "learned"}),
     "known_10": ("w. 10%", {"train.known_fraction": 0.1, "train.known_mode": "fraction"}),
     "known_20": ("w. 20% (ASIGN)", {"train.known_fraction": 0.2, "train.known_mode": "fraction"}),
     "known_30": ("w. 30%", {"train.known_fraction": 0.3, "train.known_mode": "fraction"}),
