@@ -141,3 +141,10 @@ def tiny_sample_graph(seed: int, sample_id: str, n_genes: int, n_layers: int = 3
     return random_sample_graph(seed, n_layers=n_layers, spots_per_layer=spots_per_layer,
                                n_region=6, n_global=3, n_genes=n_genes, feat_dim=8, n_tokens=2,
                                k=4, sample_id=sample_id)
+
+
+def tiny_model(c):
+    """``c`` with the 16-wide, one-layer ASIGN the unit tests train (fast on a CPU)."""
+    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
+    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    return c

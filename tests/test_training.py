@@ -21,18 +21,13 @@ from asign_jax.models import factory
 from asign_jax.preprocess import standardize
 from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
 from asign_jax.training.losses import asign_loss
-from graph_helpers import tiny_sample_graph
+from graph_helpers import tiny_model, tiny_sample_graph
 
 G = 8
 
 
 def tiny_config():
-    c = base_config()
-    c.model.hidden = 16
-    c.model.heads = 2
-    c.model.gat_layers = 1
-    c.model.cli_iterations = 2
-    c.model.transformer_mlp_ratio = 1
+    c = tiny_model(base_config())
     c.train.steps = 12
     c.train.log_every = 3
     c.train.checkpoint_every = 4

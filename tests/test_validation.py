@@ -21,19 +21,14 @@ from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches, folds, known, loop
 from asign_jax.training.losses import asign_loss
-from graph_helpers import tiny_sample_graph
+from graph_helpers import tiny_model, tiny_sample_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
 
 
 def tiny_config(**train):
-    c = base_config()
-    c.model.hidden = 16
-    c.model.heads = 2
-    c.model.gat_layers = 1
-    c.model.cli_iterations = 2
-    c.model.transformer_mlp_ratio = 1
+    c = tiny_model(base_config())
     c.model.blend = "validation"
     c.train.optimizer = "adam"
     c.train.learning_rate = 1e-2
