@@ -258,6 +258,13 @@ CHOICES = {
     "train.known_mode": ("fraction", "layer"),
     "train.feature_norm": ("sample", "none"),
     "train.optimizer": ("sgd", "adam"),
+    "train.select": ("last", "pcc_gene", "mse"),
+    "train.skip_fit": ("all", "held_out"),
+    "graph.cross_mode": ("paper", "calibrated"),
+    "model.blend": ("learned", "validation"),
+    "model.cli_node_alpha": ("learned", "fixed"),
+    "model.spot_offset": ("none", "known"),
+    "model.backbone": ("cached", "train"),
 }
 """Fields with a fixed set of values (``model.name`` is checked against the model factory)."""
 

@@ -36,6 +36,9 @@ def test_shipped_configs_are_valid(path):
     ("graph.k_intra", 0, "graph.k_intra=0: must be > 0"),
     ("train.optimizer", "rmsprop", "train.optimizer='rmsprop': expected one of sgd, adam"),
     ("data.format", "csv", "data.format='csv': expected one of her2st, stnet, visium, synthetic"),
+    ("train.select", "loss", "train.select='loss': expected one of last, pcc_gene, mse"),
+    ("model.spot_offset", "mean", "model.spot_offset='mean': expected one of none, known"),
+    ("graph.cross_mode", "radius", "graph.cross_mode='radius': expected one of paper, calibrated"),
     ("train.folds", ("A",), "train.folds=('A',): must be a tuple of non-empty tuples"),
     ("data.smooth", True, "data.smooth=True: only defined for data.normalization='triplex'"),
 ])

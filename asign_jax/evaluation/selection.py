@@ -25,6 +25,7 @@ import numpy as np
 from flax import serialization
 
 from asign_jax import atomic
+from asign_jax.config import CHOICES
 from asign_jax.errors import ConfigError
 from asign_jax.evaluation import scoring
 from asign_jax.evaluation.metrics import fold_means
@@ -33,8 +34,8 @@ from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
 
-SELECT = ("last", "pcc_gene", "mse")
-BLENDS = ("learned", "validation")
+SELECT = CHOICES["train.select"]
+BLENDS = CHOICES["model.blend"]
 
 
 @dataclasses.dataclass
