@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from asign_jax import pipeline
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.evaluation import selection
 from asign_jax.evaluation.scoring import MODEL_OUTPUTS
@@ -140,7 +141,7 @@ def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
     the validation-selected params and step when the fold has a validation role."""
     selection.check_config(config, fold.has_validation)
     pool = batches.build_pool(graphs, fold, seed=int(config.seed))
-    ckpt = Path(workdir) / "checkpoints" / fold.name
+    ckpt = pipeline.fold_dir(workdir, fold)
     if init_params is not None:
         seed_finetune(config, model, pool, init_params, ckpt)
     logger.info("%s for %d steps; checkpoints in %s", fold.describe() if fold.has_validation
@@ -150,13 +151,9 @@ def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
                  if fold.has_validation else None)
     state = train_fold(config, model, loss_fn, pool, fold.index, ckpt,
                        Path(workdir) / "metrics.jsonl", progress=progress, validate=validator)
-    found = selection.load_selected(ckpt) if fold.has_validation else None
-    if found is not None:
-        params, record = found
-        logger.info("model: the params of step %d, selected on validation (train.select=%s, "
-                    "model.blend=%s)", record["step"], config.train.select, config.model.blend)
-        return pool, params, int(record["step"])
-    return pool, jax.device_get(state.params), int(state.step)
+    # the validation-selected params (and the known_mean warning), as cross-validation keeps
+    params, kept = pipeline.kept_params(config, fold, workdir, jax.device_get(state.params))
+    return pool, params, int(state.step) if kept is None else kept["step"]
 
 
 def predict(model, params, graph, pad_fn) -> dict:
