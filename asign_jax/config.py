@@ -127,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
                                  # feature, W initialised at the training labels' ridge fit
     m.cross_layer_edges = True   # False: the GAT ignores cross-layer edges (2D graph; asign2d)
+    m.remat = False              # True: recompute each graph layer's activations in the backward
+                                 # pass (jax.checkpoint) instead of keeping them: less memory per
+                                 # node (large tiles), more time per step; same numbers
     # The paper's baselines (models/<name>.py). Sizes below are the originals' (baselines.md);
     # configs/<dataset>.py shrink them for a CPU and say so.
     m.backbone = "cached"        # cached: frozen cached features / token grids (CPU default);

@@ -82,6 +82,12 @@ IGNORED = frozenset({
 
 PATH_FIELDS = ("data.root", "features.weights", "features.embeddings")
 
+FORMATS = {"prepare": 2, "register": 1, "graph": 1, "fold": 1, "reports": 1}
+"""The on-disk format each kind of stage writes, recorded in its manifest as ``format.<kind>``
+and compared like a config field: a stage written by an asign_jax whose format differs (or that
+predates these numbers) is not reused. Bump a number when a stage's files change shape or
+meaning (prepare 2: the spot token grids ``spot_tokens`` that EGN reads)."""
+
 
 def kind(stage: str) -> str:
     """The kind of a stage: ``fold`` for ``fold_<k>``, else the stage name itself."""
@@ -105,6 +111,7 @@ def stage_fields(stage: str, config, fold=None) -> dict:
         prefixes += ("synthetic.", "seed")
     out = {k: v for k, v in allf.items() if k not in IGNORED
            and any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
+    out[f"format.{kind(stage)}"] = FORMATS[kind(stage)]
     for k in PATH_FIELDS:
         if out.get(k):
             out[k] = str(Path(out[k]).expanduser().resolve())
@@ -197,6 +204,12 @@ class RunFolder:
         keys = [k for k in sorted(set(m["config"]) | set(config))
                 if config.get(k, _ABSENT) is not None
                 and m["config"].get(k, _ABSENT) != config.get(k, _ABSENT)]
+        fmt = [k for k in keys if k.startswith("format.")]
+        if fmt:
+            k = fmt[0]
+            made = m["config"].get(k, "none recorded")
+            return (f"was written by another version of asign_jax ({k[7:]} format {made}; this "
+                    f"one reads and writes format {config.get(k)})")
         if keys:
             was = ", ".join(f"{k}={_fmt(m['config'].get(k, _ABSENT))}" for k in keys)
             now = (_fmt(config.get(keys[0], _ABSENT)) if len(keys) == 1 else

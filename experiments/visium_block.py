@@ -90,7 +90,7 @@ def make_block(n_spots: int, n_sections: int = 4, n_genes: int = 250, feat_dim: 
                                            xy=(centre_px - centre) @ rot.T + centre)
         r, g = tiles["region"], tiles["global"]
         sections.append(SimpleNamespace(
-            name=f"{sample_id}{layer + 1}", n_spots=n_spots, spot_feats=feats,
+            name=f"{sample_id}{layer + 1}", n_spots=n_spots, labelled=True, spot_feats=feats,
             spot_labels=labels, spot_region=r.idx, spot_global=g.idx,
             region_origin=r.origin, region_feats=r.feats, region_tokens=r.tokens,
             region_labels=r.labels, global_origin=g.origin, global_feats=g.feats,
@@ -100,7 +100,8 @@ def make_block(n_spots: int, n_sections: int = 4, n_genes: int = 250, feat_dim: 
         spot_xy.append(reg)
         region_xy.append(r.xy)
         global_xy.append(g.xy)
-    prepared = SimpleNamespace(sample_id=sample_id, sections=sections)
+    prepared = SimpleNamespace(sample_id=sample_id, sections=sections,
+                               genes=[f"G{g:03d}" for g in range(n_genes)])
     registered = SimpleNamespace(section_names=[s.name for s in sections], spot_xy=spot_xy,
                                  region_xy=region_xy, global_xy=global_xy)
     timings["data"] = time.perf_counter() - t0

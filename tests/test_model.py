@@ -226,6 +226,29 @@ def test_training_gradients_reach_every_part(setup):
     assert "cross_attn_region/query/kernel" in flat and "spot_block/layers/gat/a_src" in flat
 
 
+def test_remat_gives_the_same_loss_and_gradients(setup):
+    """model.remat recomputes the graph layers in the backward pass: same parameters (tree
+    and values), same loss and gradients, dropout included."""
+    model, params, _, (spot, region, glob, known) = setup
+    loss_cfg = base_config().loss
+    label_mask = spot.nodes["label_mask"]
+    remat = ASIGN(_cfg(remat=True), GENES)
+    assert jax.tree.structure(jax.eval_shape(lambda: remat.init(
+        jax.random.key(0), spot, region, glob, known, train=False))) == jax.tree.structure(params)
+
+    def grads(m):
+        def f(p):
+            out = m.apply(p, spot, region, glob, known, train=True,
+                          rngs={"dropout": jax.random.key(3)})
+            return asign_loss(out, spot, region, glob, label_mask & ~known,
+                              region.nodes["label_mask"], glob.nodes["label_mask"], loss_cfg)[0]
+        return _compile(jax.value_and_grad(f), params)(params)
+    (l0, g0), (l1, g1) = grads(model), grads(remat)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("switch,absent", [("use_cross_attention", "cross_attn_region"),
                                            ("use_gat", "gat"), ("use_cli", "cli")])
 def test_ablation_switches(setup, switch, absent):

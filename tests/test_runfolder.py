@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asign_jax import pipeline
+from asign_jax import pipeline, runfolder
 from asign_jax.errors import RunFolderError
 from asign_jax.models import factory
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
@@ -235,7 +235,8 @@ def test_stage_fields_decide_what_invalidates_what():
                     "train.known_layer", "train.folds"):
         assert ignored not in fold_f
     assert set(stage_fields("graph", config)) == {k for k in pipeline.validate.__globals__[
-        "fields"](config) if k.startswith("graph.")}
+        "fields"](config) if k.startswith("graph.")} | {"format.graph"}
+    assert prep["format.prepare"] == runfolder.FORMATS["prepare"] and "format.fold" in fold_f
     real = config.copy_and_resolve_references()
     real.data.format, real.data.root = "her2st", ""
     assert stage_fields("prepare", real)["data.root"] is None          # "" = as prepared
@@ -290,6 +291,26 @@ def test_runfolder_cascade_resume_and_changed_inputs(tmp_path):
     (wd / "graphs" / "manifest.json").unlink()
     with pytest.raises(RunFolderError, match=r"\(graphs/\) has no manifest.json"):
         rf.check("graph", {}, {})
+
+
+def test_a_stage_in_another_format_is_not_reused(tmp_path):
+    """A prepared folder written before spot token grids were cached (no ``format.prepare``
+    in its manifest) or in another format is refused in one line, rebuilt with --overwrite."""
+    config = load_test_config()
+    fields_now = stage_fields("prepare", config)
+    old = {k: v for k, v in fields_now.items() if k != "format.prepare"}
+    rf = RunFolder(tmp_path / "run")
+    _fake_stage(rf, "prepare", old, {})
+    with pytest.raises(RunFolderError, match=r"\(prepared/\) was written by another version of "
+                       r"asign_jax \(prepare format none recorded; this one reads and writes "
+                       rf"format {runfolder.FORMATS['prepare']}\)"):
+        rf.check("prepare", fields_now, {})
+    newer = dict(fields_now, **{"format.prepare": runfolder.FORMATS["prepare"] + 1})
+    rf2 = RunFolder(tmp_path / "run2")
+    _fake_stage(rf2, "prepare", newer, {})
+    with pytest.raises(RunFolderError, match=r"prepare format \d+; this one"):
+        rf2.check("prepare", fields_now, {})
+    assert RunFolder(tmp_path / "run", overwrite=True).check("prepare", fields_now, {}) == NEW
 
 
 def test_prediction_names():

@@ -1,7 +1,9 @@
 """Spatial tiles (training/subgraph.py): exact tiled imputation, label hygiene of training tiles."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from asign_jax.config import base_config
 from asign_jax.graph.contract import SCALES
@@ -19,26 +21,41 @@ def _config():
     return c
 
 
-def test_tiled_imputation_equals_full_graph():
+@pytest.mark.parametrize("whole_graph_cli", [False, True], ids=["exact_halo", "network_tiles"])
+def test_tiled_imputation_equals_full_graph(whole_graph_cli):
+    """Both tiled paths give the full graph's outputs: exact tiles (halo gat_layers +
+    cli_iterations, every model) and ASIGN's network tiles (halo gat_layers) + one propagation
+    over the whole graph (``tiled_eval``'s choice for ASIGN)."""
     c = _config()
     g = spatial_sample_graph(0, side=10, sample_id="S")            # 3 x 100 spots
     masked = batches.mask_sample(g, "test", known_layer=1)
     model = factory.build(c, 6)[0]
     full = {s: pad_sample(masked, budget_for([masked])).graph(s) for s in SCALES}
     st = state_lib.create_train_state(model, c.train, full, jax.random.PRNGKey(0))
+    # a trained-looking CLI: per-node trust and per-gene blend away from their 0.5 init
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda x: x, st.params)
+    params["cli"]["node_alpha"]["kernel"] = jnp.asarray(rng.normal(0, 0.5, params["cli"][
+        "node_alpha"]["kernel"].shape), jnp.float32)
+    params["cli"]["theta"] = jnp.asarray(rng.normal(0, 1.0, 6), jnp.float32)
     fn = step.make_eval_fn(model)
-    eval_fn = lambda s: fn(st.params, s)
+    eval_fn = lambda s: fn(params, s)
     ref = {k: np.asarray(v) for k, v in eval_fn(full).items()}
+    assert np.ptp(ref["node_alpha"][:300]) > 0.01
 
-    halo = subgraph.halo_for(c.model, exact=True)
-    assert halo == 3                                               # 1 GAT layer + 2 CLI hops
+    exact = subgraph.halo_for(c.model, exact=True)
+    assert exact == 3                                              # 1 GAT layer + 2 CLI hops
+    halo = subgraph.halo_for(c.model, exact=False) if whole_graph_cli else exact
     tiles = subgraph.tiles_of(masked, 150, halo, hide_halo_labels=False)
     assert len(tiles) > 1 and max(len(t.nodes["spot"]) for t in tiles) <= 150
     cores = np.concatenate([t.nodes["spot"][t.core["spot"]] for t in tiles])
     assert np.array_equal(np.sort(cores), np.arange(300))          # each spot core once
-    out = subgraph.tiled_eval(eval_fn, c)(masked)
+    if whole_graph_cli:
+        out = subgraph.tiled_eval(eval_fn, c)(masked)               # ASIGN's default
+    else:
+        out = subgraph.impute_tiled(eval_fn, masked, 150, exact)
     n = subgraph.sizes(masked)
-    for key in ("spot", "spot_model", "imputed", "region", "global"):
+    for key in ("spot", "spot_model", "imputed", "region", "global", "node_alpha"):
         scale = {"region": "region", "global": "global"}.get(key, "spot")
         np.testing.assert_allclose(out[key], ref[key][:n[scale]], rtol=2e-5, atol=2e-5,
                                    err_msg=key)
@@ -48,6 +65,9 @@ def test_tiled_imputation_equals_full_graph():
     known = np.asarray(masked.spot.nodes["known"])
     np.testing.assert_array_equal(out["imputed"][known], np.asarray(masked.spot.nodes["label"])[known])
     assert out["reached"][~known].any()
+    if whole_graph_cli:        # the small halo alone would NOT be exact inside the tiles
+        plain = subgraph.impute_tiled(eval_fn, masked, 150, halo)
+        assert not np.allclose(plain["imputed"], ref["imputed"][:300], atol=2e-5)
 
 
 def test_training_tiles_one_sample_each_and_no_test_labels():

@@ -79,6 +79,9 @@ class SpatialGraphBlock(nn.Module):
     The L layers have separate parameters, stacked on a leading axis by ``nn.scan`` (one
     compiled layer body instead of L: compile time).
 
+    ``remat``: each layer's activations are recomputed in the backward pass
+    (``nn.remat`` = jax.checkpoint) instead of stored: memory per node falls, time rises.
+
     Shapes: h (N, H); context (N, C, H), C >= 0; graph arrays (E,) -> (N, H). A node's output
     depends only on nodes within ``layers`` hops.
     """
@@ -89,6 +92,7 @@ class SpatialGraphBlock(nn.Module):
     mlp_ratio: int
     dropout: float
     use_gat: bool = True
+    remat: bool = False
 
     @nn.compact
     def __call__(self, h: jnp.ndarray, context: jnp.ndarray, senders: jnp.ndarray,
@@ -99,7 +103,10 @@ class SpatialGraphBlock(nn.Module):
             type_emb = self.param("context_embedding", nn.initializers.normal(0.02),
                                   (n_ctx, self.hidden))
             context = context + type_emb
-        layers = nn.scan(_GraphLayer, variable_axes={"params": 0, "intermediates": 0},
+        # train (argument 9, self = 0) is a Python bool: static for the checkpoint
+        layer = nn.remat(_GraphLayer, static_argnums=(9,), prevent_cse=False) if self.remat \
+            else _GraphLayer
+        layers = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
                          split_rngs={"params": True, "dropout": True},
                          in_axes=nn.broadcast, length=self.layers)(
             self.hidden, self.heads, self.mlp_ratio, self.dropout, self.use_gat, name="layers")
@@ -146,7 +153,8 @@ class ASIGN(nn.Module):
     padding mask, so a label that may not be used never enters. Returns
       spot (N_s, G) p'_s final, spot_model (N_s, G) p_s, imputed (N_s, G) p_i,
       region (N_r, G) p_r, global (N_q, G) p_g, alpha (G,) blend weight of p_s,
-      reached (N_s,) bool (spots the propagation reached; without CLI, the known spots).
+      reached (N_s,) bool (spots the propagation reached; without CLI, the known spots),
+      node_alpha (N_s,) the CLI's per-sender trust alpha_j (ones without CLI).
     No Python control flow on array values, so it can be vmapped over samples. Dropout rng:
     "dropout". ``cfg`` is ``config.model``.
     """
@@ -179,7 +187,7 @@ class ASIGN(nn.Module):
         # -- spatial-aware graph blocks, one per scale -----------------------------------------
         block = lambda name: SpatialGraphBlock(hidden, c.heads, c.gat_layers,
                                                c.transformer_mlp_ratio, c.dropout, c.use_gat,
-                                               name=name)
+                                               bool(c.remat), name=name)
         spot_ctx = jnp.stack([r_feat[ridx], g_feat[gidx]], axis=1)             # (N_s, 2, H)
         region_ctx = g_feat[region.nodes["global_idx"]][:, None]               # (N_r, 1, H)
         glob_ctx = jnp.zeros((g_feat.shape[0], 0, hidden), g_feat.dtype)       # (N_q, 0, H)
@@ -211,6 +219,7 @@ class ASIGN(nn.Module):
                 h_s, p_s, spot.nodes["label"], known, senders, receivers, weight, emask, real)
         else:
             cli = {"spot": p_s, "imputed": p_s, "alpha": jnp.ones((self.n_genes,), p_s.dtype),
-                   "reached": known}
+                   "reached": known, "node_alpha": jnp.ones(p_s.shape[:1], p_s.dtype)}
         return {"spot": cli["spot"], "spot_model": p_s, "imputed": cli["imputed"],
-                "region": p_r, "global": p_g, "alpha": cli["alpha"], "reached": cli["reached"]}
+                "region": p_r, "global": p_g, "alpha": cli["alpha"], "reached": cli["reached"],
+                "node_alpha": cli["node_alpha"]}

@@ -176,7 +176,9 @@ class CrossLayerImputation(nn.Module):
     ...))`` on the validation role (``evaluation.selection``).
 
     Shapes: h (N, H), pred (N, G), labels (N, G), known (N,) bool, graph arrays as in
-    ``propagate`` -> dict(spot (N, G), imputed (N, G), alpha (G,), reached (N,)).
+    ``propagate`` -> dict(spot (N, G), imputed (N, G), alpha (G,), reached (N,),
+    node_alpha (N,)); node_alpha lets a tiled imputation run the propagation on the whole
+    graph after the network ran in tiles (``training.subgraph.impute_tiled``).
     """
 
     n_iter: int = 10
@@ -197,7 +199,8 @@ class CrossLayerImputation(nn.Module):
                                      node_alpha, edge_mask, node_mask, self.n_iter)
         theta = self.param("theta", nn.initializers.zeros, (pred.shape[-1],))
         spot, alpha = blend(pred, imputed, theta)
-        return {"spot": spot, "imputed": imputed, "alpha": alpha, "reached": reached}
+        return {"spot": spot, "imputed": imputed, "alpha": alpha, "reached": reached,
+                "node_alpha": node_alpha}
 
 
 __all__ = ["propagate", "propagate_jit", "blend", "fit_blend", "blend_logit",

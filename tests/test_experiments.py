@@ -1,0 +1,67 @@
+"""The benchmark scripts under experiments/ run end to end at a tiny size.
+
+They are not timed here (no wall-clock asserts); the point is that a change to the pipeline's
+data structures (e.g. a new field ``build_sample_graph`` reads) cannot silently break the
+scripts the README's performance numbers come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+def test_visium_block_builds_a_labelled_3d_graph():
+    from visium_block import make_block
+    timings = {}
+    g = make_block(150, n_sections=3, n_genes=12, feat_dim=16, n_tokens=2, timings=timings)
+    layer = np.asarray(g.spot.nodes["layer"])
+    assert int(g.spot.n_node[0]) == 450 and np.bincount(layer).tolist() == [150, 150, 150]
+    assert np.asarray(g.spot.nodes["label_mask"]).all()
+    assert g.spot.nodes["label"].shape == (450, 12)
+    assert g.stats["spot"]["n_cross"] > 0 and g.stats["spot"]["n_intra"] > 0
+    assert set(timings) == {"data", "graph"}
+
+
+def _args(**kw):
+    return argparse.Namespace(**kw)
+
+
+def test_bench_scale_trains_tiles_and_imputes_a_tiny_block(monkeypatch):
+    import bench_scale
+    import visium_block
+    from asign_jax.config import base_config
+
+    def small_config():          # a small model, and a radius-limited (tileable) 3D graph
+        c = base_config()
+        c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
+        c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+        c.graph.cosine_all_max_nodes = 0
+        return c
+    monkeypatch.setattr(bench_scale, "base_config", small_config)
+    monkeypatch.setattr(visium_block, "base_config", small_config)
+    # max_nodes below the block's 4 x 150 spots: the epoch and the imputation run in tiles
+    a = _args(sections=4, genes=8, din=16, tokens=2, max_nodes=400, no_train=False,
+              remat=True, dtype="float32")
+    row = bench_scale.run_size(150, a)
+    assert row["spots"] == 600 and row["tiles_train"] > 1 and row["tiles_impute"] > 1
+    assert all(np.isfinite(row["train_loss"]))
+    assert row["imputed_finite"] and row["epoch_s"] > 0 and row["peak_rss_gb"] > 0
+
+
+def test_bench_torch_row_has_equal_losses_at_a_tiny_size():
+    pytest.importorskip("torch", reason="torch is optional (pip install torch==2.13.0)")
+    import bench_torch
+    a = _args(sections=2, din=16, tokens=2, genes=8, hidden=16, heads=2, steps=1,
+              dtype="float32")
+    row = bench_torch.run_size(100, a)
+    assert row["equal_loss"] and row["cli_equal"], row
+    assert np.isclose(row["loss_jax"], row["loss_torch"], rtol=1e-3)
+    assert row["jax_step_ms"] > 0 and row["torch_step_ms"] > 0
