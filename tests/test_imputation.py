@@ -176,6 +176,29 @@ def test_dense_and_segment_forms_agree_with_gradients():
     assert np.abs(ga_d).sum() > 0
 
 
+def test_vanishing_trust_keeps_gradients_finite(dense_mode):
+    """Learned alpha_j = sigmoid(.) can underflow toward 0 for every in-neighbour of a node
+    (it did: ASIGN without GAT on the synthetic demo). Such a node keeps its value, and the
+    loss and every gradient stay finite; nodes with normal trust are unchanged."""
+    rng = np.random.default_rng(7)
+    pred, labels, known, s, r, w, alpha = _random_graph(rng)
+    node = int(np.flatnonzero(~known[:25])[0])
+    tiny = alpha.copy()
+    tiny[s[r == node]] = 1e-20            # all senders into ``node``: denom^2 underflows
+    assert not np.isin(node, s[r == node])
+
+    def f(p, a):
+        out, _ = propagate(p, labels, known, s, r, w, a, np.ones(s.shape[0], bool),
+                           np.ones(30, bool), 10, dense=dense_mode)
+        return jnp.sum(jnp.sin(out)), out
+
+    (loss, out), (gp, ga) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(
+        pred, tiny)
+    assert np.isfinite(loss) and np.isfinite(gp).all() and np.isfinite(ga).all()
+    np.testing.assert_array_equal(np.asarray(out)[node], pred[node])
+    assert np.isfinite(np.asarray(out)).all()
+
+
 def test_blend_puts_alpha_on_model_prediction():
     pred = jnp.full((2, 3), 1.0)
     imputed = jnp.full((2, 3), -1.0)
