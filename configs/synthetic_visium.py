@@ -22,7 +22,7 @@ def get_config():
     c.synthetic.n_sections = 4
     c.synthetic.lattice = "hex"
     c.synthetic.spot_pitch = 100
-    c.synthetic.image_size = 7168          # ~3,600 spots per section inside the tissue blob
+    c.synthetic.image_size = 7680          # ~3,600 spots per section inside the tissue blob
     c.synthetic.embedding_dim = 256
     c.synthetic.embedding_region_size = 512
     c.synthetic.embedding_global_size = 1024

@@ -142,7 +142,7 @@ def test_outputs_shapes_and_known_rows(setup):
     n_s, n_r, n_q = N_SPOT + 3, 8, 4
     shapes = {"spot": (n_s, GENES), "spot_model": (n_s, GENES), "imputed": (n_s, GENES),
               "region": (n_r, GENES), "global": (n_q, GENES), "alpha": (GENES,),
-              "reached": (n_s,)}
+              "reached": (n_s,), "node_alpha": (n_s,)}
     assert {k: v.shape for k, v in out.items()} == shapes
     assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
     # known rows of the propagation are exactly the labels; eq. 6 blend with alpha on p_s
