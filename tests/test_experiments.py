@@ -38,11 +38,10 @@ def test_bench_scale_trains_tiles_and_imputes_a_tiny_block(monkeypatch):
     import bench_scale
     import visium_block
     from asign_jax.config import base_config
+    from graph_helpers import tiny_model
 
     def small_config():          # a small model, and a radius-limited (tileable) 3D graph
-        c = base_config()
-        c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
-        c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+        c = tiny_model(base_config())
         c.graph.cosine_all_max_nodes = 0
         return c
     monkeypatch.setattr(bench_scale, "base_config", small_config)

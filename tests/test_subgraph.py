@@ -10,13 +10,11 @@ from asign_jax.graph.contract import SCALES
 from asign_jax.graph.padding import budget_for, pad_sample
 from asign_jax.models import factory
 from asign_jax.training import batches, folds, state as state_lib, step, subgraph
-from graph_helpers import spatial_sample_graph
+from graph_helpers import spatial_sample_graph, tiny_model
 
 
 def _config():
-    c = base_config()
-    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
-    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c = tiny_model(base_config())
     c.train.max_graph_nodes = 150
     return c
 

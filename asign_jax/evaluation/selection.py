@@ -29,7 +29,7 @@ from asign_jax.config import CHOICES
 from asign_jax.errors import ConfigError
 from asign_jax.evaluation import scoring
 from asign_jax.evaluation.metrics import fold_means
-from asign_jax.models.cli import blend_logit, fit_blend
+from asign_jax.models.cli import blend_logit, fit_blend, mix
 from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
@@ -127,8 +127,8 @@ class Validator:
             alpha = fit_blend(*(np.concatenate(r) for r in zip(*rows)))
             params = with_blend(params, alpha)
             for p in preds:
-                p.preds["asign"] = (alpha * p.preds["asign_model"]
-                                    + (1 - alpha) * p.preds["asign_propagation"]).astype(np.float32)
+                p.preds["asign"] = mix(p.preds["asign_model"], p.preds["asign_propagation"],
+                                       alpha).astype(np.float32)
         else:
             alpha = (1 / (1 + np.exp(-np.asarray(params["cli"]["theta"], np.float64)))
                      if "cli" in params else np.ones(preds[0].truth.shape[1]))

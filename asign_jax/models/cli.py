@@ -138,7 +138,14 @@ def blend(pred: jnp.ndarray, imputed: jnp.ndarray, theta: jnp.ndarray) -> tuple[
     Returns ``(p'_s (N, G), alpha (G,))``.
     """
     alpha = jax.nn.sigmoid(theta)
-    return alpha * pred + (1.0 - alpha) * imputed, alpha
+    return mix(pred, imputed, alpha), alpha
+
+
+def mix(pred, imputed, alpha):
+    """Eq. 6 for a given weight: alpha * p_s + (1 - alpha) * p_i, alpha (G,) on the model
+    prediction. numpy or jax arrays (the validation refit and the tiled imputation use it on
+    host arrays)."""
+    return alpha * pred + (1.0 - alpha) * imputed
 
 
 def fit_blend(pred: np.ndarray, imputed: np.ndarray, truth: np.ndarray,
@@ -210,5 +217,5 @@ class CrossLayerImputation(nn.Module):
                 "node_alpha": node_alpha}
 
 
-__all__ = ["propagate", "propagate_jit", "blend", "fit_blend", "blend_logit",
+__all__ = ["propagate", "propagate_jit", "blend", "mix", "fit_blend", "blend_logit",
            "CrossLayerImputation"]

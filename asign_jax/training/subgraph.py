@@ -320,7 +320,7 @@ def _propagate_whole(sample: SampleGraph, out: dict, n_iter: int, cross_layer: b
     alpha = np.asarray(out["alpha"], dtype)
     imputed = np.asarray(imputed)
     return {"imputed": imputed, "reached": np.asarray(reached),
-            "spot": (alpha * pred + (1.0 - alpha) * imputed).astype(dtype)}
+            "spot": cli.mix(pred, imputed, alpha).astype(dtype)}
 
 
 def halo_for(model_cfg, exact: bool) -> int:
