@@ -121,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.use_cli = True
     m.cli_iterations = 10
     m.cli_node_alpha = "learned" # learned: alpha_j = sigmoid(Dense(h_j)) | fixed: alpha_j = 1
+    m.cli_start = "model"        # model: unknown nodes start the propagation at p_s (the paper) |
+                                 # known_mean: at the known spots' mean (p_s enters by eq. 6 only)
     m.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
                                  # validation (per gene, least squares on the validation role)
     m.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
@@ -184,6 +186,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.val_known_fraction = 0.0   # > 0: this fraction of each test sample's KNOWN layer is hidden
                                  # (square blocks) and is the validation role (one-3D-sample data)
     t.val_block_px = 500.0       # side of those blocks, px (registered frame)
+    t.val_block_unit = "px"      # px: square blocks of val_block_px | global_tile: whole global
+                                 # tiles, so no training spot shares image context with a block
+    t.val_block_edges = "keep"   # keep | cut: the scored view drops the spot edges between a
+                                 # block and the rest of its section (reached across layers only)
     t.val_every = 50             # score the validation role every n steps (0 = only at the end)
     t.select = "last"            # checkpoint: last | pcc_gene | mse (best validation score)
     t.known_layer = 0            # index of the known layer of a held-out sample; negative
@@ -259,6 +265,8 @@ CHOICES = {
     "loss.consistency_spots": ("all", "labelled"),
     "loss.spot_supervision": ("model", "final", "both"),
     "train.known_mode": ("fraction", "layer"),
+    "train.val_block_unit": ("px", "global_tile"),
+    "train.val_block_edges": ("keep", "cut"),
     "train.feature_norm": ("sample", "none"),
     "train.optimizer": ("sgd", "adam"),
     "train.select": ("last", "pcc_gene", "mse"),
@@ -266,6 +274,7 @@ CHOICES = {
     "graph.cross_mode": ("paper", "calibrated"),
     "model.blend": ("learned", "validation"),
     "model.cli_node_alpha": ("learned", "fixed"),
+    "model.cli_start": ("model", "known_mean"),
     "model.spot_offset": ("none", "known"),
     "model.backbone": ("cached", "train"),
 }

@@ -33,8 +33,6 @@ from asign_jax.evaluation.metrics import fold_means, section_metrics  # noqa: E4
 from asign_jax.evaluation.scoring import role_views  # noqa: E402
 from asign_jax.graph.build import build_sample_graph  # noqa: E402
 from asign_jax.graph.io import registered_sample  # noqa: E402
-from asign_jax.models.asign import known_mean  # noqa: E402
-from asign_jax.models.cli import propagate_jit  # noqa: E402
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared  # noqa: E402
 from asign_jax.preprocess.standardize import standardize_features  # noqa: E402
 from asign_jax.training import batches  # noqa: E402
@@ -63,17 +61,11 @@ def propagation_scores(config, graphs: dict, fold) -> list[dict]:
     for sid, masked, scored in role_views(fold, graphs, "val"):
         spot = batches.unpadded_nodes(masked, "spot")
         truth = np.asarray(batches.unpadded_nodes(graphs[sid], "spot")["label"])
-        g = masked.spot
-        knw = np.asarray(spot["known"])
-        lab = np.asarray(spot["label"])
-        start = np.broadcast_to(np.asarray(known_mean(lab, knw)), lab.shape)
-        n, e = len(knw), len(g.senders)
-        pred, _ = propagate_jit(start, lab, knw, g.senders, g.receivers, g.edges["weight"],
-                                np.ones(n, np.float32), np.ones(e, bool), np.ones(n, bool),
-                                n_iter=int(config.model.cli_iterations))
         refs, _ = references.predict_sample(spot, fold.known_layer[sid],
-                                            float(config.graph.spot_radius))
-        preds = {"propagation": np.asarray(pred), **refs}
+                                            float(config.graph.spot_radius),
+                                            spot_graph=masked.spot,
+                                            n_iter=int(config.model.cli_iterations))
+        preds = {"propagation": refs.pop("label_propagation"), **refs}
         layer = np.asarray(spot["layer"])
         rows_all = layer != fold.known_layer[sid] if scored is None else scored
         for l in sorted(set(layer[rows_all].tolist())):

@@ -32,10 +32,10 @@ if str(ROOT) not in sys.path:
 
 from asign_jax import pipeline  # noqa: E402
 from asign_jax.evaluation.metrics import section_metrics  # noqa: E402
-from asign_jax.evaluation.references import ridge, ridge_fit  # noqa: E402
+from asign_jax.evaluation.references import label_propagation, ridge, ridge_fit  # noqa: E402
 from asign_jax.evaluation.scoring import role_views  # noqa: E402
-from asign_jax.models.asign import known_mean  # noqa: E402
-from asign_jax.models.cli import fit_blend, propagate_jit  # noqa: E402
+from asign_jax.models.cli import known_mean  # noqa: E402
+from asign_jax.models.cli import fit_blend  # noqa: E402
 from asign_jax.training import batches  # noqa: E402
 from asign_jax.training.folds import make_folds  # noqa: E402
 
@@ -66,13 +66,10 @@ def probe(config, workdir: Path) -> dict:
         layer = np.asarray(spot["layer"])
         scored = layer != fold.known_layer[sid] if scored is None else scored
         mean = np.asarray(known_mean(lab, knw))
-        sg = masked.spot
-        n, e = len(knw), len(sg.senders)
         start = np.broadcast_to(mean, lab.shape).astype(np.float32)
-        prop = np.asarray(propagate_jit(start, lab, knw, sg.senders, sg.receivers,
-                                        sg.edges["weight"], np.ones(n, np.float32),
-                                        np.ones(e, bool), np.ones(n, bool),
-                                        n_iter=int(config.model.cli_iterations))[0])
+        sg = masked.spot
+        prop = label_propagation(lab, knw, sg.senders, sg.receivers, sg.edges["weight"],
+                                 int(config.model.cli_iterations))
         rel = (feat - mxr) @ wr + mean
         alpha = fit_blend(rel[scored], prop[scored], truth[scored])
         preds = {"known_mean": start, "ridge within": ridge(feat[knw], lab[knw], feat)[0],

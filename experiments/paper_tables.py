@@ -69,6 +69,7 @@ ROWS = {
     "similarity": ("Similarity", None),
     "known_mean": ("known_mean", None),
     "ridge": ("ridge", None),
+    "label_propagation": ("label_propagation", None),
     ASIGN: ("ASIGN 3D", {}),
     "no_gat_no_xattn": ("w.o GAT & Cross-atten", {"model.use_gat": False,
                                                   "model.use_cross_attention": False}),
@@ -83,7 +84,7 @@ ROWS = {
 TABLES = {
     1: ("Table I: 2D WSI-wise and 3D sample-wise methods",
         ["stnet", "egn", "histogene", "bleep", "his2st", "triplex", "asign2d", "overlap",
-         "similarity", "known_mean", "ridge", ASIGN]),
+         "similarity", "known_mean", "ridge", "label_propagation", ASIGN]),
     2: ("Table II: functional blocks", ["no_gat_no_xattn", "no_xattn", "no_gat", ASIGN]),
     3: ("Table III: CLI block and known-label proportion",
         ["no_cli", "known_10", "known_20", "known_30"]),

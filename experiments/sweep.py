@@ -128,9 +128,11 @@ def _link_shared(base: Path, cand: Path, with_graphs: bool) -> None:
 
 def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: str = "pcc_gene",
               guard_known_mean: bool = True, inputs: Optional[tuple] = None,
-              train: Callable = pipeline.train_and_evaluate, progress: bool = True) -> dict:
+              train: Callable = pipeline.train_and_evaluate, progress: bool = True,
+              score_test: bool = True) -> dict:
     """Runs the sweep (module doc); returns the sweep.json record (with "test": the chosen
-    candidate's test aggregate).
+    candidate's test aggregate, unless ``score_test=False``: a stage whose choice becomes the
+    base of a further sweep, which then scores the test once for its own choice).
 
     ``inputs``: (genes, graphs, oracle) for every candidate instead of the run folders' data
     (tests; no ``graph.*`` field may be swept then).
@@ -158,6 +160,10 @@ def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: s
     best = max(record["candidates"], key=lambda c: (tuple(c["key"]), -c["index"]))
     record["chosen"] = {"index": best["index"], "overrides": best["overrides"]}
     atomic.write_json(workdir / "sweep.json", record)    # the choice, before any test score
+    if not score_test:
+        logger.info("chosen on validation: candidate %d %s; test not scored (--noscore_test)",
+                    best["index"], best["overrides"])
+        return record
     logger.info("chosen on validation: candidate %d %s; scoring it on test once",
                 best["index"], best["overrides"])
     test = train(apply(base_config, best["overrides"]), Path(best["folder"]), score_test=True,
@@ -188,11 +194,13 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         record = run_sweep(FLAGS.config, parse_grid(FLAGS.grid), FLAGS.workdir, mode=FLAGS.mode,
-                           metric=FLAGS.metric, guard_known_mean=FLAGS.guard_known_mean)
+                           metric=FLAGS.metric, guard_known_mean=FLAGS.guard_known_mean,
+                           score_test=FLAGS.score_test)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print("\nValidation scores (* = chosen; test scored once, for the chosen candidate only)")
+    print("\nValidation scores (* = chosen; " + ("test scored once, for the chosen candidate "
+          "only)" if FLAGS.score_test else "test not scored)"))
     print(summary(record))
     print(f"\nsweep: {Path(FLAGS.workdir) / 'sweep.json'}")
     print(json.dumps(record["chosen"]))
@@ -203,6 +211,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Sweep folder.")
     flags.DEFINE_multi_string("grid", [], "field=v1,v2,... (repeatable).")
     flags.DEFINE_enum("mode", "grid", ["grid", "each"], "Every combination, or one at a time.")
+    flags.DEFINE_bool("score_test", True, "Score the chosen candidate on test (once). "
+                      "--noscore_test: a first stage whose choice a further sweep builds on.")
     flags.DEFINE_enum("metric", "pcc_gene", ["pcc_gene", "mse"], "Validation metric of ASIGN.")
     flags.DEFINE_bool("guard_known_mean", True, "Rank candidates worse than known_mean on "
                       "validation MSE last.")

@@ -89,6 +89,39 @@ def test_baselines_read_only_the_known_layer():
     assert info["overlap_fallback"].shape == (27,)
 
 
+def test_label_propagation_reference_is_eq5_with_unit_trust():
+    """Known rows stay; an unknown node is the weighted mean of its in-neighbours (alpha_j = 1),
+    a node reached through it follows one iteration later; nothing else is read."""
+    labels = np.array([[0.0, 2.0], [np.nan, np.nan], [1e30, 1e30], [4.0, 6.0]], np.float32)
+    known = np.array([True, False, False, True])
+    senders, receivers = np.array([0, 3, 1]), np.array([1, 1, 2])
+    out = baselines.label_propagation(labels, known, senders, receivers,
+                                      np.array([1.0, 3.0, 1.0]), n_iter=3)
+    np.testing.assert_allclose(out, [[0, 2], [3, 5], [3, 5], [4, 6]], rtol=1e-6)
+    one = baselines.label_propagation(labels, known, senders, receivers,
+                                      np.array([1.0, 3.0, 1.0]), n_iter=1)
+    np.testing.assert_allclose(one[2], [2, 4], rtol=1e-6)       # still the known mean
+
+
+def test_label_propagation_row_reads_only_the_known_layer():
+    g = random_sample_graph(0, n_layers=3, spots_per_layer=9, n_region=3, n_global=3,
+                            n_genes=G, feat_dim=4, n_tokens=1, k=2)
+    lab = np.array(g.spot.nodes["label"], copy=True)
+    lab[np.asarray(g.spot.nodes["layer"]) != 1] = np.nan
+    bad = g.replace_graphs({"spot": g.spot._replace(nodes={**g.spot.nodes, "label": lab})})
+    preds = []
+    for sample in (g, bad):
+        m = batches.mask_sample(sample, "test", known_layer=1)
+        preds.append(baselines.predict_sample(batches.unpadded_nodes(m, "spot"), 1, 112.0,
+                                              spot_graph=m.spot, n_iter=4)[0])
+    assert np.isfinite(preds[0]["label_propagation"]).all()
+    np.testing.assert_array_equal(preds[0]["label_propagation"], preds[1]["label_propagation"])
+    known = np.asarray(g.spot.nodes["layer"]) == 1
+    np.testing.assert_array_equal(preds[0]["label_propagation"][known],
+                                  np.asarray(g.spot.nodes["label"])[known])
+    assert not np.allclose(preds[0]["label_propagation"][~known], preds[0]["known_mean"][~known])
+
+
 # ---- the fold evaluation and the reports ----------------------------------------------------
 
 def test_evaluate_fold_and_reports(tmp_path):

@@ -8,6 +8,7 @@ scripts the README's performance numbers come from.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -64,3 +65,26 @@ def test_bench_torch_row_has_equal_losses_at_a_tiny_size():
     assert row["equal_loss"] and row["cli_equal"], row
     assert np.isclose(row["loss_jax"], row["loss_torch"], rtol=1e-3)
     assert row["jax_step_ms"] > 0 and row["torch_step_ms"] > 0
+
+
+def test_graph_choice_scores_validation_rows_only():
+    """experiments/graph_choice.py's scorer: the parameter-free propagation and the references
+    on the validation blocks (cut view), per section; poisoned test layers change nothing."""
+    import graph_choice
+    from asign_jax.config import base_config
+    from asign_jax.training import folds
+    from graph_helpers import random_sample_graph
+    c = base_config()
+    c.train.folds, c.train.val_known_fraction, c.train.known_layer = (("A",),), 0.3, 1
+    c.train.val_block_unit, c.train.val_block_edges = "global_tile", "cut"
+    g = random_sample_graph(3, n_layers=3, spots_per_layer=24, n_region=12, n_global=12,
+                            n_genes=5, feat_dim=8, n_tokens=2, k=6, sample_id="A")
+    fold = folds.make_folds(c.train, {"A": 3})[0]
+    lab = np.array(g.spot.nodes["label"], copy=True)
+    lab[np.asarray(g.spot.nodes["layer"]) != 1] = np.nan
+    bad = g.replace_graphs({"spot": g.spot._replace(nodes={**g.spot.nodes, "label": lab})})
+    out = [graph_choice.propagation_scores(c, {"A": x}, fold) for x in (g, bad)]
+    assert [s["layer"] for s in out[0]] == [1]                    # the known layer's blocks
+    assert set(out[0][0]["methods"]) >= {"propagation", "known_mean", "ridge", "overlap"}
+    assert np.isfinite(out[0][0]["methods"]["propagation"]["mse"])
+    assert json.dumps(out[0]) == json.dumps(out[1])               # NaN-safe equality

@@ -224,5 +224,30 @@ def test_cli_module_init_and_alpha():
     np.testing.assert_allclose(out["spot"], 0.5 * pred + 0.5 * ref, rtol=1e-5, atol=1e-5)
 
 
+def test_known_mean_start_takes_the_network_out_of_the_propagation():
+    """model.cli_start="known_mean": the propagation starts every unknown node at the known
+    spots' mean, so p_i does not depend on p_s at all (p_s reaches p'_s through eq. 6 only);
+    "model" (the paper) starts at p_s. NaN labels outside the known set never enter."""
+    pred, labels, known, s, r, w, _ = _random_graph(np.random.default_rng(5))
+    labels = np.where(known[:, None], labels, np.nan).astype(np.float32)
+    h = np.zeros((30, 8), np.float32)
+    tail = (s, r, w, np.ones(s.shape[0], bool), np.ones(30, bool))
+    mod = CrossLayerImputation(n_iter=3, node_alpha="fixed", start="known_mean")
+    params = mod.init(jax.random.key(0), h, pred, labels, known, *tail)
+    a = mod.apply(params, h, pred, labels, known, *tail)
+    b = mod.apply(params, h, pred + 5.0, labels, known, *tail)
+    np.testing.assert_allclose(a["imputed"], b["imputed"], rtol=1e-6)
+    assert np.isfinite(np.asarray(a["imputed"])).all()
+    mean = np.nanmean(np.where(known[:, None], labels, np.nan), 0)
+    ref, _ = _run(np.broadcast_to(mean, pred.shape).astype(np.float32),
+                  np.nan_to_num(labels), known, s, r, w, np.ones(30, np.float32), n_iter=3)
+    np.testing.assert_allclose(a["imputed"], ref, rtol=1e-5, atol=1e-5)
+    paper = CrossLayerImputation(n_iter=3, node_alpha="fixed")
+    c = paper.apply(params, h, pred + 5.0, labels, known, *tail)
+    assert not np.allclose(c["imputed"], b["imputed"])
+    with pytest.raises(ValueError, match="model.cli_start"):
+        imputation.start_value(pred, labels, known, "zeros")
+
+
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q"]))

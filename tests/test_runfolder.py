@@ -70,7 +70,8 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
     config, workdir, agg = trained
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert set(metrics["mean"]) == {"mse", "mae", "pcc_gene", "pcc_spot"}
-    assert set(metrics["baselines"]) == {"known_mean", "overlap", "ridge", "similarity"}
+    assert set(metrics["baselines"]) == {"known_mean", "overlap", "ridge", "similarity",
+                                         "label_propagation"}
     assert len(metrics["folds"]) == 2 and np.isfinite(agg["asign"]["mean"]["mse"])
     assert list((workdir / "predictions").glob("*.h5ad"))
     assert (workdir / "plots" / "pcc_sections.png").exists()

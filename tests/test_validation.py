@@ -21,7 +21,7 @@ from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches, folds, known, loop
 from asign_jax.training.losses import asign_loss
-from graph_helpers import tiny_model, tiny_sample_graph
+from graph_helpers import random_sample_graph, tiny_model, tiny_sample_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
@@ -128,6 +128,43 @@ def test_known_layer_blocks_hide_spots_and_their_tiles(graphs):
     assert batches.unpadded_nodes(val_view, "spot")["known"].sum() == n_known - hidden.sum()
 
 
+def test_global_tile_blocks_share_no_tile_and_cut_view_reaches_them_across_layers():
+    """val_block_unit="global_tile": whole global tiles are hidden, so no training spot of the
+    known layer shares a tile with a validation spot; val_block_edges="cut": the scored view
+    has no spot edge between a block and the rest of its section, keeps every other edge (the
+    cross-layer ones, the block's own), and the test view is untouched."""
+    from asign_jax.evaluation import scoring
+    c = base_config().train
+    c.folds, c.val_known_fraction, c.known_layer = (("A",),), 0.3, 1
+    c.val_block_unit, c.val_block_edges = "global_tile", "cut"
+    fold = folds.make_folds(c, {"A": 3, "B": 3})[0]
+    g = random_sample_graph(3, n_layers=3, spots_per_layer=24, n_region=12, n_global=12,
+                            n_genes=G, feat_dim=8, n_tokens=2, k=6, sample_id="A")
+    spot = batches.unpadded_nodes(g, "spot")
+    layer, tile = spot["layer"], spot["global_idx"]
+    assert len(np.unique(tile[layer == 1])) >= 3
+    with pytest.raises(ValueError, match="needs the spots' global_idx"):
+        fold.hidden_validation("A", layer, spot["xy"])
+    hidden = fold.hidden_validation("A", layer, spot["xy"], tile)
+    assert hidden.any() and np.all(layer[hidden] == 1) and hidden.sum() < (layer == 1).sum()
+    assert not set(tile[hidden]) & set(tile[(layer == 1) & ~hidden])
+    (sid, view, scored), = scoring.role_views(fold, {"A": g}, "val")
+    assert np.array_equal(scored, hidden)
+    s0, r0 = np.asarray(g.spot.senders), np.asarray(g.spot.receivers)
+    s1, r1 = np.asarray(view.spot.senders), np.asarray(view.spot.receivers)
+    cut = (layer[s0] == layer[r0]) & (hidden[s0] != hidden[r0])
+    assert cut.any() and int(np.asarray(view.spot.n_edge)[0]) == len(s1) == (~cut).sum()
+    assert set(zip(s1.tolist(), r1.tolist())) == set(zip(s0[~cut].tolist(), r0[~cut].tolist()))
+    assert np.array_equal(np.asarray(view.spot.edges["weight"]),
+                          np.asarray(g.spot.edges["weight"])[~cut])
+    assert (layer[s1] != layer[r1])[hidden[r1]].any()         # blocks reached across layers
+    (_, test_view, _), = scoring.role_views(fold, {"A": g}, "test")
+    assert len(np.asarray(test_view.spot.senders)) == len(s0)
+    c.val_block_edges = "sever"
+    with pytest.raises(ConfigError, match="train.val_block_edges='sever'"):
+        folds.make_folds(c, {"A": 3, "B": 3})
+
+
 def test_whole_layer_known_sets_in_training(graphs):
     """A 3D training sample (all layers labelled) gets one WHOLE layer as its CLI known set in
     training, as at evaluation; a sample with one labelled layer falls back to the fraction."""
@@ -187,11 +224,13 @@ def test_poisoned_test_labels_change_no_parameter_step_or_blend(graphs, model, t
     assert moved[2]["metrics"] != clean[2]["metrics"] and moved[2]["alpha"] != clean[2]["alpha"]
 
 
-def test_known_layer_blocks_poison(graphs, model, tmp_path):
-    """The HER2ST design: validation = blocks of the test sample's known layer. Poisoned test
-    layers or poisoned blocks leave what training sees bit-identical; the validation score
-    moves with the blocks only."""
-    cfg = tiny_config(val_samples=(), val_known_fraction=0.3, val_block_px=250.0)
+@pytest.mark.parametrize("edges", ["keep", "cut"])
+def test_known_layer_blocks_poison(graphs, model, tmp_path, edges):
+    """The HER2ST design: validation = blocks of the test sample's known layer (their
+    in-section edges kept or cut). Poisoned test layers or poisoned blocks leave what training
+    sees bit-identical; the validation score moves with the blocks only."""
+    cfg = tiny_config(val_samples=(), val_known_fraction=0.3, val_block_px=250.0,
+                      val_block_edges=edges)
     fold = folds.make_folds(cfg.train, {s: 3 for s in graphs}, seed=0)[0]
     assert fold.val_blocks == ("A",) and not fold.val_samples
     spot = batches.unpadded_nodes(graphs["A"], "spot")
@@ -240,6 +279,11 @@ def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
     assert saved["chosen"] == rec["clean"]["chosen"]
     assert np.isfinite(rec["clean"]["test"]["asign"]["mean"]["mse"])
     assert not np.isfinite(rec["dirty"]["test"]["asign"]["mean"]["mse"])   # test read once
+    # a first stage (--noscore_test) makes the same choice and scores no test at all
+    stage = sweep.run_sweep(cfg, grid, tmp_path / "stage", inputs=(genes, graphs, None),
+                            progress=False, score_test=False)
+    assert stage["chosen"] == rec["clean"]["chosen"] and "test" not in stage
+    assert not list((tmp_path / "stage").rglob("metrics.json"))
 
 
 # ---- references and the blend ---------------------------------------------------------------

@@ -103,7 +103,9 @@ def block_fold(block_id: str, train_ids, n_layers: dict, config,
         return Fold(index=0, test_samples=(block_id,), train_samples=train,
                     known_layer={block_id: int(measured[0]), **known}, val_samples=val,
                     val_blocks=(block_id,) if frac > 0 else (), val_block_fraction=frac,
-                    val_block_px=float(tc.val_block_px), val_seed=int(config.seed))
+                    val_block_px=float(tc.val_block_px),
+                    val_block_unit=str(tc.val_block_unit),
+                    val_block_edges=str(tc.val_block_edges), val_seed=int(config.seed))
     return Fold(index=0, test_samples=(), train_samples=(block_id,) + train, known_layer=known,
                 val_samples=val)
 

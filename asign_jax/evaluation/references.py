@@ -22,6 +22,11 @@ ridge:      a ridge regression from the spot's image feature (the model's input 
             per sample) to its expression, fit on the known layer's spots alone, the penalty
             chosen by 5-fold CV inside the known layer. It shows how much of the expression the
             image features carry for this sample, with no other sample's expression levels.
+label_propagation: the parameter-free label propagation through the sample's own 3D spot
+            graph (eq. 5 with every alpha_j = 1, ``model.cli_iterations`` iterations, unknown
+            spots starting at the known layer's mean; ``models.cli.propagate``): what ASIGN's
+            propagation half does with nothing learned. Scored on the view the model sees (a
+            validation view with cut edges propagates through the cut graph).
 oracle:     (synthetic data, ``oracle_labels``) the generator's noise-free expression of every
             spot, normalised like the labels: the best any method can do given the count noise.
 """
@@ -39,7 +44,7 @@ from asign_jax.errors import DataError
 from asign_jax.graph.iou import circle_iou  # noqa: F401  (also this module's public name)
 from asign_jax.preprocess.normalize import normalize
 
-METHODS = ("known_mean", "overlap", "ridge", "similarity")
+METHODS = ("known_mean", "overlap", "ridge", "similarity", "label_propagation")
 SIMILARITY_K = 20
 CEILINGS = ("oracle",)
 """Rows that are not methods (they read the generator's truth) but are printed beside them."""
@@ -177,8 +182,25 @@ def similarity(known_feat: np.ndarray, known_labels: np.ndarray, query_feat: np.
     return out
 
 
+def label_propagation(labels: np.ndarray, known: np.ndarray, senders: np.ndarray,
+                      receivers: np.ndarray, weight: np.ndarray, n_iter: int) -> np.ndarray:
+    """(N, G) parameter-free propagation (module doc): eq. 5 with alpha_j = 1 over the unpadded
+    spot graph's edges (E,), ``known`` (N,) rows fixed at ``labels``, the others starting at
+    the known rows' mean."""
+    from asign_jax.models.cli import propagate_jit      # jax; the other references are numpy
+    known = np.asarray(known, bool)
+    labels = np.where(known[:, None], np.asarray(labels, np.float32), 0.0).astype(np.float32)
+    n, e = len(known), len(senders)
+    start = known_mean(labels[known], n)
+    out, _ = propagate_jit(start, labels, known, np.asarray(senders), np.asarray(receivers),
+                           np.asarray(weight, np.float32), np.ones(n, np.float32),
+                           np.ones(e, bool), np.ones(n, bool), n_iter=int(n_iter))
+    return np.asarray(out, np.float32)
+
+
 def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
-                   similarity_k: int = SIMILARITY_K) -> tuple[dict, dict]:
+                   similarity_k: int = SIMILARITY_K, spot_graph=None,
+                   n_iter: int = 10) -> tuple[dict, dict]:
     """Baseline predictions for every real spot of one masked held-out sample.
 
     Args:
@@ -188,6 +210,9 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
       known_layer: the known layer.
       radius: spot circle radius, px.
       similarity_k: neighbours of the similarity reference (``evaluation.similarity_k``).
+      spot_graph: the masked sample's unpadded spot ``GraphsTuple`` (senders, receivers,
+        edges["weight"]); None leaves out ``label_propagation``.
+      n_iter: iterations of ``label_propagation`` (``model.cli_iterations``).
 
     Returns:
       ({method: (N, G) float32}, {"overlap_fallback": (N,) bool, spots that had no overlapping
@@ -203,9 +228,15 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
     feats = np.asarray(spot_nodes["feat"])
     pred_ridge, penalty = ridge(feats[src], labels, feats)
     pred_similar = similarity(feats[src], labels, feats, similarity_k)
-    return ({"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge,
-             "similarity": pred_similar},
-            {"overlap_fallback": fallback, "ridge_penalty": penalty})
+    preds = {"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge,
+             "similarity": pred_similar}
+    if spot_graph is not None:
+        full = np.zeros((n, labels.shape[1]), np.float32)
+        full[src] = labels
+        preds["label_propagation"] = label_propagation(
+            full, src, spot_graph.senders, spot_graph.receivers, spot_graph.edges["weight"],
+            n_iter)
+    return preds, {"overlap_fallback": fallback, "ridge_penalty": penalty}
 
 
 def oracle_labels(root: Path, prepared, normalization: str) -> np.ndarray:

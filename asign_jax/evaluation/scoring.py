@@ -103,12 +103,24 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=N
     if references:
         base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"),
                                               known_layer, float(config.graph.spot_radius),
-                                              int(config.evaluation.similarity_k))
+                                              int(config.evaluation.similarity_k),
+                                              spot_graph=_unpadded_spot_graph(masked),
+                                              n_iter=int(config.model.cli_iterations))
         preds.update(base)
     if oracle is not None:
         preds["oracle"] = np.asarray(oracle, np.float32)
     return SamplePredictions(graph.sample_id, list(graph.section_names), int(known_layer), spot,
                              preds, info, scored, method)
+
+
+def _unpadded_spot_graph(sample):
+    """The real graph of ``sample``'s spot GraphsTuple (a padded one drops its padding)."""
+    g = sample.spot
+    if len(np.asarray(g.n_node)) == 1:
+        return g
+    e = int(np.asarray(g.n_edge)[0])
+    return g._replace(senders=np.asarray(g.senders)[:e], receivers=np.asarray(g.receivers)[:e],
+                      edges={k: np.asarray(v)[:e] for k, v in g.edges.items()})
 
 
 def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:
@@ -145,8 +157,11 @@ def role_views(fold, graphs: Mapping, role: str) -> list[tuple]:
     for sid in fold.val_blocks:
         g = graphs[sid]
         spot = batches.unpadded_nodes(g, "spot")
-        views.append((sid, batches.fold_view(g, fold, "val"),
-                      fold.hidden_validation(sid, spot["layer"], spot["xy"])))
+        hidden = fold.hidden_validation(sid, spot["layer"], spot["xy"], spot.get("global_idx"))
+        view = batches.fold_view(g, fold, "val")
+        if fold.val_block_edges == "cut":
+            view = batches.isolate_hidden(view, hidden)
+        views.append((sid, view, hidden))
     return views
 
 

@@ -33,7 +33,7 @@ import jraph
 import ml_collections
 
 from asign_jax.graph.contract import EDGE_CROSS, edge_mask, node_mask
-from asign_jax.models.cli import CrossLayerImputation
+from asign_jax.models.cli import CrossLayerImputation, known_mean
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models import sparse
 from asign_jax.models.gat import GATLayer
@@ -127,14 +127,6 @@ def _edges(g: jraph.GraphsTuple, cross_layer: bool = True) -> tuple:
     return g.senders, g.receivers, g.edges["weight"], g.edges["type"], mask
 
 
-def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
-    """(G,) mean label of the ``known`` (N,) spots; zeros when there is none. Rows outside
-    ``known`` are replaced before any arithmetic (a NaN there never enters)."""
-    n = jnp.sum(known)
-    total = jnp.sum(jnp.where(known[:, None], labels, 0.0), axis=0)
-    return total / jnp.maximum(n, 1).astype(labels.dtype)
-
-
 class RegressionHead(nn.Module):
     """LayerNorm + Dense(G): (N, H) -> (N, G) normalised expression, one head per scale."""
 
@@ -215,7 +207,8 @@ class ASIGN(nn.Module):
         # -- cross-layer imputation (eq. 5-6) --------------------------------------------------
         if c.use_cli:
             senders, receivers, weight, _, emask = _edges(spot, cross)
-            cli = CrossLayerImputation(c.cli_iterations, c.cli_node_alpha, name="cli")(
+            cli = CrossLayerImputation(c.cli_iterations, c.cli_node_alpha, c.cli_start,
+                                       name="cli")(
                 h_s, p_s, spot.nodes["label"], known, senders, receivers, weight, emask, real)
         else:
             cli = {"spot": p_s, "imputed": p_s, "alpha": jnp.ones((self.n_genes,), p_s.dtype),

@@ -176,6 +176,30 @@ def blend_logit(alpha: np.ndarray, eps: float = 1e-4) -> np.ndarray:
 NODE_ALPHA = ("learned", "fixed")
 
 
+STARTS = ("model", "known_mean")
+"""``model.cli_start``: what an unknown node holds before the first propagation step."""
+
+
+def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
+    """(G,) mean label of the ``known`` (N,) spots; zeros when there is none. Rows outside
+    ``known`` are replaced before any arithmetic (a NaN there never enters)."""
+    n = jnp.sum(known)
+    total = jnp.sum(jnp.where(known[:, None], labels, 0.0), axis=0)
+    return total / jnp.maximum(n, 1).astype(labels.dtype)
+
+
+def start_value(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
+                start: str) -> jnp.ndarray:
+    """(N, G) start of the propagation: ``"model"`` = p_s (the paper), ``"known_mean"`` = the
+    known spots' mean profile on every node (the network's prediction then enters the final
+    p'_s through the eq.-6 blend only, not through the propagation)."""
+    if start == "model":
+        return pred
+    if start == "known_mean":
+        return jnp.broadcast_to(known_mean(labels, known).astype(pred.dtype), pred.shape)
+    raise ValueError(f"model.cli_start must be one of {STARTS}, got {start!r}")
+
+
 class CrossLayerImputation(nn.Module):
     """CLI block: alpha_j = sigmoid(Dense(1)(h_j)), ``propagate``, then the eq.-6 blend.
 
@@ -185,6 +209,7 @@ class CrossLayerImputation(nn.Module):
     zero, so at init every alpha_j = 0.5 and the propagation is the plain e_ij-weighted average.
     ``node_alpha="fixed"``: alpha_j = 1, a parameter-free propagation (no Dense), for data
     where no training sample can teach cross-layer trust (one labelled layer per 3D sample).
+    ``start``: what unknown nodes hold before the first step (``start_value``).
     theta (G,) starts at 0 (alpha = 0.5: equal trust in model and propagation); with
     ``model.blend = "validation"`` it is replaced after training by ``blend_logit(fit_blend(
     ...))`` on the validation role (``evaluation.selection``).
@@ -197,6 +222,7 @@ class CrossLayerImputation(nn.Module):
 
     n_iter: int = 10
     node_alpha: str = "learned"
+    start: str = "model"
 
     @nn.compact
     def __call__(self, h, pred, labels, known, senders, receivers, edge_weight, edge_mask,
@@ -209,8 +235,9 @@ class CrossLayerImputation(nn.Module):
         else:
             raise ValueError(f"model.cli_node_alpha must be one of {NODE_ALPHA}, "
                              f"got {self.node_alpha!r}")
-        imputed, reached = propagate(pred, labels, known, senders, receivers, edge_weight,
-                                     node_alpha, edge_mask, node_mask, self.n_iter)
+        imputed, reached = propagate(start_value(pred, labels, known, self.start), labels,
+                                     known, senders, receivers, edge_weight, node_alpha,
+                                     edge_mask, node_mask, self.n_iter)
         theta = self.param("theta", nn.initializers.zeros, (pred.shape[-1],))
         spot, alpha = blend(pred, imputed, theta)
         return {"spot": spot, "imputed": imputed, "alpha": alpha, "reached": reached,
@@ -218,4 +245,4 @@ class CrossLayerImputation(nn.Module):
 
 
 __all__ = ["propagate", "propagate_jit", "blend", "mix", "fit_blend", "blend_logit",
-           "CrossLayerImputation"]
+           "known_mean", "start_value", "CrossLayerImputation"]

@@ -133,8 +133,31 @@ def fold_view(graph, fold, role: str | None = None, *, with_validation: bool = T
     hidden = None
     if with_validation and role != "train" and sid in fold.val_blocks:
         spot = unpadded_nodes(graph, "spot")
-        hidden = fold.hidden_validation(sid, spot["layer"], spot["xy"])
+        hidden = fold.hidden_validation(sid, spot["layer"], spot["xy"], spot.get("global_idx"))
     return mask_sample(graph, role, fold.known_layer.get(sid), hidden)
+
+
+def isolate_hidden(sample, hidden: np.ndarray):
+    """A copy of the (unpadded) ``sample`` whose spot graph has no edge between a ``hidden``
+    spot and a non-hidden spot of the same layer (``train.val_block_edges = "cut"``).
+
+    Why: a validation block of the known layer otherwise reaches labelled spots of its own
+    section one pitch away, which no test spot can (a test layer's spots reach the known layer
+    only across sections, through registration). Cut, a block's values arrive through the
+    other layers, as a test spot's do, and the network sees no trained neighbour of its own
+    section. Region / global graphs are unchanged. hidden: (n_real_spots,) bool.
+    """
+    g = sample.graph("spot")
+    if len(np.asarray(g.n_node)) != 1:
+        raise ValueError("isolate_hidden: expects an unpadded sample graph")
+    hidden = np.asarray(hidden, bool)
+    layer = np.asarray(g.nodes["layer"])
+    s, r = np.asarray(g.senders), np.asarray(g.receivers)
+    keep = ~((layer[s] == layer[r]) & (hidden[s] != hidden[r]))
+    g = g._replace(senders=s[keep], receivers=r[keep],
+                   edges={k: np.asarray(v)[keep] for k, v in g.edges.items()},
+                   n_edge=np.asarray([int(keep.sum())], np.asarray(g.n_edge).dtype))
+    return sample.replace_graphs({"spot": g})
 
 
 def model_extra(sample: dict) -> dict:

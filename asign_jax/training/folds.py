@@ -16,9 +16,12 @@ labels are read once, for the final scores). Three designs, by dataset:
   fold, masked like a test sample.
 * held-out blocks of the known layer (``config.train.val_known_fraction`` > 0; the shared
   HER2ST subset, whose only 3D sample is the test sample): about that fraction of the known
-  layer of each test sample, in square blocks of ``val_block_px`` px, is hidden from training
-  (spot labels and every region/global tile that contains such a spot) and scored with the
-  rest of the known layer as the CLI's known set. Only known-layer labels are read; never a
+  layer of each test sample, in square blocks of ``val_block_px`` px or in whole global tiles
+  (``val_block_unit``), is hidden from training (spot labels and every region/global tile that
+  contains such a spot) and scored with the rest of the known layer as the CLI's known set;
+  with ``val_block_edges="cut"`` the scored view also drops the spot-graph edges between a
+  block and the rest of its section, so a block is reached only through the other layers, as
+  a test spot is. Only known-layer labels are read; never a
   test layer, never a second layer of the held-out sample (that would make it a two-layer
   problem). At test time the whole known layer is the known set, as the setting gives it.
 
@@ -38,6 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from asign_jax.config import CHOICES
 from asign_jax.errors import ConfigError
 
 
@@ -52,7 +56,10 @@ class Fold:
       known_layer: {held-out (test or validation) sample id: index of its known layer}.
       val_samples: validation sample ids (held out like test samples; selection reads them).
       val_blocks: held-out (test) samples whose known layer holds a validation block.
-      val_block_fraction, val_block_px, val_seed: the block design (``hidden_validation``).
+      val_block_fraction, val_block_px, val_block_unit, val_seed: the block design
+        (``hidden_validation``).
+      val_block_edges: "cut": the validation view drops the spot-graph edges between a block
+        and the rest of its section (``batches.isolate_hidden``); "keep": it does not.
     """
 
     index: int
@@ -63,6 +70,8 @@ class Fold:
     val_blocks: tuple[str, ...] = ()
     val_block_fraction: float = 0.0
     val_block_px: float = 500.0
+    val_block_unit: str = "px"
+    val_block_edges: str = "keep"
     val_seed: int = 0
 
     @property
@@ -87,15 +96,19 @@ class Fold:
     def has_validation(self) -> bool:
         return bool(self.val_samples or self.val_blocks)
 
-    def hidden_validation(self, sample_id: str, layer: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    def hidden_validation(self, sample_id: str, layer: np.ndarray, xy: np.ndarray,
+                          tiles: np.ndarray | None = None) -> np.ndarray:
         """(N,) bool: the spots of ``sample_id``'s known layer held out as validation blocks.
 
-        All False unless ``sample_id`` is in ``val_blocks``. The known layer's spots are binned
-        into square cells of ``val_block_px`` px (registered frame); cells are taken in a
-        random order (seeded by ``val_seed`` and the sample id, so the blocks are the same in
-        every fold and every relaunch) until at least ``val_block_fraction`` of the layer's
-        spots are hidden, never all of them. A pure function of the spot positions: training
-        (``batches``) and scoring compute the same blocks.
+        All False unless ``sample_id`` is in ``val_blocks``. The known layer's spots are
+        grouped into cells: square cells of ``val_block_px`` px of the registered frame
+        (``val_block_unit="px"``), or the section's global tiles (``"global_tile"``: ``tiles``
+        (N,) = the spots' ``global_idx``, so no training spot shares a region or global tile,
+        nor its image context, with a validation spot). Cells are taken in a random order
+        (seeded by ``val_seed`` and the sample id, so the blocks are the same in every fold and
+        every relaunch) until at least ``val_block_fraction`` of the layer's spots are hidden,
+        never all of them. A pure function of the spot nodes: training (``batches``) and
+        scoring compute the same blocks.
         """
         layer = np.asarray(layer)
         hidden = np.zeros(len(layer), bool)
@@ -104,8 +117,14 @@ class Fold:
         idx = np.flatnonzero(layer == self.known_layer[sample_id])
         if len(idx) < 2:
             return hidden
-        pts = np.asarray(xy, np.float64)[idx]
-        cell = np.floor((pts - pts.min(0)) / float(self.val_block_px)).astype(np.int64)
+        if self.val_block_unit == "global_tile":
+            if tiles is None:
+                raise ValueError("hidden_validation: val_block_unit='global_tile' needs the "
+                                 "spots' global_idx (tiles)")
+            cell = np.asarray(tiles, np.int64)[idx][:, None]
+        else:
+            pts = np.asarray(xy, np.float64)[idx]
+            cell = np.floor((pts - pts.min(0)) / float(self.val_block_px)).astype(np.int64)
         _, cell_id = np.unique(cell, axis=0, return_inverse=True)
         cell_id = cell_id.ravel()
         rng = np.random.default_rng([int(self.val_seed), zlib.crc32(sample_id.encode())])
@@ -127,9 +146,11 @@ class Fold:
         if self.val_samples:
             parts.append(held(self.val_samples))
         if self.val_blocks:
+            unit = ("global tiles" if self.val_block_unit == "global_tile"
+                    else f"{self.val_block_px:.0f} px blocks")
+            cut = ", in-section edges to them cut" if self.val_block_edges == "cut" else ""
             parts.append(", ".join(f"{self.val_block_fraction:.0%} of the known layer of {s} "
-                                   f"({self.val_block_px:.0f} px blocks)"
-                                   for s in self.val_blocks))
+                                   f"({unit}{cut})" for s in self.val_blocks))
         val = f"; validate on {'; '.join(parts)}" if parts else "; no validation"
         return (f"{self.name}: held out {held(self.test_samples)}{val}; "
                 f"train on {', '.join(self.train_samples) or '-'}")
@@ -177,6 +198,13 @@ def make_folds(train_cfg, n_layers: Mapping[str, int], seed: int = 0) -> list[Fo
         raise ConfigError(f"train.val_known_fraction must be in [0, 1), got {frac}")
     if frac and float(train_cfg.val_block_px) <= 0:
         raise ConfigError(f"train.val_block_px must be > 0, got {train_cfg.val_block_px}")
+    unit, edges = str(train_cfg.val_block_unit), str(train_cfg.val_block_edges)
+    if unit not in CHOICES["train.val_block_unit"]:
+        raise ConfigError(f"train.val_block_unit={unit!r}: expected one of "
+                          f"{CHOICES['train.val_block_unit']}")
+    if edges not in CHOICES["train.val_block_edges"]:
+        raise ConfigError(f"train.val_block_edges={edges!r}: expected one of "
+                          f"{CHOICES['train.val_block_edges']}")
     folds_cfg: Sequence[Sequence[str]] = tuple(tuple(str(s) for s in f) for f in train_cfg.folds)
     if not folds_cfg:
         folds_cfg = tuple((s,) for s in samples
@@ -228,5 +256,6 @@ def make_folds(train_cfg, n_layers: Mapping[str, int], seed: int = 0) -> list[Fo
                               known_layer=dict(known), val_samples=fold_val,
                               val_blocks=tuple(held) if frac > 0 else (),
                               val_block_fraction=frac,
-                              val_block_px=float(train_cfg.val_block_px), val_seed=int(seed)))
+                              val_block_px=float(train_cfg.val_block_px),
+                              val_block_unit=unit, val_block_edges=edges, val_seed=int(seed)))
     return folds

@@ -246,7 +246,7 @@ def tile_sample(sample: SampleGraph, max_nodes: int, halo: int, *,
 
 def impute_tiled(eval_fn: Callable, sample: SampleGraph, max_nodes: int, halo: int,
                  budget_multiple: int = 64, *, cli_iterations: Optional[int] = None,
-                 cli_cross_layer: bool = True) -> dict:
+                 cli_cross_layer: bool = True, cli_start: str = "model") -> dict:
     """Imputes ``sample`` tile by tile and gathers the core outputs.
 
     Args:
@@ -261,6 +261,7 @@ def impute_tiled(eval_fn: Callable, sample: SampleGraph, max_nodes: int, halo: i
         run once on the whole spot graph. Same result, far smaller halos: a 13-hop halo
         (3 GAT layers + 10 CLI iterations) made each tile mostly halo.
       cli_cross_layer: ``model.cross_layer_edges`` (False: the CLI ignores cross-layer edges).
+      cli_start: ``model.cli_start`` (``models.cli.start_value``).
 
     Tiles are cut twice (sizes for one shared padding budget = one compilation, then one at a
     time for the model), so only one tile is in memory beside the sample. Returns the model's
@@ -293,7 +294,8 @@ def impute_tiled(eval_fn: Callable, sample: SampleGraph, max_nodes: int, halo: i
             core = t.core[scale]
             out[key][t.nodes[scale][core]] = val[:len(core)][core]
     if cli_iterations is not None and len(cores) > 1:
-        out.update(_propagate_whole(sample, out, int(cli_iterations), cli_cross_layer))
+        out.update(_propagate_whole(sample, out, int(cli_iterations), cli_cross_layer,
+                                    cli_start))
     return out
 
 
@@ -301,7 +303,8 @@ def _progress(it, n: int):
     return tqdm(it, total=n, desc="imputing tiles", leave=False, disable=n < 4)
 
 
-def _propagate_whole(sample: SampleGraph, out: dict, n_iter: int, cross_layer: bool) -> dict:
+def _propagate_whole(sample: SampleGraph, out: dict, n_iter: int, cross_layer: bool,
+                     start: str = "model") -> dict:
     """The CLI on the whole unpadded spot graph from gathered per-node outputs (the ASIGN
     module's own CLI call: known & label_mask, the same edge mask, eq. 5 then eq. 6)."""
     g = sample.spot
@@ -312,8 +315,10 @@ def _propagate_whole(sample: SampleGraph, out: dict, n_iter: int, cross_layer: b
         emask &= np.asarray(g.edges["type"]) != EDGE_CROSS
     pred = out["spot_model"]
     dtype = pred.dtype
+    labels = jnp.asarray(nodes["label"], dtype)
     imputed, reached = cli.propagate_jit(
-        jnp.asarray(pred), jnp.asarray(nodes["label"], dtype), jnp.asarray(known),
+        cli.start_value(jnp.asarray(pred), labels, jnp.asarray(known), start), labels,
+        jnp.asarray(known),
         jnp.asarray(g.senders), jnp.asarray(g.receivers), jnp.asarray(g.edges["weight"], dtype),
         jnp.asarray(out["node_alpha"], dtype), jnp.asarray(emask),
         jnp.ones(len(known), bool), n_iter=n_iter)
@@ -365,6 +370,7 @@ def tiled_eval(eval_fn: Callable, config) -> Callable:
         halo = halo_for(config.model, exact=False)
         return lambda sample: impute_tiled(
             eval_fn, sample, max_nodes, halo, cli_iterations=int(config.model.cli_iterations),
-            cli_cross_layer=bool(config.model.cross_layer_edges))
+            cli_cross_layer=bool(config.model.cross_layer_edges),
+            cli_start=str(config.model.cli_start))
     halo = halo_for(config.model, exact=True)
     return lambda sample: impute_tiled(eval_fn, sample, max_nodes, halo)
