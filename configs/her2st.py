@@ -30,9 +30,9 @@ def get_config():
     c.train.val_block_unit = "global_tile"
     c.train.val_block_edges = "cut"
     # the 3D graph, read on those blocks with a parameter-free propagation
-    # (experiments/graph_choice.py; README "Validation"): the calibrated cross-layer edges
-    # within 700 px, similarity weight 2, best of radius {336, 400, 500, 700, 1000} x
-    # sim_weight {0.5, 1, 2} (partly filled) and the paper form
+    # (experiments/graph_choice.py; README "Deviations", 3D graph): the calibrated cross edges
+    # within 700 px, similarity weight 2: the best of the paper form and 11 calibrated
+    # variants (radius 336-1000 px, sim_weight 0.5-2, similarity expansion on/off)
     c.graph.cross_mode = "calibrated"
     c.graph.cross_radius = 700.0
     c.graph.sim_weight = 2.0

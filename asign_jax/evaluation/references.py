@@ -42,6 +42,7 @@ import scipy.linalg
 from asign_jax.data.synthetic import SUMMARY_FILE, load_expected
 from asign_jax.errors import DataError
 from asign_jax.graph.iou import circle_iou  # noqa: F401  (also this module's public name)
+from asign_jax.models.cli import propagate_jit
 from asign_jax.preprocess.normalize import normalize
 
 METHODS = ("known_mean", "overlap", "ridge", "similarity", "label_propagation")
@@ -187,7 +188,6 @@ def label_propagation(labels: np.ndarray, known: np.ndarray, senders: np.ndarray
     """(N, G) parameter-free propagation (module doc): eq. 5 with alpha_j = 1 over the unpadded
     spot graph's edges (E,), ``known`` (N,) rows fixed at ``labels``, the others starting at
     the known rows' mean."""
-    from asign_jax.models.cli import propagate_jit      # jax; the other references are numpy
     known = np.asarray(known, bool)
     labels = np.where(known[:, None], np.asarray(labels, np.float32), 0.0).astype(np.float32)
     n, e = len(known), len(senders)
