@@ -230,12 +230,10 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
     pred_similar = similarity(feats[src], labels, feats, similarity_k)
     preds = {"known_mean": known_mean(labels, n), "overlap": pred_overlap, "ridge": pred_ridge,
              "similarity": pred_similar}
-    if spot_graph is not None:
-        full = np.zeros((n, labels.shape[1]), np.float32)
-        full[src] = labels
+    if spot_graph is not None:          # label_propagation masks the rows outside src itself
         preds["label_propagation"] = label_propagation(
-            full, src, spot_graph.senders, spot_graph.receivers, spot_graph.edges["weight"],
-            n_iter)
+            np.asarray(spot_nodes["label"]), src, spot_graph.senders, spot_graph.receivers,
+            spot_graph.edges["weight"], n_iter)
     return preds, {"overlap_fallback": fallback, "ridge_penalty": penalty}
 
 
