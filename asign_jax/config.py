@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- features ------------------------------------------------------------------------
     c.features = f = ml_collections.ConfigDict()
-    f.encoder = "resnet50"       # resnet50 | embeddings
+    f.encoder = "resnet50"       # resnet50 | embeddings | vit | patch_features
     f.weights = ""               # torchvision ResNet-50 state_dict (.pth); "" = fixed-seed init
     f.embeddings = ""            # precomputed features (.h5/.npz) when encoder == embeddings
     f.init_seed = 0              # seed of the fixed initialisation (identical for all sections)
@@ -68,6 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
     f.token_grid = 4             # keep a token_grid x token_grid pooled grid of the last map
     f.batch_size = 16
     f.dtype = "float32"
+    # foundation-model ViTs (encoder = vit) and TRIDENT / HEST patch-feature files
+    # (encoder = patch_features); docs/foundation_models.md
+    f.arch = "uni"               # vit: a row of asign_jax.features.vit.ARCHS (features.weights =
+                                 # its checkpoint, .bin/.pth/.pt/.safetensors; never downloaded)
+    f.patch_features = ""        # patch_features: folder(s) (comma-separated) of <section>.h5
+    f.patch_size_level0 = 0      # patch_features: patch side, px, for files without the
+                                 # attribute (HEST); 0 = read it from the files
 
     # ---- registration --------------------------------------------------------------------
     c.registration = r = ml_collections.ConfigDict()
@@ -256,7 +263,9 @@ def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads:
 CHOICES = {
     "data.format": ("her2st", "stnet", "visium", "synthetic"),
     "data.normalization": ("asign", "triplex", "stnet"),
-    "features.encoder": ("resnet50", "embeddings"),
+    "features.encoder": ("resnet50", "embeddings", "vit", "patch_features"),
+    "features.arch": ("uni", "uni2_h", "h_optimus_0", "h_optimus_1", "virchow2", "gigapath",
+                      "phikon", "tiny_test"),     # = asign_jax.features.vit.ARCHS (a test checks)
     "features.dtype": ("float32", "bfloat16", "float16"),
     "registration.estimator": ("affine", "partial"),
     "registration.robust": ("magsac", "ransac"),
@@ -299,7 +308,7 @@ POSITIVE = (
 
 NON_NEGATIVE = (
     "synthetic.max_rotation_deg", "synthetic.max_translation_px", "synthetic.max_scale",
-    "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
+    "synthetic.elastic_px", "features.init_seed", "features.patch_size_level0", "graph.k_cross", "graph.region_k_cross",
     "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
     "loss.lambda_s", "loss.lambda_r", "loss.lambda_g", "loss.lambda_1", "loss.lambda_2",
     "loss.gamma_1", "loss.gamma_2", "train.weight_decay",

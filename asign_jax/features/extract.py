@@ -19,6 +19,7 @@ image (e.g. a truncated file copied again) never reuses a stale file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,9 +37,12 @@ from asign_jax import atomic
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
 from asign_jax.features.embeddings import EmbeddingsReader
+from asign_jax.features.patch_features import PatchFeatureReader
 from asign_jax.features.resnet import (DEFAULT_RESIDUAL_INIT_SCALE, ResNet50,
                                        fixed_seed_variables)
 from asign_jax.features.torch_import import load_torchvision_state_dict
+from asign_jax.features.vit import (ViT, ViTArch, file_hash, get_arch, load_vit_weights,
+                                    pooled_and_tokens)
 from asign_jax.preprocess.patches import crop_patches
 
 logger = logging.getLogger(__name__)
@@ -140,6 +144,16 @@ class FeatureExtractor:
 
     # ---------------------------------------------------------------------------- encoding
 
+    feature_dim = FEATURE_DIM
+
+    def input_side(self, input_size: int) -> int:
+        """Side the patches are resized to for a configured input of ``input_size``."""
+        return int(input_size)
+
+    def _forward(self, batch: np.ndarray, grid: int):
+        """uint8 (B, S, S, 3) -> (feats (B, D) float32, tokens (B, grid², D) float16)."""
+        return _forward_jit(self.model, self.variables, batch, grid)
+
     def grid_for(self, input_size: int) -> int:
         """Token grid used at ``input_size`` (the configured grid, or the map size if smaller)."""
         m = feature_map_size(input_size)
@@ -167,11 +181,11 @@ class FeatureExtractor:
         patches = np.asarray(patches)
         if patches.ndim != 4 or patches.shape[-1] != 3:
             raise ValueError(f"patches must be (n, h, w, 3), got {patches.shape}")
-        n, s = len(patches), int(input_size)
+        n, s = len(patches), self.input_side(int(input_size))
         grid = self.grid_for(s)
         if n == 0:
-            return (np.zeros((0, FEATURE_DIM), np.float32),
-                    np.zeros((0, grid * grid, FEATURE_DIM), np.float16) if tokens else None)
+            return (np.zeros((0, self.feature_dim), np.float32),
+                    np.zeros((0, grid * grid, self.feature_dim), np.float16) if tokens else None)
         outs = []
         for i in range(0, n, self.batch_size):
             chunk = patches[i:i + self.batch_size]
@@ -180,7 +194,7 @@ class FeatureExtractor:
                 if p.shape[:2] != (s, s):
                     p = cv2.resize(p, (s, s), interpolation=cv2.INTER_AREA)
                 batch[j] = p
-            outs.append((len(chunk), _forward_jit(self.model, self.variables, batch, grid)))
+            outs.append((len(chunk), self._forward(batch, grid)))
             if progress is not None:
                 progress(len(chunk))
         feats = np.concatenate([np.asarray(f)[:m] for m, (f, _) in outs])
@@ -254,9 +268,9 @@ class FeatureExtractor:
                 tparts.append(t)
             g = self.grid_for(int(c.spot_input))
             out = {"spot_feats": (np.concatenate(parts) if parts
-                                  else np.zeros((0, FEATURE_DIM), np.float32)),
+                                  else np.zeros((0, self.feature_dim), np.float32)),
                    "spot_tokens": (np.concatenate(tparts) if tparts
-                                   else np.zeros((0, g * g, FEATURE_DIM), np.float16))}
+                                   else np.zeros((0, g * g, self.feature_dim), np.float16))}
             for level, origin, size, inp in (
                     ("region", region_origin, int(data_cfg.region_size), int(c.region_input)),
                     ("global", global_origin, int(data_cfg.global_size), int(c.global_input))):
@@ -269,9 +283,9 @@ class FeatureExtractor:
                     toks.append(t)
                 g = self.grid_for(inp)
                 out[f"{level}_feats"] = (np.concatenate(feats) if feats
-                                         else np.zeros((0, FEATURE_DIM), np.float32))
+                                         else np.zeros((0, self.feature_dim), np.float32))
                 out[f"{level}_tokens"] = (np.concatenate(toks) if toks
-                                          else np.zeros((0, g * g, FEATURE_DIM), np.float16))
+                                          else np.zeros((0, g * g, self.feature_dim), np.float16))
         for k, v in out.items():
             if not np.isfinite(v).all():
                 raise DataError(f"section {section_name!r}: non-finite {k} from the encoder")
@@ -299,11 +313,109 @@ def _save_cache(path: Path, arrays: dict) -> None:
     atomic.write_npz(path, **arrays)
 
 
+def _vit_forward(model, variables, images, grid, mean, std):
+    """uint8 (B, S, S, 3) -> feature (B, F) float32, tokens (B, grid², F) float16."""
+    x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+    cls, patches = model.apply(variables, x)
+    f, t = pooled_and_tokens(model.arch, cls, patches, adaptive_avg_pool, grid)
+    return f, t.astype(jnp.float16)
+
+
+_vit_forward_jit = jax.jit(_vit_forward, static_argnums=(0, 3, 4, 5))
+
+
+class ViTExtractor(FeatureExtractor):
+    """A pathology foundation-model ViT (``features.arch`` of ``vit.ARCHS``) from the user's
+    weights file (``features.weights``; nothing is downloaded), with ``FeatureExtractor``'s
+    section loop, batching and cache (keyed by a hash of the weights file's bytes).
+
+    Patches are resized (cv2.INTER_AREA) to the configured input rounded down to a multiple
+    of the patch size; the position embeddings are interpolated when that differs from the
+    arch's training size. Features follow the arch's output rule (``vit.pooled_and_tokens``).
+    """
+
+    def __init__(self, features_cfg, variables: Optional[dict] = None,
+                 arch: Optional[ViTArch] = None):
+        self.cfg = features_cfg
+        self.batch_size = int(features_cfg.batch_size)
+        if self.batch_size < 1:
+            raise ConfigError(f"features.batch_size={self.batch_size} must be >= 1")
+        try:
+            dtype = jnp.dtype(features_cfg.dtype)
+        except TypeError as e:
+            raise ConfigError(f"features.dtype={features_cfg.dtype!r} is not a dtype") from e
+        self.token_grid = int(features_cfg.token_grid)
+        self.arch_name = str(features_cfg.arch)
+        self.arch = arch if arch is not None else get_arch(self.arch_name)
+        self.feature_dim = self.arch.feature_dim
+        self.model = ViT(self.arch, dtype=dtype)
+        weights = str(features_cfg.weights or "")
+        if variables is None:
+            if not weights:
+                raise ConfigError(f"features.encoder='vit' needs features.weights: the "
+                                  f"checkpoint of features.arch={self.arch_name!r} "
+                                  f"({self.arch.hf_repo or 'a timm state dict'}; .bin/.pth/.pt/"
+                                  ".safetensors/.npz), downloaded by you under its licence")
+            variables = load_vit_weights(weights, self.arch, self.arch_name)
+            self._weights_id = file_hash(weights)
+        else:
+            leaves = jax.tree_util.tree_leaves(variables)
+            self._weights_id = "given:" + hashlib.blake2b(
+                b"".join(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes()
+                         for a in leaves), digest_size=16).hexdigest()
+        if dtype != jnp.float32:
+            variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
+        self.variables = jax.device_put(variables)
+        self._logged_grid: set[int] = set()
+        self._logged_side: set[int] = set()
+
+    def input_side(self, input_size: int) -> int:
+        p = self.arch.patch
+        s = max(p, (int(input_size) // p) * p)
+        if s != int(input_size) and int(input_size) not in self._logged_side:
+            logger.info("%s: input %d px is not a multiple of the patch size %d: using %d px",
+                        self.arch_name, input_size, p, s)
+            self._logged_side.add(int(input_size))
+        return s
+
+    def grid_for(self, input_size: int) -> int:
+        m = self.input_side(input_size) // self.arch.patch
+        return min(m, self.token_grid)
+
+    def _forward(self, batch: np.ndarray, grid: int):
+        return _vit_forward_jit(self.model, self.variables, batch, grid,
+                                tuple(self.arch.mean), tuple(self.arch.std))
+
+    def cache_key(self, section_name, image: np.ndarray, spot_xy, region_origin, global_origin,
+                  data_cfg) -> str:
+        c = self.cfg
+        desc = {
+            "version": CACHE_VERSION, "encoder": "vit", "arch": self.arch_name,
+            "arch_fields": dataclasses.asdict(self.arch), "weights": self._weights_id,
+            "dtype": str(c.dtype),
+            "sizes": [int(data_cfg.spot_size), int(data_cfg.region_size),
+                      int(data_cfg.global_size)],
+            "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
+            "token_grid": self.token_grid, "section": str(section_name),
+            "image_shape": [int(v) for v in image.shape],
+            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
+                                     digest_size=16).hexdigest(),
+            "coords": _coords_hash(spot_xy, region_origin, global_origin),
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:20]
+
+
 def make_extractor(features_cfg):
-    """The extractor for ``features_cfg.encoder``: ``resnet50`` or ``embeddings``."""
+    """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``vit`` or
+    ``patch_features``."""
     if features_cfg.encoder == "resnet50":
         return FeatureExtractor(features_cfg)
     if features_cfg.encoder == "embeddings":
         return EmbeddingsReader(features_cfg)
-    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected 'resnet50' or "
-                      "'embeddings'")
+    if features_cfg.encoder == "vit":
+        return ViTExtractor(features_cfg)
+    if features_cfg.encoder == "patch_features":
+        return PatchFeatureReader(features_cfg)
+    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected 'resnet50', "
+                      "'embeddings', 'vit' or 'patch_features'")
