@@ -35,6 +35,9 @@ def test_arch_table_matches_config_and_published_sizes():
     assert s[("pos_embed",)] == (1, 261, 1280)            # 256 patches + class + 4 registers
     assert s[("blocks_0", "mlp", "fc2", "kernel")] == (3416, 1280)   # packed SwiGLU
     assert ARCHS["virchow2"].feature_dim == 2560 and ARCHS["uni2_h"].feature_dim == 1536
+    # H-optimus-1 is H-optimus-0's architecture (its parity case covers both)
+    assert dataclasses.replace(ARCHS["h_optimus_1"], hf_repo="", licence="") == \
+        dataclasses.replace(ARCHS["h_optimus_0"], hf_repo="", licence="")
 
 
 # ------------------------------------------------------------------ plain-torch references
@@ -210,7 +213,7 @@ def _state_dict(arch, model):
     return {k: v.numpy() for k, v in sd.items()}
 
 
-@pytest.mark.parametrize("name", [n for n in ARCHS if n != "tiny_test"] +
+@pytest.mark.parametrize("name", [n for n in ARCHS if n not in ("tiny_test", "h_optimus_1")] +
                          ["mean_rule", "cls_pos_registers"])
 def test_vit_matches_torch(name, tmp_path):
     torch = pytest.importorskip("torch")
@@ -224,10 +227,10 @@ def test_vit_matches_torch(name, tmp_path):
     path = tmp_path / "w.pth"
     torch.save(model.hf_state_dict() if arch.keys == "hf" else model.state_dict(), path)
     variables = load_vit_weights(path, arch, name)
-    fwd = jax.jit(lambda v, a: ViT(arch).apply(v, a))
+    fwd = jax.jit(ViT(arch).apply)
     rng = np.random.default_rng(0)
-    # the training grid (3x3), a larger (5x5: interpolated up) and a smaller one (2x2: down)
-    for g in (3, 5, 2):
+    # the training grid (3x3), a larger (5x5: interpolated up) and, once, a smaller one (2x2)
+    for g in (3, 5, 2) if name == "uni2_h" else (3, 5):
         x = rng.normal(size=(2, g * arch.patch, g * arch.patch, 3)).astype(np.float32)
         ref = _torch_outputs(arch, model, x)
         cls, patches = fwd(variables, x)
