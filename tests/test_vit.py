@@ -262,7 +262,7 @@ def test_weight_files_and_one_line_errors(tmp_path):
     sd = random_state_dict(arch)
     np.savez(tmp_path / "w.npz", **sd)
     a = load_vit_weights(tmp_path / "w.npz", arch, "uni2_h")
-    from safetensors.numpy import save_file
+    save_file = pytest.importorskip("safetensors.numpy").save_file
     save_file(sd, str(tmp_path / "w.safetensors"))
     b = load_vit_weights(tmp_path / "w.safetensors", arch, "uni2_h")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -291,7 +291,7 @@ def test_weight_files_and_one_line_errors(tmp_path):
 
 def test_safetensors_bf16_without_torch_reader(tmp_path):
     torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
+    save_file = pytest.importorskip("safetensors.torch").save_file
     arch = _small("phikon")
     hf = _state_dict(arch, _torch_vit(arch))
     t = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in hf.items()}

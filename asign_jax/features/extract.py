@@ -1,8 +1,9 @@
 """Patch features for a section: spot patches, region tiles and global tiles through ResNet-50.
 
-``make_extractor(config.features)`` returns the extractor ``prepare`` uses; both kinds
-(``FeatureExtractor`` here, ``EmbeddingsReader`` for precomputed embeddings) offer the same
-``section_features(...)``, returning::
+``make_extractor(config.features)`` returns the extractor ``prepare`` uses; every kind
+(``FeatureExtractor`` here, ``ViTExtractor`` for foundation-model ViTs (``features/vit.py``),
+``EmbeddingsReader`` for precomputed embeddings, ``PatchFeatureReader`` for TRIDENT / HEST
+files) offers the same ``section_features(...)``, returning::
 
     spot_feats (N, D) float32, spot_tokens (N, T, D) float16, region_feats (R, D) float32,
     region_tokens (R, T, D) float16, global_feats (Q, D) float32, global_tokens (Q, T, D) float16
