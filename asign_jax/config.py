@@ -308,8 +308,8 @@ POSITIVE = (
 
 NON_NEGATIVE = (
     "synthetic.max_rotation_deg", "synthetic.max_translation_px", "synthetic.max_scale",
-    "synthetic.elastic_px", "features.init_seed", "features.patch_size_level0", "graph.k_cross", "graph.region_k_cross",
-    "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
+    "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
+    "features.patch_size_level0", "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
     "loss.lambda_s", "loss.lambda_r", "loss.lambda_g", "loss.lambda_1", "loss.lambda_2",
     "loss.gamma_1", "loss.gamma_2", "train.weight_decay",
 )
