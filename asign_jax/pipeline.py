@@ -39,6 +39,7 @@ from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.evaluation import references, reports, scoring, selection
+from asign_jax.features.extract import input_files
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.prepare import prepare_samples, prepared_table
@@ -116,7 +117,8 @@ def _prepare_stage(config, rf: RunFolder, *, strict_folds: bool) -> None:
                 config.data.n_genes, config.data.normalization, config.data.region_size,
                 config.data.global_size, config.features.encoder)
     prepare_samples(samples, config, workdir)
-    rf.finish("prepare", files=[x.image_path for s in samples for x in s.sections])
+    rf.finish("prepare", files=[x.image_path for s in samples for x in s.sections] +
+              input_files(config.features))
 
 
 def _register_stage(config, rf: RunFolder, only: Optional[list[str]] = None) -> None:

@@ -407,6 +407,22 @@ class ViTExtractor(FeatureExtractor):
                               ).hexdigest()[:20]
 
 
+def input_files(features_cfg) -> list[Path]:
+    """The files the features are read from (weights, embeddings or patch-feature files), for
+    the run folder's check that a reused ``prepare`` stage was made from the same bytes."""
+    enc = features_cfg.encoder
+    if enc in ("resnet50", "vit") and features_cfg.weights:
+        paths = [Path(features_cfg.weights)]
+    elif enc == "embeddings" and features_cfg.embeddings:
+        paths = [Path(features_cfg.embeddings)]
+    elif enc == "patch_features":
+        paths = [p for d in str(features_cfg.patch_features).split(",") if d.strip()
+                 for p in sorted(Path(d.strip()).glob("*.h5*"))]
+    else:
+        paths = []
+    return [p for p in paths if p.is_file()]
+
+
 def make_extractor(features_cfg):
     """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``vit`` or
     ``patch_features``."""
