@@ -11,7 +11,7 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.extract import FeatureExtractor, make_extractor
+from asign_jax.features.extract import FeatureExtractor, input_files, make_extractor
 from asign_jax.features.patch_features import PatchFeatureReader, write_trident
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,7 @@ def test_area_weighted_rule_and_tokens(tmp_path):
     c = _cfg([tmp_path])
     reader = make_extractor(c.features)
     assert isinstance(reader, PatchFeatureReader)
+    assert input_files(c.features) == [tmp_path / "S1.h5"]     # tracked by the run folder
     # spot 0 coincides with the patch at (32, 0); spot 1's window [40, 72) x [16, 48) straddles
     # four patches: overlaps 24x16, 8x16 (top), 24x16, 8x16 (bottom)
     spots = np.array([[48.0, 16.0], [56.0, 32.0]])
