@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from asign_jax import atomic
+from asign_jax import atomic, provenance
 from asign_jax.config import validate
 from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
@@ -391,7 +391,8 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
     test = [s["test"] for s in scores]
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
-                                val_results=val, method=method, n_params=n_params)
+                                val_results=val, method=method, n_params=n_params,
+                                provenance=provenance.record(workdir, config))
     rf.finish("reports")
     if n_params is not None:
         print(f"\nmodel {method}: {n_params:,} trainable parameters")

@@ -187,7 +187,7 @@ def _vit_layer(d, mlp, heads=16, head_dim=64):
 
 
 def test_parameter_counts_match_baselines_md():
-    """Head + fusion parts against the closed-form arithmetic of shared/notes/baselines.md
+    """Head + fusion parts against the closed-form arithmetic of docs/baselines.md
     (within 10 %), with inputs of the originals' dimensions; where the input embedding can be
     made the original's (pixels as a flat feature), the total against baselines.md's total."""
     lin = lambda i, o: i * o + o

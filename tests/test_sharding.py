@@ -1,7 +1,7 @@
 """Data-parallel sharding: 4 fake CPU devices in a subprocess vs. one device.
 
 The fake devices need XLA_FLAGS and NPROC (>= 2x the device count, or the CPU all-reduce can
-deadlock on 2 cores; shared/notes/stack.md) in the environment BEFORE jax is imported, hence
+deadlock on 2 cores; docs/stack.md) in the environment BEFORE jax is imported, hence
 the subprocess.
 """
 
