@@ -350,11 +350,11 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
         if role == "test" and write:
             for p in predictions:
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
+                prepared = PreparedSample.load(data_dir or workdir, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
-                                          genes, fold.index,
-                                          PreparedSample.load(data_dir or workdir, p.sample_id))
+                                          genes, fold.index, prepared)
                 reports.plot_gene_maps(Path(workdir) / "plots", stem, p, genes,
-                                       config.train.eval_genes)
+                                       config.train.eval_genes, prepared)
     return out
 
 

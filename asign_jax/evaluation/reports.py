@@ -14,6 +14,7 @@ from asign_jax import atomic
 from asign_jax.data.lattice import infer_lattice
 from asign_jax.evaluation import references as baselines
 from asign_jax.evaluation import spatial_data
+from asign_jax.evaluation.figures import plot_gene_maps, plot_section_box  # noqa: F401
 from asign_jax.evaluation.metrics import CONVENTIONS, METRICS, aggregate, nan_or  # noqa: F401
 from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
 
@@ -50,70 +51,6 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
         for s in secs if s.image_path}
     path.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(path)
-    return path
-
-
-def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequence[str],
-                   eval_genes: Sequence[str]) -> list[Path]:
-    """Per test section and gene of ``eval_genes`` present: truth | the model | overlap scatter."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    preds, truth, section_names, known_layer = p.preds, p.truth, p.section_names, p.known_layer
-    method = p.method
-    genes = [str(g) for g in genes]
-    layer = p.layer.astype(int)
-    xy = np.asarray(p.spot["xy"])
-    written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for gname in eval_genes:
-        if gname not in genes:
-            continue
-        g = genes.index(gname)
-        for l in sorted(set(layer.tolist()) - {known_layer}):
-            rows = layer == l
-            panels = [("truth", truth[rows, g]), (method, preds[method][rows, g]),
-                      ("overlap", preds["overlap"][rows, g])]
-            vmin, vmax = np.percentile(truth[rows, g], [1, 99])
-            fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-            for ax, (title, v) in zip(axes, panels):
-                sc = ax.scatter(xy[rows, 0], xy[rows, 1], c=v, s=12, cmap="viridis",
-                                vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6)
-                ax.set_title(f"{title}: {gname}")
-                ax.set_aspect("equal")
-                ax.invert_yaxis()
-                ax.set_xticks([])
-                ax.set_yticks([])
-            fig.colorbar(sc, ax=axes, shrink=0.8)
-            fig.suptitle(f"{stem} section {section_names[l]} (layer {l}; known layer {known_layer})")
-            path = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            written.append(path)
-    return written
-
-
-def plot_section_box(path: Path, fold_results: Sequence[dict]) -> Path:
-    """Box plot of the per-section pcc_gene and pcc_spot of every method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(fold_results[0]["mean"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("pcc_gene", "pcc_spot")):
-        data = []
-        for m in methods:
-            v = np.array([nan_or(s["methods"][m][metric]) for fr in fold_results for s in fr["sections"]])
-            data.append(v[~np.isnan(v)])
-        ax.boxplot(data, tick_labels=methods)
-        ax.set_title(f"per-section {metric}")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
