@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from types import SimpleNamespace
 from typing import Callable
 
 from absl import app, flags
@@ -164,8 +165,11 @@ REQUIRED = _Required()   # ``name=(REQUIRED, help)`` in define_script_flags: a r
 
 def run_script(main: Callable, script: str, *, config: str = "optional", **extra: tuple) -> None:
     """``run`` for an ``experiments/<script>.py``: the flags of ``define_script_flags``, the
-    config validated (when given) before ``main(flags.FLAGS)``, the same one-line errors."""
+    config validated (when given), then ``main(args)`` with ``args`` a namespace of the flag
+    values (``config``, ``out``, ``verbose`` and every ``extra`` name; ``vars(args)`` works),
+    with the same one-line errors as the commands."""
     fv = define_script_flags(script, config=config, **extra)
+    names = (["config"] if config != "none" else []) + ["out", "verbose", *extra]
 
     def _main(argv):
         if len(argv) > 1:
@@ -175,7 +179,7 @@ def run_script(main: Callable, script: str, *, config: str = "optional", **extra
         try:
             if config != "none" and fv.config is not None:
                 validate(fv.config)
-            main(fv)
+            main(SimpleNamespace(**{n: getattr(fv, n) for n in names}))
         except (DataError, ConfigError, TrainingError) as e:
             if fv.verbose:
                 raise

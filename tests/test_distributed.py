@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.config import base_config
     from asign_jax.models import factory
     from asign_jax.training import batches, folds, loop
-    from graph_helpers import random_sample_graph
+    from asign_jax.testing import random_sample_graph
 
     c = base_config()
     c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1

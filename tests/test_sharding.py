@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.models import factory
     from asign_jax.training import batches, checkpoint, folds, loop, sharding, state as state_lib, step
     from asign_jax.training.losses import asign_loss
-    from graph_helpers import spatial_sample_graph
+    from asign_jax.testing import spatial_sample_graph
 
     assert jax.device_count() == 4, jax.devices()
     c = base_config()

@@ -21,7 +21,7 @@ from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches, folds, known, loop
 from asign_jax.training.losses import asign_loss
-from graph_helpers import random_sample_graph, tiny_model, tiny_sample_graph
+from asign_jax.testing import random_sample_graph, tiny_model, tiny_sample_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
