@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -69,10 +71,7 @@ def test_named_files_exist_and_configs_load():
     for m in modules:
         assert importlib.util.find_spec(m) is not None, m
     for n in sorted(n for n in names if n.startswith("configs/")):
-        spec = importlib.util.spec_from_file_location("readme_config", ROOT / n)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        assert mod.get_config() is not None, n
+        assert load_config(str(ROOT / n)) is not None, n
 
 
 def test_linked_docs_exist():
