@@ -332,7 +332,10 @@ def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list
                 ax.text(i + 1, top, "*", ha="center", va="bottom", fontsize=14)
         ax.set_title(f"Table {k}, {dataset.split(' (')[0]}: {m} per test section "
                      f"(* p < 0.05 vs {base})", fontsize=9)
-        ax.tick_params(axis="x", rotation=45)
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
+        for t in ax.get_xticklabels():           # right-aligned to the tick: no overlap
+            t.set_ha("right")
+            t.set_rotation_mode("anchor")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / f"table{k}_{m}.png", dpi=90)
