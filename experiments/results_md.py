@@ -1,6 +1,7 @@
 """docs/results.md from run folders' metrics.json: every result once, with its commit and command.
 
     python experiments/results_md.py --run "Synthetic demo=runs/synthetic" \
+        --run "DLPFC-size synthetic=runs/synthetic_visium" \
         --run "HER2ST patient C=runs/her2st" [--sections] --out docs
 
 For each ``--run TITLE=RUN_FOLDER`` (in the order given) it writes a section with the command
@@ -105,7 +106,7 @@ def run_section(title: str, run: Path, metrics: dict, *, sections: bool, notes: 
     if sections:
         out += ["Per test section:", "", section_table(metrics), ""]
     s = slug(title)
-    out += [f"<!-- notes:begin {s} -->", notes.rstrip("\n") + "\n" if notes.strip() else "",
+    out += [f"<!-- notes:begin {s} -->", *([notes.strip("\n")] if notes.strip() else []),
             f"<!-- notes:end {s} -->", ""]
     return "\n".join(out)
 
