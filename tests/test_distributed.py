@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 def test_two_processes_equal_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", NPROC="4",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+               PYTHONPATH=os.pathsep.join([str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)
     coord = f"127.0.0.1:{_free_port()}"
