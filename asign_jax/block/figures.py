@@ -72,7 +72,7 @@ def plot_block(out_dir: Path, adata, libraries: dict, genes: Sequence[str]) -> l
         fig.colorbar(sc, ax=top, shrink=0.8, label=f"{gene} (log-normalised)")
         fig.suptitle(f"{gene}: imputed block ({len(names)} sections)")
         p = out_dir / f"block_{gene}.png"
-        fig.savefig(p, dpi=100)
+        fig.savefig(p, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(p)
     return written
