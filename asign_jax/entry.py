@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from types import SimpleNamespace
 from typing import Callable
 
 from absl import app, flags
@@ -61,7 +62,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     verbose = "--verbose" in argv
     try:
         args = flags.FLAGS(argv)
-        if flags.FLAGS.config is not None:   # optional for some commands (impute)
+        if "config" in flags.FLAGS and flags.FLAGS.config is not None:   # optional (impute)
             flags.FLAGS.config.keys()        # a config file that failed to load raises only here
         return args
     except flags.Error as e:
@@ -102,6 +103,83 @@ def run(main: Callable, workdir_help: str = "Run folder.", required=("config", "
             if fv.config is not None:
                 validate(fv.config)
             main(fv)
+        except (DataError, ConfigError, TrainingError) as e:
+            if fv.verbose:
+                raise
+            _fail(str(e), EXIT_FAILED if isinstance(e, TrainingError) else EXIT_BAD_INPUT)
+
+    app.run(_main, flags_parser=parse_flags)
+
+
+# ---- experiments/*.py ------------------------------------------------------------------------
+
+EXPERIMENTS_OUT = "runs/experiments"
+
+
+def define_script_flags(script: str, *, config: str = "optional", **extra: tuple) -> flags.FlagValues:
+    """The flags of an ``experiments/<script>.py``: ``--config`` (locked, like the commands';
+    ``config`` = "required", "optional" or "none"), ``--out`` (its output folder, default
+    ``runs/experiments/<script>``), ``--verbose``, and ``extra`` flags given as
+    ``name=(default, help)`` (the flag's type is the default's: bool, int, float, list =
+    repeatable string, else string) or ``name=(default, help, choices)`` (an enum)."""
+    fv = flags.FLAGS
+    if config != "none" and "config" not in fv:
+        config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
+                                        lock_config=True)
+    if "out" not in fv:
+        flags.DEFINE_string("out", f"{EXPERIMENTS_OUT}/{script}", "Output folder.")
+    if "verbose" not in fv:
+        flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
+    required = ["config"] if config == "required" else []
+    for name, spec in extra.items():
+        default, help_ = spec[0], spec[1]
+        if name in fv:
+            continue
+        if len(spec) > 2:
+            flags.DEFINE_enum(name, default, list(spec[2]), help_)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_)
+        elif isinstance(default, list):
+            flags.DEFINE_multi_string(name, default, help_)
+        else:
+            if default is REQUIRED:
+                required.append(name)
+                default = None
+            flags.DEFINE_string(name, default, help_)
+    if required:
+        flags.mark_flags_as_required(required)
+    return fv
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED = _Required()   # ``name=(REQUIRED, help)`` in define_script_flags: a required string flag
+
+
+def run_script(main: Callable, script: str, *, config: str = "optional", **extra: tuple) -> None:
+    """``run`` for an ``experiments/<script>.py``: the flags of ``define_script_flags``, the
+    config validated (when given), then ``main(args)`` with ``args`` a namespace of the flag
+    values (``config``, ``out``, ``verbose`` and every ``extra`` name; ``vars(args)`` works),
+    with the same one-line errors as the commands."""
+    fv = define_script_flags(script, config=config, **extra)
+    names = (["config"] if config != "none" else []) + ["out", "verbose", *extra]
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        try:
+            if config != "none" and fv.config is not None:
+                validate(fv.config)
+            main(SimpleNamespace(**{n: getattr(fv, n) for n in names}))
         except (DataError, ConfigError, TrainingError) as e:
             if fv.verbose:
                 raise

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from asign_jax import atomic
+from asign_jax import atomic, provenance
 from asign_jax.config import validate
 from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
@@ -352,11 +352,11 @@ def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
         if role == "test" and write:
             for p in predictions:
                 stem = names[fold.index].get(p.sample_id, p.sample_id)
+                prepared = PreparedSample.load(data_dir or workdir, p.sample_id)
                 reports.write_predictions(Path(workdir) / "predictions" / f"{stem}.h5ad", p,
-                                          genes, fold.index,
-                                          PreparedSample.load(data_dir or workdir, p.sample_id))
+                                          genes, fold.index, prepared)
                 reports.plot_gene_maps(Path(workdir) / "plots", stem, p, genes,
-                                       config.train.eval_genes)
+                                       config.train.eval_genes, prepared)
     return out
 
 
@@ -393,7 +393,8 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
     test = [s["test"] for s in scores]
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
-                                val_results=val, method=method, n_params=n_params)
+                                val_results=val, method=method, n_params=n_params,
+                                provenance=provenance.record(workdir, config))
     rf.finish("reports")
     if n_params is not None:
         print(f"\nmodel {method}: {n_params:,} trainable parameters")

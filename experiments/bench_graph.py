@@ -9,25 +9,24 @@ resolution; per-spot jitter sd 20 px, per-layer shift and rotation as left by re
 symmetrisation/merge. Prints each part, the total and the peak RSS.
 
     python experiments/bench_graph.py [--n_per_layer 100000] [--layers 10] [--workers 2]
+
+Writes ``<out>/results.json`` (default ``--out runs/experiments/bench_graph``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asign_jax.config import base_config  # noqa: E402
-from asign_jax.graph.build import build_edges  # noqa: E402
-from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF  # noqa: E402
+from asign_jax import atomic, entry
+from asign_jax.config import base_config
+from asign_jax.graph.build import build_edges
+from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF
 
 
 def make_points(n_per_layer: int, n_layers: int, pitch: float, seed: int):
@@ -49,14 +48,7 @@ def make_points(n_per_layer: int, n_layers: int, pitch: float, seed: int):
     return xy, layer, feats
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n_per_layer", type=int, default=100_000)
-    ap.add_argument("--layers", type=int, default=10)
-    ap.add_argument("--pitch", type=float, default=220.0)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def main(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     g = base_config().graph
 
@@ -96,7 +88,15 @@ def main() -> None:
           f"with a cross edge to one {edges.stats['frac_iou_edge']:.3f}")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak_gb:.2f} GB")
+    out = atomic.write_json(Path(args.out) / "results.json", {
+        "args": {k: v for k, v in vars(args).items() if k != "verbose"},
+        "timings_s": timings, "total_s": total, "cpu_s": cpu, "edges": n_e,
+        "peak_rss_gb": peak_gb})
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "bench_graph", config="none",
+                     n_per_layer=(100_000, "Spots per layer."), layers=(10, "Layers."),
+                     pitch=(220.0, "Grid pitch (px)."), workers=(2, "KD-tree workers."),
+                     seed=(0, "Random seed."))

@@ -5,29 +5,25 @@ G = 250) on 3D Visium-lattice spot graphs (``visium_block``: 4 sections, the rea
 builder, ~22 in-edges per node) at several node counts, with ``dense=True`` (one (N, N)
 matmul per iteration), the CSR product (``models.sparse``; jaxlib's CPU kernel on CPU) and
 the old gather + segment-sum form. The crossover ``cli.DENSE_MAX_NODES`` comes from this table.
-Writes the table to ``--out`` (JSON).
+Writes the table to ``<out>/results.json`` (default ``--out runs/experiments/bench_kernels``).
 
-    python experiments/bench_kernels.py [--nodes 256,512,1024,2048,4096,15000] [--out k.json]
+    python experiments/bench_kernels.py [--nodes 256,512,1024,2048,4096,15000] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from visium_block import make_block   # experiments/ (the script's folder) is on sys.path
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from asign_jax.models import cli  # noqa: E402
-from visium_block import make_block  # noqa: E402
+from asign_jax import atomic, entry
+from asign_jax.models import cli
 
 
 def segment_form(pred, labels, known, s, r, w, alpha, emask, nmask, n_iter):
@@ -61,15 +57,7 @@ def time_fn(fn, args, repeats):
     return statistics.median(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nodes", default="64,128,256,512,1024,2048,4096,15000")
-    ap.add_argument("--genes", type=int, default=250)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dense_max", type=int, default=4096, help="skip dense above this")
-    ap.add_argument("--segment_max", type=int, default=20000, help="skip segment above this")
-    ap.add_argument("--out", default="")
-    a = ap.parse_args()
+def main(a):
     rows = []
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; CSR CPU kernel: "
           f"{cli.sparse.CPU_KERNEL}")
@@ -105,9 +93,13 @@ def main():
     faster = [r["nodes"] for r in rows if "dense_ms" in r and r["dense_ms"] < r["csr_ms"]]
     print(f"dense faster than CSR up to {max(faster) if faster else 0} nodes "
           f"(cli.DENSE_MAX_NODES = {cli.DENSE_MAX_NODES})")
-    if a.out:
-        Path(a.out).write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=1))
+    out = atomic.write_json(Path(a.out) / "results.json", {"jax": jax.__version__, "rows": rows})
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "bench_kernels", config="none",
+                     nodes=("64,128,256,512,1024,2048,4096,15000", "Node counts (comma-separated)."),
+                     genes=(250, "Genes G."), repeats=(3, "Timed repeats (median)."),
+                     dense_max=(4096, "Skip the dense form above this many nodes."),
+                     segment_max=(20000, "Skip the segment form above this many nodes."))

@@ -16,7 +16,9 @@ config (hidden 256, 3 GAT layers, 10 CLI iterations, G genes). Per size, in its 
 
 The last line fits cost ~ n^k between consecutive sizes (k = log-log slope).
 
-    python experiments/bench_scale.py --sizes 3600,25000,100000 --out scale.json
+Writes ``<out>/results.json`` (default ``--out runs/experiments/bench_scale``).
+
+    python experiments/bench_scale.py --sizes 3600,25000,100000
     python experiments/bench_scale.py --sizes 100000 --max_nodes 40000 --remat   # < 16 GiB
     python experiments/bench_scale.py --sizes 250000 --no_train        # imputation only
     python experiments/bench_scale.py --sizes 3600 --dtype bfloat16    # e.g. on a GPU
@@ -24,7 +26,6 @@ The last line fits cost ~ n^k between consecutive sizes (k = log-log slope).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,19 +35,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from visium_block import make_block   # experiments/ (the script's folder) is on sys.path
 
-from asign_jax.config import base_config  # noqa: E402
-from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
-from asign_jax.models import factory  # noqa: E402
-from asign_jax.training import batches, folds, state as state_lib, step as step_lib  # noqa: E402
-from asign_jax.training import subgraph  # noqa: E402
-from visium_block import make_block  # noqa: E402
+from asign_jax import atomic, entry
+from asign_jax.config import base_config
+from asign_jax.graph.padding import budget_for, pad_sample
+from asign_jax.models import factory
+from asign_jax.training import batches, folds, state as state_lib, step as step_lib
+from asign_jax.training import subgraph
 
 
 def rss_gb() -> float:
@@ -133,21 +133,7 @@ def growth(rows, key):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="3600,25000,100000,250000", help="spots per section")
-    ap.add_argument("--sections", type=int, default=4)
-    ap.add_argument("--genes", type=int, default=250)
-    ap.add_argument("--din", type=int, default=512, help="embedding dim")
-    ap.add_argument("--tokens", type=int, default=4)
-    ap.add_argument("--max_nodes", type=int, default=60000, help="train.max_graph_nodes")
-    ap.add_argument("--no_train", action="store_true", help="graph + imputation only")
-    ap.add_argument("--remat", action="store_true", help="model.remat: recompute the graph "
-                    "layers in the backward pass (less memory per tile node)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--out", default="")
-    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+def main(a):
     if a.one:
         print("ROW " + json.dumps(run_size(a.one, a)), flush=True)
         return
@@ -157,7 +143,7 @@ def main():
     rows = []
     for n in [int(v) for v in a.sizes.split(",")]:
         args = [f"--{k}={v}" for k, v in vars(a).items()
-                if k not in ("sizes", "out", "one", "no_train", "remat")]
+                if k not in ("sizes", "out", "one", "no_train", "remat", "verbose")]
         args += [f"--{k}" for k in ("no_train", "remat") if getattr(a, k)]
         proc = subprocess.run([sys.executable, __file__, *args, "--one", str(n)],
                               capture_output=True, text=True)
@@ -169,12 +155,20 @@ def main():
             continue
         rows.append(json.loads(row[0][4:]))
         print(json.dumps(rows[-1]), flush=True)
-        if a.out:
-            Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+        atomic.write_json(Path(a.out) / "results.json", {"args": vars(a), "rows": rows})
     for key in ("graph_s", "epoch_s", "impute_s", "peak_rss_gb"):
         print(f"{key}: {[r.get(key) for r in rows]}  growth exponent k (cost ~ n^k): "
               f"{growth(rows, key)}")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "bench_scale", config="none",
+                     sizes=("3600,25000,100000,250000", "Spots per section (comma-separated)."),
+                     sections=(4, "Sections L."), genes=(250, "Genes G."),
+                     din=(512, "Embedding dim D."), tokens=(4, "Tokens T per tile."),
+                     max_nodes=(60000, "train.max_graph_nodes."),
+                     no_train=(False, "Graph + imputation only."),
+                     remat=(False, "model.remat: recompute the graph layers in the backward "
+                                   "pass (less memory per tile node)."),
+                     dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
+                     one=(0, "(internal) run one size in this process and print its row."))

@@ -7,31 +7,30 @@ k_cross 12 / 4 / 2 for spot / region / global, as in the base config), one sampl
   (a) patient-C size: 910 spots over 5 layers (182 each), 300 region + 80 global nodes,
       250 genes, 2048-d features, T = 16 tokens (float16, as stored);
   (b) 128 spots (4 layers x 32) + 300 region + 80 global nodes, 250 genes, 1024-d, T = 16.
-Model config from configs/her2st.py if present, else ``asign_jax.config.base_config()``.
+Model config: ``--config`` (with ``--config.a.b=v`` overrides), else configs/her2st.py if
+present, else ``asign_jax.config.base_config()``. Writes ``<out>/results.json`` (default
+``--out runs/experiments/bench_step``).
 Prints the compile time and the median (and min / max) of ``--repeats`` (>= 5) steps; the batch
 is placed on the device beforehand, so host-side batch assembly is not included.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from asign_jax import atomic, entry
+from asign_jax.config import base_config
+from asign_jax.models import factory
+from asign_jax.testing import random_sample_graph
+from asign_jax.training import batches, folds, state as state_lib, step as step_lib
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))   # graph_helpers.random_sample_graph
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from asign_jax.config import base_config  # noqa: E402
-from asign_jax.models import factory  # noqa: E402
-from asign_jax.training import batches, folds, state as state_lib, step as step_lib  # noqa: E402
-from graph_helpers import random_sample_graph  # noqa: E402
 
 CASES = {
     "a_patientC_910spots_2048d": dict(n_layers=5, spots_per_layer=182, n_region=300,
@@ -88,21 +87,22 @@ def bench(name, shape, config, repeats):
     return statistics.median(times)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--samples_per_step", type=int, default=1)
-    ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
-    config, source = load_config()
+def main(args):
+    config, source = (args.config, "--config") if args.config is not None else load_config()
     config.train.samples_per_step = args.samples_per_step
     m = config.model
     print(f"model config: {source} (hidden {m.hidden}, heads {m.heads}, gat_layers {m.gat_layers}, "
           f"cli_iterations {m.cli_iterations}); optimizer {config.train.optimizer}; "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
-    for name in args.cases.split(","):
-        bench(name, CASES[name], config, max(args.repeats, 5))
+    medians = {name: bench(name, CASES[name], config, max(args.repeats, 5))
+               for name in args.cases.split(",")}
+    out = atomic.write_json(Path(args.out) / "results.json",
+                            {"config": source, "step_median_s": medians})
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "bench_step",
+                     repeats=(7, "Timed steps per case (at least 5)."),
+                     samples_per_step=(1, "train.samples_per_step."),
+                     cases=(",".join(CASES), "Cases (comma-separated)."))

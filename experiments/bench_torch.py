@@ -15,7 +15,9 @@ machine load hits both alike; each is the median of ``--steps`` after a warm-up 
 is reported separately). Each size runs in its own process (peak RSS per size, large sizes one
 at a time). Device-agnostic: JAX's default device, PyTorch on CUDA when available.
 
-    python experiments/bench_torch.py --sizes 1000,4000,15000,60000 --out sweep.json
+Writes ``<out>/results.json`` (default ``--out runs/experiments/bench_torch``).
+
+    python experiments/bench_torch.py --sizes 1000,4000,15000,60000
     python experiments/bench_torch.py --sizes 1000 --dtype bfloat16
 
 Skips cleanly (exit 0) when torch is not installed.
@@ -23,7 +25,6 @@ Skips cleanly (exit 0) when torch is not installed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -33,28 +34,25 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from visium_block import make_block   # experiments/ (the script's folder) is on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asign_jax import atomic, entry
+from asign_jax.config import base_config
+from asign_jax.graph.contract import edge_mask, node_mask
+from asign_jax.graph.padding import budget_for, pad_sample
+from asign_jax.models import cli
+from asign_jax.models.asign import ASIGN
+from asign_jax.training.losses import asign_loss
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:           # pragma: no cover - depends on the environment
     torch = None
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from asign_jax.config import base_config  # noqa: E402
-from asign_jax.graph.contract import edge_mask, node_mask  # noqa: E402
-from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
-from asign_jax.models import cli  # noqa: E402
-from asign_jax.models.asign import ASIGN  # noqa: E402
-from asign_jax.training.losses import asign_loss  # noqa: E402
-from visium_block import make_block  # noqa: E402
 
 LN_EPS = 1e-6                  # flax LayerNorm default
 
@@ -402,20 +400,7 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000,4000,15000,60000", help="spots per sample")
-    ap.add_argument("--sections", type=int, default=4)
-    ap.add_argument("--din", type=int, default=1024)
-    ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--genes", type=int, default=250)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--out", default="", help="JSON file for the table")
-    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)   # child process
-    a = ap.parse_args(argv)
+def main(a):
     if torch is None:
         print("torch is not installed: skipping the PyTorch comparison")
         return 0
@@ -430,7 +415,8 @@ def main(argv=None):
     rows = []
     print(table([]))
     for spots in [int(v) for v in a.sizes.split(",")]:
-        args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("sizes", "out", "one")]
+        args = [f"--{k}={v}" for k, v in vars(a).items()
+                if k not in ("sizes", "out", "one", "verbose")]
         proc = subprocess.run([sys.executable, __file__, *args, "--one", str(spots)],
                               capture_output=True, text=True)
         row = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
@@ -439,13 +425,19 @@ def main(argv=None):
             continue
         rows.append(json.loads(row[0][4:]))
         print(table(rows).splitlines()[-1], flush=True)
-        if a.out:
-            Path(a.out).write_text(json.dumps({"args": vars(a), "jax": jax.__version__,
-                                               "torch": torch.__version__, "rows": rows},
-                                              indent=1))
+        atomic.write_json(Path(a.out) / "results.json",
+                          {"args": vars(a), "jax": jax.__version__, "torch": torch.__version__,
+                           "rows": rows})
     print("\n" + table(rows))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry.run_script(main, "bench_torch", config="none",
+                     sizes=("1000,4000,15000,60000", "Spots per sample (comma-separated)."),
+                     sections=(4, "Sections."), din=(1024, "Feature dim D_in."),
+                     tokens=(16, "Tokens T."), genes=(250, "Genes G."),
+                     hidden=(256, "model.hidden."), heads=(4, "model.heads."),
+                     steps=(5, "Timed steps (median) after a warm-up."),
+                     dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
+                     one=(0, "(internal) run one size in this process and print its row."))

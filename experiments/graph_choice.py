@@ -1,14 +1,15 @@
 """Which 3D graph construction to use, read on the VALIDATION role only (no training).
 
     python experiments/graph_choice.py --config configs/her2st.py --workdir runs/her2st \
-        [--variants paper,calibrated:336,calibrated:500,calibrated:336:0.5] [--out FILE]
+        [--variants paper,calibrated:336,calibrated:500,calibrated:336:0.5] [--out DIR]
 
 For every graph variant the spot graph of each sample is rebuilt in memory from the prepared
 data and the registration of ``--workdir``, and a parameter-free propagation is scored on the
 validation rows of every fold (``scoring.role_views(fold, graphs, "val")``): eq. 5 with
 alpha_j = 1 and the edge weights of the variant, ``model.cli_iterations`` iterations, unknown
-spots starting at the known spots' mean. No test row is read. The table (and ``--out``, JSON)
-gives validation MSE / pcc_gene per variant, with ``known_mean`` and ``overlap`` beside them.
+spots starting at the known spots' mean. No test row is read. The table (and
+``<out>/results.json``, default ``--out runs/experiments/graph_choice``) gives validation
+MSE / pcc_gene per variant, with ``known_mean`` and ``overlap`` beside them.
 
 Variant syntax: ``paper`` (IoU + raw cosine, top-k over all other-layer nodes) or
 ``calibrated:<cross_radius px>[:<expand_min_sim>[:<sim_weight>]]``.
@@ -16,27 +17,20 @@ Variant syntax: ``paper`` (IoU + raw cosine, top-k over all other-layer nodes) o
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from asign_jax import atomic  # noqa: E402
-from asign_jax.evaluation import references  # noqa: E402
-from asign_jax.evaluation.metrics import fold_means, section_metrics  # noqa: E402
-from asign_jax.evaluation.scoring import role_views  # noqa: E402
-from asign_jax.graph.build import build_sample_graph  # noqa: E402
-from asign_jax.graph.io import registered_sample  # noqa: E402
-from asign_jax.preprocess.prepared import PreparedSample, list_prepared  # noqa: E402
-from asign_jax.preprocess.standardize import standardize_features  # noqa: E402
-from asign_jax.training import batches  # noqa: E402
-from asign_jax.training.folds import make_folds  # noqa: E402
+from asign_jax import atomic, entry
+from asign_jax.evaluation import references
+from asign_jax.evaluation.metrics import fold_means, section_metrics
+from asign_jax.evaluation.scoring import role_views
+from asign_jax.graph.build import build_sample_graph
+from asign_jax.graph.io import registered_sample
+from asign_jax.preprocess.prepared import PreparedSample, list_prepared
+from asign_jax.preprocess.standardize import standardize_features
+from asign_jax.training import batches
+from asign_jax.training.folds import make_folds
 
 
 def variant_config(config, spec: str):
@@ -101,13 +95,9 @@ def _nanmean(v) -> float:
     return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    rows = [evaluate_variant(FLAGS.config, Path(FLAGS.workdir), v)
-            for v in FLAGS.variants.split(",")]
+def main(args):
+    rows = [evaluate_variant(args.config, Path(args.workdir), v)
+            for v in args.variants.split(",")]
     print("validation rows only (no test row is read); parameter-free propagation per graph")
     print(f"{'variant':<28} {'mse':>7} {'pcc_gene':>9} {'iou0 share':>10} {'median len':>10}")
     for r in rows:
@@ -118,15 +108,11 @@ def main(argv):
     for m in ("known_mean", "overlap", "ridge"):
         v = rows[0]["validation"][m]
         print(f"{m:<28} {v['mse']:>7.4f} {v['pcc_gene']:>9.4f}")
-    if FLAGS.out:
-        atomic.write_json(FLAGS.out, rows)
+    print(f"written: {atomic.write_json(Path(args.out) / 'results.json', rows)}")
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Run folder with prepared data and registration.")
-    flags.DEFINE_string("variants", "paper,calibrated:224,calibrated:336,calibrated:500,"
-                        "calibrated:336:0.5", "Comma-separated graph variants.")
-    flags.DEFINE_string("out", "", "JSON output file.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    entry.run_script(main, "graph_choice", config="required",
+                     workdir=(entry.REQUIRED, "Run folder with prepared data and registration."),
+                     variants=("paper,calibrated:224,calibrated:336,calibrated:500,"
+                               "calibrated:336:0.5", "Comma-separated graph variants."))

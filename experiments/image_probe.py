@@ -14,30 +14,24 @@ to a parameter-free propagation (alpha_j = 1, unknown spots start at the known m
 * the propagation, and propagation + the relative ridge blended per gene (eq. 6 with alpha
   fit on the same validation rows: an optimistic indication of the available gain).
 
-It was the probe behind the README's "image half" notes; no test row is read.
+It was the probe behind the "image half" notes of docs/deviations.md; no test row is read.
+Writes ``<out>/results.json`` (default ``--out runs/experiments/image_probe``).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from asign_jax import pipeline  # noqa: E402
-from asign_jax.evaluation.metrics import section_metrics  # noqa: E402
-from asign_jax.evaluation.references import label_propagation, ridge, ridge_fit  # noqa: E402
-from asign_jax.evaluation.scoring import role_views  # noqa: E402
-from asign_jax.models.cli import known_mean  # noqa: E402
-from asign_jax.models.cli import fit_blend  # noqa: E402
-from asign_jax.training import batches  # noqa: E402
-from asign_jax.training.folds import make_folds  # noqa: E402
+from asign_jax import atomic, entry, pipeline
+from asign_jax.evaluation.metrics import section_metrics
+from asign_jax.evaluation.references import label_propagation, ridge, ridge_fit
+from asign_jax.evaluation.scoring import role_views
+from asign_jax.models.cli import known_mean
+from asign_jax.models.cli import fit_blend
+from asign_jax.training import batches
+from asign_jax.training.folds import make_folds
 
 
 def probe(config, workdir: Path) -> dict:
@@ -85,19 +79,14 @@ def probe(config, workdir: Path) -> dict:
             for k, v in rows.items()}
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    out = probe(FLAGS.config, Path(FLAGS.workdir))
+def main(args):
+    out = probe(args.config, Path(args.workdir))
     print("validation rows of the first fold (no test row is read)")
     for name, v in out.items():
         print(f"{name:<55} mse {v['mse']:.4f}  pcc_gene {v['pcc_gene']:.4f}")
+    print(f"written: {atomic.write_json(Path(args.out) / 'results.json', out)}")
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Run folder with prepared data and graphs.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    entry.run_script(main, "image_probe", config="required",
+                     workdir=(entry.REQUIRED, "Run folder with prepared data and graphs."))

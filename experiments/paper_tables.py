@@ -1,13 +1,14 @@
 """The paper's Tables I-IV on the data at hand, beside the paper's own numbers.
 
     python experiments/paper_tables.py --table 1,2,3,4 --config configs/synthetic.py \
-        [--workdir DIR] [--data_dir PREPARED_RUN] [--rows asign,stnet] [--config.a.b=v ...]
+        [--out DIR] [--data_dir PREPARED_RUN] [--rows asign,stnet] [--config.a.b=v ...]
 
 Every row is ONE run of ``asign_jax.pipeline.train_and_evaluate`` (the code behind
 ``python -m asign_jax.train``) with the dataset config plus the row's overrides (another
 ``model.name`` or an ablation switch): the same folds, validation protocol, genes, masking and
-scoring code for every row. The prepared data, registration and graphs are built once in
-``DIR/data`` (or read from ``--data_dir``, any prepared run folder) and shared by all rows.
+scoring code for every row (``DIR`` = ``--out``, default
+``runs/experiments/paper_tables/<config name>``). The prepared data, registration and graphs
+are built once in ``DIR/data`` (or read from ``--data_dir``, any prepared run folder) and shared by all rows.
 
   Table I    ST-Net, EGN, HisToGene, BLEEP, His2ST, TRIPLEX (App. Table V), ASIGN 2D; the
              references overlap, similarity (and known_mean, ridge when the project has it),
@@ -35,21 +36,17 @@ import csv
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import numpy as np
 
-from asign_jax import atomic, pipeline  # noqa: E402
-from asign_jax.errors import ConfigError, DataError, TrainingError  # noqa: E402
-from asign_jax.evaluation import references  # noqa: E402
-from asign_jax.evaluation.metrics import METRICS, nan_or, nanmean  # noqa: E402
+from asign_jax import atomic, entry, pipeline
+from asign_jax.errors import ConfigError, DataError, TrainingError
+from asign_jax.evaluation import references
+from asign_jax.evaluation.metrics import METRICS, nan_or, nanmean
 
 logger = logging.getLogger("paper_tables")
 
@@ -335,7 +332,10 @@ def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list
                 ax.text(i + 1, top, "*", ha="center", va="bottom", fontsize=14)
         ax.set_title(f"Table {k}, {dataset.split(' (')[0]}: {m} per test section "
                      f"(* p < 0.05 vs {base})", fontsize=9)
-        ax.tick_params(axis="x", rotation=45)
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
+        for t in ax.get_xticklabels():           # right-aligned to the tick: no overlap
+            t.set_ha("right")
+            t.set_rotation_mode("anchor")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / f"table{k}_{m}.png", dpi=90)
@@ -375,39 +375,25 @@ def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=Non
 
 # ---- main -------------------------------------------------------------------------------------
 
-def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Dataset config (configs/<dataset>.py).",
-                                    lock_config=False)
-    flags.DEFINE_string("table", "1", "Comma-separated tables: 1, 2, 3, 4.")
-    flags.DEFINE_string("workdir", None, "Output folder (default runs/paper_tables/<config>).")
-    flags.DEFINE_string("data_dir", None, "A prepared run folder to read the data and graphs "
-                        "from (default <workdir>/data, prepared there if missing).")
-    flags.DEFINE_string("rows", None, f"Only these row ids (comma-separated) of {sorted(ROWS)}.")
-    flags.mark_flags_as_required(["config"])
-
-
-def main(argv) -> None:
-    del argv
-    FLAGS = flags.FLAGS
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    cfg_path = Path(flags.FLAGS["config"].config_filename)
-    workdir = FLAGS.workdir or str(ROOT / "runs" / "paper_tables" / cfg_path.stem)
-    tables = [int(t) for t in FLAGS.table.split(",") if t.strip()]
-    rows = [r.strip() for r in FLAGS.rows.split(",")] if FLAGS.rows else None
+def main(args) -> None:
+    out = args.out
+    if out == f"{entry.EXPERIMENTS_OUT}/paper_tables":      # the default: one folder per config
+        out = f"{out}/{Path(flags.FLAGS['config'].config_filename).stem}"
+    tables = [int(t) for t in args.table.split(",") if t.strip()]
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     if rows:
         unknown = sorted(set(rows) - set(ROWS))
         if unknown:
-            raise SystemExit(f"error: --rows: unknown {unknown}; known {sorted(ROWS)}")
-    try:
-        t0 = time.time()
-        make_tables(FLAGS.config, workdir, tables, FLAGS.data_dir, rows)
-        print(f"total {time.time() - t0:.0f} s")
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+            raise ConfigError(f"--rows: unknown {unknown}; known {sorted(ROWS)}")
+    t0 = time.time()
+    make_tables(args.config, out, tables, args.data_dir, rows)
+    print(f"total {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    entry.run_script(
+        main, "paper_tables", config="required",
+        table=("1", "Comma-separated tables: 1, 2, 3, 4."),
+        data_dir=(None, "A prepared run folder to read the data and graphs from (default "
+                        "<out>/data, prepared there if missing)."),
+        rows=(None, f"Only these row ids (comma-separated) of {sorted(ROWS)}."))

@@ -1,15 +1,15 @@
 """A small sweep over named config fields, chosen on VALIDATION, then scored on test once.
 
-    python experiments/sweep.py --config configs/synthetic.py --workdir runs/sweep \
+    python experiments/sweep.py --config configs/synthetic.py --out runs/sweep \
         --grid model.dropout=0.1,0.3 --grid train.weight_decay=1e-4,0.05 [--mode each]
 
 Every candidate is trained with ``pipeline.train_and_evaluate(..., score_test=False)`` in
-``<workdir>/cand_<i>/``: its test rows are never scored. The candidate with the best
+``<out>/cand_<i>/``: its test rows are never scored. The candidate with the best
 validation ``--metric`` of ASIGN wins (``pcc_gene``, larger is better; ``mse``, smaller is
 better); with ``--guard_known_mean`` (default) a candidate whose validation MSE is worse than
-``known_mean``'s is ranked after every candidate that is not. ``<workdir>/sweep.json`` holds the
+``known_mean``'s is ranked after every candidate that is not. ``<out>/sweep.json`` holds the
 grid, every candidate's validation scores and the choice, written BEFORE the chosen candidate
-is scored on test, once (its checkpoints are reused; ``<workdir>/cand_<i>/metrics.json``).
+is scored on test, once (its checkpoints are reused; ``<out>/cand_<i>/metrics.json``).
 
 Modes: ``grid`` = every combination; ``each`` = the base config plus one field changed at a
 time (1 + sum(len(values) - 1) candidates: a coordinate sweep for a CPU budget).
@@ -24,19 +24,11 @@ import itertools
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from absl import app, flags
-from ml_collections import config_flags
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from asign_jax import atomic, pipeline  # noqa: E402
-from asign_jax.errors import ConfigError  # noqa: E402
+from asign_jax import atomic, entry, pipeline
+from asign_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -184,37 +176,23 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        record = run_sweep(FLAGS.config, parse_grid(FLAGS.grid), FLAGS.workdir, mode=FLAGS.mode,
-                           metric=FLAGS.metric, guard_known_mean=FLAGS.guard_known_mean,
-                           score_test=FLAGS.score_test)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(args):
+    record = run_sweep(args.config, parse_grid(args.grid), args.out, mode=args.mode,
+                       metric=args.metric, guard_known_mean=args.guard_known_mean,
+                       score_test=args.score_test)
     print("\nValidation scores (* = chosen; " + ("test scored once, for the chosen candidate "
-          "only)" if FLAGS.score_test else "test not scored)"))
+          "only)" if args.score_test else "test not scored)"))
     print(summary(record))
-    print(f"\nsweep: {Path(FLAGS.workdir) / 'sweep.json'}")
+    print(f"\nsweep: {Path(args.out) / 'sweep.json'}")
     print(json.dumps(record["chosen"]))
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Base config file.", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Sweep folder.")
-    flags.DEFINE_multi_string("grid", [], "field=v1,v2,... (repeatable).")
-    flags.DEFINE_enum("mode", "grid", ["grid", "each"], "Every combination, or one at a time.")
-    flags.DEFINE_bool("score_test", True, "Score the chosen candidate on test (once). "
-                      "--noscore_test: a first stage whose choice a further sweep builds on.")
-    flags.DEFINE_enum("metric", "pcc_gene", ["pcc_gene", "mse"], "Validation metric of ASIGN.")
-    flags.DEFINE_bool("guard_known_mean", True, "Rank candidates worse than known_mean on "
-                      "validation MSE last.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    entry.run_script(
+        main, "sweep", config="required",
+        grid=([], "field=v1,v2,... (repeatable)."),
+        mode=("grid", "Every combination, or one at a time.", ("grid", "each")),
+        score_test=(True, "Score the chosen candidate on test (once). --noscore_test: a first "
+                          "stage whose choice a further sweep builds on."),
+        metric=("pcc_gene", "Validation metric of ASIGN.", ("pcc_gene", "mse")),
+        guard_known_mean=(True, "Rank candidates worse than known_mean on validation MSE last."))

@@ -24,7 +24,6 @@ pcc_gene = per gene across spots (spatial pattern); pcc_spot = per spot across g
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from asign_jax import atomic
+from asign_jax import atomic, entry
 from asign_jax.data import her2st
 from asign_jax.evaluation.metrics import METRICS, section_metrics
 from asign_jax.evaluation.references import overlap
@@ -46,14 +45,7 @@ def _row(name, m):
                                    else round(float(m[k]), 4)) for k in METRICS}}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--impute", required=True, help="--out folder of asign_jax.impute")
-    ap.add_argument("--cv", required=True, help="workdir of asign_jax.train (configs/her2st.py)")
-    ap.add_argument("--data", default="../shared/data/her2st")
-    ap.add_argument("--sample", default="C")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+def main(args):
 
     import anndata as ad
 
@@ -161,4 +153,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "virtual_grid_check", config="none",
+                     impute=(entry.REQUIRED, "--out folder of asign_jax.impute."),
+                     cv=(entry.REQUIRED, "--workdir of asign_jax.train (configs/her2st.py)."),
+                     data=("../shared/data/her2st", "The HER2ST folder (withheld counts)."),
+                     sample=("C", "The patient."))

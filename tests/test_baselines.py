@@ -8,7 +8,6 @@ and POISONED: every count and label of sample A's test layers (1, 2) is NaN, so 
 that let them through would put NaN in a bank, an input or an output.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from asign_jax.preprocess.tiles import assign_tiles, region_global, tile_counts
 from asign_jax.training import batches, folds, model_inputs
 from asign_jax.training.state import count_params
 from asign_jax.training.step import sample_loss, step_options
+from conftest import load_config, load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 G, D, T = 6, 8, 4
@@ -187,7 +187,7 @@ def _vit_layer(d, mlp, heads=16, head_dim=64):
 
 
 def test_parameter_counts_match_baselines_md():
-    """Head + fusion parts against the closed-form arithmetic of shared/notes/baselines.md
+    """Head + fusion parts against the closed-form arithmetic of docs/baselines.md
     (within 10 %), with inputs of the originals' dimensions; where the input embedding can be
     made the original's (pixels as a flat feature), the total against baselines.md's total."""
     lin = lambda i, o: i * o + o
@@ -379,18 +379,14 @@ def test_similarity_matches_brute_force():
 
 # ---- the tables end to end -------------------------------------------------------------------
 
-def _load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_load = load_module
 
 
 @pytest.mark.slow
 def test_two_row_table_end_to_end(tmp_path, monkeypatch):
     sys.argv = sys.argv[:1]
     tables = _load(ROOT / "experiments" / "paper_tables.py")
-    config = _load(ROOT / "configs" / "test.py").get_config()
+    config = load_config("test")
     config.registration.enabled = False                # keep the data stage short
     # ASIGN's own options, as the shipped configs set them: a baseline row must ignore them
     config.model.image_skip, config.model.spot_offset = True, "known"
@@ -418,7 +414,7 @@ def test_a_diverged_row_is_reported_as_failed_and_not_retried(tmp_path, monkeypa
 
     sys.argv = sys.argv[:1]
     tables = _load(ROOT / "experiments" / "paper_tables.py")
-    config = tables.row_config(_load(ROOT / "configs" / "test.py").get_config(),
+    config = tables.row_config(load_config("test"),
                                tables.ROWS["stnet"][1])
     msg = "fold 1: training loss is nan at step 6 (mse=nan)"
 

@@ -1,7 +1,6 @@
 """Config validation before any work: one line naming the field, for every command and every
 pipeline function (tests that call the pipeline directly are validated too)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,16 +8,14 @@ import pytest
 from asign_jax import pipeline
 from asign_jax.config import base_config, validate
 from asign_jax.errors import ConfigError
+from conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
 def test_shipped_configs_are_valid(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    validate(mod.get_config())
+    validate(load_config(str(path)))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.config import base_config
     from asign_jax.models import factory
     from asign_jax.training import batches, folds, loop
-    from graph_helpers import random_sample_graph
+    from asign_jax.testing import random_sample_graph
 
     c = base_config()
     c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 def test_two_processes_equal_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", NPROC="4",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+               PYTHONPATH=os.pathsep.join([str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)
     coord = f"127.0.0.1:{_free_port()}"

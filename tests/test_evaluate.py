@@ -14,7 +14,7 @@ from asign_jax.evaluation import metrics as ev
 from asign_jax.evaluation import references as baselines
 from asign_jax.evaluation import reports, scoring
 from asign_jax.training import batches, folds
-from graph_helpers import random_sample_graph
+from asign_jax.testing import random_sample_graph
 
 G = 6
 

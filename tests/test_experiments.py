@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def test_visium_block_builds_a_labelled_3d_graph():
@@ -39,7 +34,7 @@ def test_bench_scale_trains_tiles_and_imputes_a_tiny_block(monkeypatch):
     import bench_scale
     import visium_block
     from asign_jax.config import base_config
-    from graph_helpers import tiny_model
+    from asign_jax.testing import tiny_model
 
     def small_config():          # a small model, and a radius-limited (tileable) 3D graph
         c = tiny_model(base_config())
@@ -73,7 +68,7 @@ def test_graph_choice_scores_validation_rows_only():
     import graph_choice
     from asign_jax.config import base_config
     from asign_jax.training import folds
-    from graph_helpers import random_sample_graph
+    from asign_jax.testing import random_sample_graph
     c = base_config()
     c.train.folds, c.train.val_known_fraction, c.train.known_layer = (("A",),), 0.3, 1
     c.train.val_block_unit, c.train.val_block_edges = "global_tile", "cut"

@@ -303,6 +303,7 @@ sections:
             "summary": summary, "out": root / "out"}
 
 
+@pytest.mark.slow
 def test_block_imputes_end_to_end(block):
     import anndata as ad
 
@@ -352,6 +353,7 @@ def test_block_imputes_end_to_end(block):
         assert (out / f).exists(), f
 
 
+@pytest.mark.slow
 def test_checkpoint_is_loaded_and_fine_tuned(block):
     import anndata as ad
 
@@ -384,6 +386,7 @@ def test_checkpoint_is_loaded_and_fine_tuned(block):
                      extractor=ColourFeatures(), progress=False)
 
 
+@pytest.mark.slow
 def test_scanpy_and_squidpy_draw_a_section(block):
     sc = pytest.importorskip("scanpy")
     sq = pytest.importorskip("squidpy")

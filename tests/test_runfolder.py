@@ -8,7 +8,6 @@ re-scoring, and the one-line errors of the commands.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,16 +24,14 @@ from asign_jax.models import factory
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
 from asign_jax.training import step
 from asign_jax.training.folds import Fold
+from conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "register", "graph", "fold_0", "fold_1", "reports")
 
 
 def load_test_config():
-    spec = importlib.util.spec_from_file_location("test_config", ROOT / "configs" / "test.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config("test")
 
 
 def builds(workdir) -> dict:
@@ -66,6 +63,27 @@ def copy_run(trained, dst: Path) -> Path:
 
 # ---- a finished run ---------------------------------------------------------------------------
 
+@pytest.mark.slow
+def test_run_records_its_config_commit_and_command(trained):
+    """config.json = the resolved config; metrics.json names it, the commit and the command,
+    and experiments/results_md.py prints them beside the tables."""
+    import results_md
+    from asign_jax import provenance
+
+    config, workdir, _ = trained
+    assert json.loads((workdir / "config.json").read_text()) == json.loads(
+        config.to_json_best_effort())
+    prov = json.loads((workdir / "metrics.json").read_text())["provenance"]
+    assert prov["config"] == "config.json" and prov["command"].startswith("python")
+    assert prov["commit"] == provenance.git_commit()[0]
+    text = results_md.render([("Tiny run", workdir)], sections=True)
+    assert prov["command"] in text and "| asign |" in text and "Per test section" in text
+    again = results_md.render([("Tiny run", workdir)], sections=False,
+                              previous=text.replace("<!-- notes:begin tiny-run -->\n",
+                                                    "<!-- notes:begin tiny-run -->\nkept\n"))
+    assert "kept\n<!-- notes:end tiny-run -->" in again
+
+@pytest.mark.slow
 def test_finished_run_has_complete_manifests_and_compiled_once(trained):
     config, workdir, agg = trained
     metrics = json.loads((workdir / "metrics.json").read_text())
@@ -95,6 +113,7 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
     assert step.make_eval_fn(model)._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_relaunch_reuses_every_stage(trained, monkeypatch):
     config, workdir, agg = trained
     before = builds(workdir)
@@ -114,6 +133,7 @@ def test_relaunch_reuses_every_stage(trained, monkeypatch):
     assert {s: after[s] for s in STAGES[:-1]} == {s: before[s] for s in STAGES[:-1]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,value,where,message", [
     ("data.n_genes", 20, "prepared/", "was made with data.n_genes=40; you asked for 20"),
     ("data.normalization", "stnet", "prepared/",
@@ -138,6 +158,7 @@ def test_stale_config_is_refused_in_one_line(trained, field, value, where, messa
     assert ((workdir / "metrics.json").read_bytes(), builds(workdir)) == before   # untouched
 
 
+@pytest.mark.slow
 def test_evaluate_rescores_from_checkpoints(trained):
     config, workdir, agg = trained
     fold_results = [json.loads((workdir / "checkpoints" / f"fold_{k}" / "done.json").read_text())
@@ -160,6 +181,7 @@ def test_evaluate_rescores_from_checkpoints(trained):
 
 # ---- kills and --overwrite --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_between_prepare_and_register(trained, tmp_path, monkeypatch):
     """Registration is part of the prepared state: a relaunch registers what is missing
     before any graph is built, and the graphs equal those of an uninterrupted run."""
@@ -187,6 +209,7 @@ def test_kill_between_prepare_and_register(trained, tmp_path, monkeypatch):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_overwrite_rebuilds_the_stale_stage_and_everything_after(trained, tmp_path):
     config, _, agg = trained
     run = copy_run(trained, tmp_path / "run")
@@ -214,6 +237,7 @@ def test_overwrite_rebuilds_the_stale_stage_and_everything_after(trained, tmp_pa
     assert step.make_eval_fn(model)._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_run_folder_without_its_data_stages(trained, tmp_path):
     config, _, _ = trained
     with pytest.raises(RunFolderError, match="stage 'prepare' is missing or did not finish; "
@@ -334,6 +358,7 @@ def error_lines(out: subprocess.CompletedProcess) -> list[str]:
     return [l for l in out.stderr.splitlines() if l.startswith("error:") or "Traceback" in l]
 
 
+@pytest.mark.slow
 def test_commands_print_one_line_and_exit_2(trained, tmp_path):
     _, workdir, _ = trained
     out = command("asign_jax.train", "--config", "configs/test.py", "--workdir",

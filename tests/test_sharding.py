@@ -1,7 +1,7 @@
 """Data-parallel sharding: 4 fake CPU devices in a subprocess vs. one device.
 
 The fake devices need XLA_FLAGS and NPROC (>= 2x the device count, or the CPU all-reduce can
-deadlock on 2 cores; shared/notes/stack.md) in the environment BEFORE jax is imported, hence
+deadlock on 2 cores; docs/stack.md) in the environment BEFORE jax is imported, hence
 the subprocess.
 """
 
@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.models import factory
     from asign_jax.training import batches, checkpoint, folds, loop, sharding, state as state_lib, step
     from asign_jax.training.losses import asign_loss
-    from graph_helpers import spatial_sample_graph
+    from asign_jax.testing import spatial_sample_graph
 
     assert jax.device_count() == 4, jax.devices()
     c = base_config()
@@ -94,7 +94,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_step_matches_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", NPROC="8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)

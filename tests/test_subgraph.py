@@ -10,7 +10,7 @@ from asign_jax.graph.contract import SCALES
 from asign_jax.graph.padding import budget_for, pad_sample
 from asign_jax.models import factory
 from asign_jax.training import batches, folds, state as state_lib, step, subgraph
-from graph_helpers import spatial_sample_graph, tiny_model
+from asign_jax.testing import spatial_sample_graph, tiny_model
 
 
 def _config():

@@ -21,7 +21,7 @@ from asign_jax.models import factory
 from asign_jax.preprocess import standardize
 from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
 from asign_jax.training.losses import asign_loss
-from graph_helpers import tiny_model, tiny_sample_graph
+from asign_jax.testing import tiny_model, tiny_sample_graph
 
 G = 8
 

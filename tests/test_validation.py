@@ -21,7 +21,8 @@ from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches, folds, known, loop
 from asign_jax.training.losses import asign_loss
-from graph_helpers import random_sample_graph, tiny_model, tiny_sample_graph
+from asign_jax.testing import random_sample_graph, tiny_model, tiny_sample_graph
+from conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 G = 8
@@ -180,16 +181,8 @@ def test_whole_layer_known_sets_in_training(graphs):
                 assert k.sum() == (lm & (layer == layer[k][0])).sum()        # the whole layer
             else:
                 assert k.sum() == round(0.2 * lm.sum())                     # fraction fallback
-    c = _load_config("synthetic")
+    c = load_config("synthetic")
     assert c.train.known_mode == "layer" and c.train.val_samples
-
-
-def _load_config(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 # ---- selection reads validation only ---------------------------------------------------------
@@ -254,8 +247,6 @@ def test_known_layer_blocks_poison(graphs, model, tmp_path, edges):
 
 
 def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
-    import sys
-    sys.path.insert(0, str(ROOT / "experiments"))
     import sweep
 
     cfg = tiny_config(steps=6, checkpoint_every=6)

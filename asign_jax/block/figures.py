@@ -1,7 +1,8 @@
 """Figures of an imputed block: gene maps over each section's H&E, and the whole block.
 
-* ``figures/genemap_<section>_<gene>.png``: the section's lowres H&E with every spot
-  coloured by its imputed expression (measured spots: their measured value, black rim);
+* ``figures/genemap_<section>_<gene>.png``: the section's lowres H&E (cropped to its spots)
+  with every spot coloured by its imputed expression (measured spots: their measured value,
+  black rim), one colour scale per gene over the block;
 * ``figures/block_<gene>.png``: all sections side by side (same colour scale), and the
   registered block stacked in 3D.
 """
@@ -14,27 +15,12 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-
-def _limits(v: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.nanpercentile(v, [1, 99])
-    return float(lo), float(hi if hi > lo else lo + 1e-6)
+from asign_jax.evaluation.figures import draw_on_he, limits as _limits
 
 
 def _section_axes(ax, lib: dict, xy: np.ndarray, v: np.ndarray, measured: np.ndarray,
                   vmin: float, vmax: float, title: str):
-    img = lib["images"]["lowres"]
-    s = lib["scalefactors"]["tissue_lowres_scalef"]
-    d = lib["scalefactors"]["spot_diameter_fullres"] * s
-    ax.imshow(img)
-    # marker size in points^2 from the spot diameter in image pixels
-    bbox = ax.get_window_extent().transformed(ax.figure.dpi_scale_trans.inverted())
-    pts_per_px = bbox.width * 72 / img.shape[1]
-    size = max(2.0, (d * pts_per_px) ** 2)
-    sc = ax.scatter(xy[:, 0] * s, xy[:, 1] * s, c=v, s=size, cmap="viridis", vmin=vmin,
-                    vmax=vmax, edgecolors=np.where(measured, "black", "none"), linewidths=0.6)
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-    return sc
+    return draw_on_he(ax, lib, xy, v, vmin, vmax, title, rim=measured)
 
 
 def plot_block(out_dir: Path, adata, libraries: dict, genes: Sequence[str]) -> list[Path]:
@@ -86,7 +72,7 @@ def plot_block(out_dir: Path, adata, libraries: dict, genes: Sequence[str]) -> l
         fig.colorbar(sc, ax=top, shrink=0.8, label=f"{gene} (log-normalised)")
         fig.suptitle(f"{gene}: imputed block ({len(names)} sections)")
         p = out_dir / f"block_{gene}.png"
-        fig.savefig(p, dpi=100)
+        fig.savefig(p, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(p)
     return written

@@ -14,6 +14,7 @@ from asign_jax import atomic
 from asign_jax.data.lattice import infer_lattice
 from asign_jax.evaluation import references as baselines
 from asign_jax.evaluation import spatial_data
+from asign_jax.evaluation.figures import plot_gene_maps, plot_section_box  # noqa: F401
 from asign_jax.evaluation.metrics import CONVENTIONS, METRICS, aggregate, nan_or  # noqa: F401
 from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
 
@@ -53,70 +54,6 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
     return path
 
 
-def plot_gene_maps(out_dir: Path, stem: str, p: SamplePredictions, genes: Sequence[str],
-                   eval_genes: Sequence[str]) -> list[Path]:
-    """Per test section and gene of ``eval_genes`` present: truth | the model | overlap scatter."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    preds, truth, section_names, known_layer = p.preds, p.truth, p.section_names, p.known_layer
-    method = p.method
-    genes = [str(g) for g in genes]
-    layer = p.layer.astype(int)
-    xy = np.asarray(p.spot["xy"])
-    written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for gname in eval_genes:
-        if gname not in genes:
-            continue
-        g = genes.index(gname)
-        for l in sorted(set(layer.tolist()) - {known_layer}):
-            rows = layer == l
-            panels = [("truth", truth[rows, g]), (method, preds[method][rows, g]),
-                      ("overlap", preds["overlap"][rows, g])]
-            vmin, vmax = np.percentile(truth[rows, g], [1, 99])
-            fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-            for ax, (title, v) in zip(axes, panels):
-                sc = ax.scatter(xy[rows, 0], xy[rows, 1], c=v, s=12, cmap="viridis",
-                                vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6)
-                ax.set_title(f"{title}: {gname}")
-                ax.set_aspect("equal")
-                ax.invert_yaxis()
-                ax.set_xticks([])
-                ax.set_yticks([])
-            fig.colorbar(sc, ax=axes, shrink=0.8)
-            fig.suptitle(f"{stem} section {section_names[l]} (layer {l}; known layer {known_layer})")
-            path = out_dir / f"genemap_{stem}_{section_names[l]}_{gname}.png"
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            written.append(path)
-    return written
-
-
-def plot_section_box(path: Path, fold_results: Sequence[dict]) -> Path:
-    """Box plot of the per-section pcc_gene and pcc_spot of every method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(fold_results[0]["mean"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("pcc_gene", "pcc_spot")):
-        data = []
-        for m in methods:
-            v = np.array([nan_or(s["methods"][m][metric]) for fr in fold_results for s in fr["sections"]])
-            data.append(v[~np.isnan(v)])
-        ax.boxplot(data, tick_labels=methods)
-        ax.set_title(f"per-section {metric}")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
 def write_per_gene(path: Path, genes: Sequence[str], per_gene_folds: Sequence[dict]) -> Path:
     """CSV gene, <method>...: per-gene PCC, mean over each fold's sections then over folds."""
     methods = list(per_gene_folds[0])
@@ -150,14 +87,16 @@ def summary_table(agg: dict) -> str:
 
 def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: Sequence[dict],
                   genes: Sequence[str], val_results: Sequence[dict] = (),
-                  method: str = "asign", n_params: Optional[int] = None) -> dict:
+                  method: str = "asign", n_params: Optional[int] = None,
+                  provenance: Optional[dict] = None) -> dict:
     """metrics.json, per_gene_pcc.csv and plots/pcc_sections.png; returns the test aggregate.
 
     metrics.json: the test block ("method", "folds", "mean"/"std" of the model ``method``,
     "components" (ASIGN's halves), "baselines" (the references), on synthetic data "ceilings"
     = the oracle, "n_params") and, when the folds have a validation role, a "validation" block
     ("folds" with each fold's selection record, "methods") beside it: the only scores any
-    selection read. The test block is scored once, with the selected params.
+    selection read. The test block is scored once, with the selected params. ``provenance``
+    (``asign_jax.provenance.record``: commit, command, config.json) is stored as given.
     """
     workdir = Path(workdir)
     agg = aggregate(fold_results)
@@ -171,6 +110,8 @@ def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: S
         metrics["ceilings"] = ceilings
     if n_params is not None:
         metrics["n_params"] = int(n_params)
+    if provenance is not None:
+        metrics["provenance"] = provenance
     if val_results:
         vagg = aggregate(val_results)
         metrics["validation"] = {"folds": list(val_results), "methods": vagg}

@@ -1,7 +1,7 @@
 """Multi-head attention and the per-node transformer layer of MSAGNet.
 
 Nothing here mixes nodes: every node attends only over its OWN token sequence. The official
-code's bugs avoided here (see shared/notes/asign-official-code.md §4): its cross-attention had
+code's bugs avoided here (see docs/official_code.md §4): its cross-attention had
 one key, so the softmax was 1 and the query (the spot) was ignored; its transformer reshaped a
 (3, N, D) stack with ``view(N, 3, D)``, mixing nodes.
 """

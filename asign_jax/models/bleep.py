@@ -1,4 +1,4 @@
-"""BLEEP (Xie et al., NeurIPS 2023; shared/notes/baselines.md §1.4): a contrastive image-expression
+"""BLEEP (Xie et al., NeurIPS 2023; docs/baselines.md §1.4): a contrastive image-expression
 embedding; expression is predicted by retrieval from the fold's training spots.
 
 Training: image embedding I = ProjHead(spot image feature), expression embedding

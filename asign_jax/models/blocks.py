@@ -1,5 +1,5 @@
 """Layers shared by the paper's baselines (``stnet``, ``egn``, ``histogene``, ``bleep``,
-``his2st``, ``triplex``; shared/notes/baselines.md §1 describes each original).
+``his2st``, ``triplex``; docs/baselines.md §1 describes each original).
 
 Calling convention. A baseline is called like every model, ``model(spot, region, glob, known,
 extra, *, train)``, on ONE padded sample that holds all of its layers. ``extra`` is the dict of

@@ -1,7 +1,7 @@
 """Cross-layer Imputation (CLI, paper §III-D, eq. 5-6): weighted label propagation on the 3D
 spot graph from the known spots, then an adaptive per-gene blend with the model prediction.
 
-Differences from the official code (shared/notes/asign-official-code.md §4.7-4.8), following
+Differences from the official code (docs/official_code.md §4.7-4.8), following
 the paper instead: edges are weighted by the 3D edge weight e_ij and a learned per-node alpha_j
 (the official LP used the binary adjacency), unknown nodes start from the model prediction (not
 zeros), and the blend puts alpha on the MODEL prediction (eq. 6).

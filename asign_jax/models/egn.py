@@ -1,4 +1,4 @@
-"""EGN, the exemplar guided network (Yang et al., WACV 2023; shared/notes/baselines.md §1.2),
+"""EGN, the exemplar guided network (Yang et al., WACV 2023; docs/baselines.md §1.2),
 after the TRIPLEX copy of its code (lucidrains ViT + exemplar bridge blocks + CSRA pooling).
 
 Per spot i (N spots, T image tokens, K exemplars, dim d, G genes):

@@ -1,7 +1,7 @@
 """Multi-head graph attention (paper eq. 4) with the 3D edge weight as an attention bias.
 
 The official "GAT" was GraphSAGE-mean with an attention score that cancels out (zero gradient;
-shared/notes/asign-official-code.md §4.3). This is a real GAT (Velickovic et al. 2018): the
+docs/official_code.md §4.3). This is a real GAT (Velickovic et al. 2018): the
 softmax runs over each receiver's incoming edges, so neighbours are weighted differently.
 """
 

@@ -1,4 +1,4 @@
-"""His2ST / Hist2ST (Zeng et al. 2022; shared/notes/baselines.md §1.5): conv-mixer patch encoder ->
+"""His2ST / Hist2ST (Zeng et al. 2022; docs/baselines.md §1.5): conv-mixer patch encoder ->
 transformer over the section's spots -> graph layers over the spot grid -> jumping knowledge.
 
 Per spot (token grid g x g of the spot patch, N spots, dim d, G genes):

@@ -1,4 +1,4 @@
-"""HisToGene (Pang et al. 2021; shared/notes/baselines.md §1.3): a ViT over all spots of a section.
+"""HisToGene (Pang et al. 2021; docs/baselines.md §1.3): a ViT over all spots of a section.
 
 One section is one token sequence, one token per spot: Dense(d)(spot input) + x_embed[x] +
 y_embed[y] (learned tables over the integer array coordinates, shifted to start at 0 per

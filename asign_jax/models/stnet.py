@@ -1,4 +1,4 @@
-"""ST-Net (He et al. 2020; shared/notes/baselines.md §1.1): CNN + linear head, MSE.
+"""ST-Net (He et al. 2020; docs/baselines.md §1.1): CNN + linear head, MSE.
 
 Original: DenseNet-121 (ImageNet) on the 224 px spot patch, classifier replaced by
 Linear(1024 -> G) whose weight starts at 0 and bias at the mean training expression; loss

@@ -1,4 +1,4 @@
-"""TRIPLEX (Chung et al., CVPR 2024; shared/notes/baselines.md §1.6, CVPR-era code): three
+"""TRIPLEX (Chung et al., CVPR 2024; docs/baselines.md §1.6, CVPR-era code): three
 encoders at three scales, fused by cross-attention, trained with a distillation loss.
 
 N spots, T target tokens, W = window^2 (25) neighbour tiles, emb e, G genes:

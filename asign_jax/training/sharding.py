@@ -5,7 +5,7 @@ replicated, and ``jax.jit`` with ``in_shardings`` / ``out_shardings`` lets XLA i
 gradient all-reduce (no shard_map, so no manual pmean). S must be a multiple of the mesh size.
 
 On a CPU, fake devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` AND the
-environment variable ``NPROC`` >= 2N set before jax is imported (shared/notes/stack.md).
+environment variable ``NPROC`` >= 2N set before jax is imported (docs/stack.md).
 
 Multi-process (``jax.distributed.initialize``, see ``initialize``): the mesh spans the devices
 of every process. Every process holds the same pool and runs the same steps (same seed);

@@ -1,11 +1,13 @@
-"""Test helpers: random sample graphs with the contract's shapes (also used by
-``experiments/bench_step.py``, which puts this folder on ``sys.path``)."""
+"""Random sample graphs with the graph contract's shapes, and a tiny model config: shared by
+the tests and ``experiments/bench_step.py`` / ``experiments/graph_choice.py`` checks (nothing in
+the pipeline imports this module)."""
 
 from __future__ import annotations
 
 import jraph
 import numpy as np
 
+from asign_jax.graph.build import build_edges
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, SampleGraph
 
 
@@ -94,8 +96,6 @@ def spatial_sample_graph(seed: int, *, n_layers: int = 3, side: int = 8, n_genes
     Each layer: side x side spots at pitch 100 px (slightly jittered); region tiles 200 px
     (2 x 2 spots), global tiles 400 px; same-layer kNN (k) and cross-layer top-2 within 150 px.
     """
-    from asign_jax.graph.build import build_edges
-
     rng = np.random.default_rng(seed)
     g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 100.0 + 50
     spot_xy = np.concatenate([g + rng.normal(0, 5, g.shape) for _ in range(n_layers)])
