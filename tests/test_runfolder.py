@@ -468,3 +468,18 @@ def test_long_list_fields_are_summarised():
     assert msg.startswith("was made with impute.genes=<20 items: G0, G1, G2, ...>; you asked "
                           "for <20 items: G5, G6, G7, ...> (15 shared; only before: G0, G1, G2,"
                           " G3, G4; only now: G20, G21, G22, G23, G24)")
+
+
+def test_a_manifest_without_content_fingerprints_is_reused_with_a_warning(tmp_path, caplog):
+    image = tmp_path / "C3.jpg"
+    image.write_bytes(b"\xff\xd8\xff" + b"\0" * 10 + b"\xff\xd9")
+    rf = RunFolder(tmp_path / "run")
+    _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}, files=[image])
+    m = rf.read("prepare")
+    st = image.stat()
+    m["files"] = {str(image): [st.st_size, st.st_mtime_ns]}          # an older asign_jax
+    rf._write("prepare", m)
+    with caplog.at_level("WARNING"):
+        assert rf.check("prepare", {"data.n_genes": 40}, {}) == REUSE
+    assert "recorded by an older asign_jax: only its images' size and time are checked" \
+        in caplog.text
