@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.region_size = 512          # region tile side, px
     d.global_size = 1024         # global tile side, px
     d.min_section_spots = 1      # sections with fewer matched spots are refused
+    d.spot_pitch_px = 0.0        # spot centre-to-centre distance (full-res px) the pixel sizes
+                                 # here and in graph.* assume: a section whose pitch (from its
+                                 # array coordinates) differs by > 20 % is a warning; 0 = for
+                                 # synthetic data synthetic.spot_pitch, else sections are only
+                                 # compared with each other (a check: never invalidates a stage)
 
     # ---- synthetic sample generator (format == "synthetic") -------------------------------
     c.synthetic = s = ml_collections.ConfigDict()
@@ -233,6 +238,10 @@ def base_config() -> ml_collections.ConfigDict:
                                  # labels involved), unless --allow_poor_registration
     im.plot_genes = ()           # genes drawn over the H&E; () = train.eval_genes present,
                                  # else the 3 most expressed
+    im.max_spots_off_tissue = 0.2    # spots_from: a given spot grid with a larger fraction of
+                                 # its spots off the section's tissue mask (or whose pitch
+                                 # differs by > 20 % from the measured section's) stops the
+                                 # run, unless --allow_unusual_spots
 
     # ---- evaluation ----------------------------------------------------------------------
     c.evaluation = ev = ml_collections.ConfigDict()
@@ -320,6 +329,56 @@ FRACTIONS = ("registration.ratio", "model.dropout", "train.known_fraction", "tra
 """Fields that must lie in [0, 1]."""
 
 
+# Every radius, k, size and count (issue 22: graph.cross_radius=-1 was accepted), kept here in
+# one place; the baselines' nested sizes (model.<name>.*) are listed from base_config below.
+POSITIVE += (
+    "graph.cross_radius", "train.val_block_px", "evaluation.similarity_k",
+    "synthetic.embedding_region_size", "synthetic.embedding_global_size",
+    "model.backbone_token_grid", "loss.bleep_temperature",
+)
+NON_NEGATIVE += (
+    "seed", "graph.sim_weight", "synthetic.n_val_samples", "synthetic.embedding_dim",
+    "train.inner_val", "train.val_every", "train.max_graph_nodes", "train.skip_lr_multiplier",
+    "model.backbone_init_seed", "data.spot_pitch_px", "loss.egn_pcc", "loss.his2st_zinb",
+    "loss.his2st_bake",
+)
+FRACTIONS += ("graph.expand_min_sim", "train.val_known_fraction", "impute.min_dice",
+              "impute.max_spots_off_tissue", "loss.triplex_alpha")
+INTEGERS = (
+    "seed", "data.n_genes", "data.spot_size", "data.region_size", "data.global_size",
+    "data.min_section_spots", "synthetic.n_samples", "synthetic.n_val_samples",
+    "synthetic.n_sections", "synthetic.n_genes", "synthetic.n_types", "synthetic.image_size",
+    "synthetic.embedding_dim", "features.spot_input", "features.region_input",
+    "features.global_input", "features.token_grid", "features.batch_size",
+    "registration.long_side", "registration.min_inliers", "registration.max_keypoints",
+    "graph.k_intra", "graph.k_cross", "graph.cosine_all_max_nodes", "graph.region_k_intra",
+    "graph.region_k_cross", "graph.global_k_intra", "graph.global_k_cross", "model.hidden",
+    "model.heads", "model.gat_layers", "model.cli_iterations", "evaluation.similarity_k",
+    "train.inner_val", "train.val_every", "train.steps", "train.samples_per_step",
+    "train.max_graph_nodes", "train.subgraph_halo", "train.log_every",
+    "train.checkpoint_every",
+)
+"""Fields that must be whole numbers (counts, k, sizes in px, steps)."""
+ITERATION_TUPLES = ("registration.ants_iterations", "registration.ants_syn_iterations")
+"""Tuples of per-level iteration counts (integers >= 0)."""
+
+
+def _baseline_sizes() -> None:
+    """``model.<baseline>.*``: dropouts in [0, 1], depths and pass counts >= 0, every other
+    number > 0 (dims, heads, k, windows, temperatures)."""
+    global POSITIVE, NON_NEGATIVE, FRACTIONS
+    for name, v in _fields(base_config().model, "model.").items():
+        if name.count(".") != 2 or isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
+            continue
+        leaf = name.rsplit(".", 1)[1]
+        if "dropout" in leaf:
+            FRACTIONS += (name,)
+        elif leaf.startswith("depth") or leaf in ("bake_passes", "player"):
+            NON_NEGATIVE += (name,)
+        else:
+            POSITIVE += (name,)
+
+
 def _fields(c, prefix: str = "") -> dict:
     """{dotted name: value} of every leaf of a ConfigDict (or a mapping of mappings)."""
     out = {}
@@ -358,6 +417,7 @@ def validate(config) -> None:
     Checks: exactly the fields of ``base_config`` (a typo such as ``train.stepz`` in a config
     file would otherwise be ignored silently), the choices of ``CHOICES``, sizes and counts
     > 0 (``POSITIVE``), weights >= 0 (``NON_NEGATIVE``), fractions in [0, 1] (``FRACTIONS``),
+    whole numbers where counted (``INTEGERS``, ``ITERATION_TUPLES``),
     ``data.global_size`` a multiple of ``data.region_size``, an integer ``train.known_layer``
     (its range is checked against the samples once they are read) and the fold lists as tuples
     of sample ids. Data-dependent checks (folds, known layer range) are in ``training.folds``.
@@ -383,6 +443,22 @@ def validate(config) -> None:
     for name in FRACTIONS:
         if not 0.0 <= _number(name, have[name]) <= 1.0:
             raise ConfigError(f"{name}={have[name]!r}: must be in [0, 1]")
+    for name in INTEGERS:
+        v = have[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{name}={v!r}: must be a whole number")
+    if have["train.subgraph_halo"] < -1:
+        raise ConfigError(f"train.subgraph_halo={have['train.subgraph_halo']!r}: must be >= 0 "
+                          "(hops), or -1 for model.gat_layers")
+    if have["train.val_known_fraction"] >= 1:
+        raise ConfigError(f"train.val_known_fraction={have['train.val_known_fraction']!r}: must "
+                          "be < 1 (some of the known layer must stay known)")
+    for name in ITERATION_TUPLES:
+        v = have[name]
+        if not isinstance(v, (tuple, list)) or not v or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
+            raise ConfigError(f"{name}={v!r}: must be a non-empty tuple of iteration counts "
+                              ">= 0, e.g. (100, 50, 20)")
     if have["data.global_size"] % have["data.region_size"]:
         raise ConfigError(f"data.global_size={have['data.global_size']}: must be a multiple of "
                           f"data.region_size={have['data.region_size']}")
@@ -406,3 +482,6 @@ def validate(config) -> None:
             for f in folds):
         raise ConfigError(f"train.folds={folds!r}: must be a tuple of non-empty tuples of "
                           "sample ids, e.g. (('A',), ('B', 'C'))")
+
+
+_baseline_sizes()

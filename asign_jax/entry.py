@@ -8,11 +8,13 @@
 The project's own errors end the command with ONE line on stderr (``--verbose`` shows the
 traceback): a bad flag, config value, input file or run folder (DataError, ConfigError,
 RunFolderError) exits with code 2; training that cannot go on (TrainingError, e.g. a
-non-finite loss) with code 1.
+non-finite loss) with code 1. A file that cannot be written (a read-only run folder) is one
+line too (exit 2).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import sys
@@ -49,6 +51,16 @@ def define_flags(workdir_help: str = "Run folder.", required=("config", "workdir
             flags.DEFINE_string(name, default, help_)
     flags.mark_flags_as_required(list(required))
     return flags.FLAGS
+
+
+def unwritable(e: OSError):
+    """The one line for a file the command may not write (a read-only run folder or disk),
+    or None for any other OSError."""
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    where = e.filename or "a file of the run folder"
+    return (f"{where}: cannot be written ({e.strerror}); is the run folder (or --out) "
+            "read-only? Make it writable or use another --workdir / --out")
 
 
 def _fail(message: str, code: int) -> None:
@@ -107,6 +119,11 @@ def run(main: Callable, workdir_help: str = "Run folder.", required=("config", "
             if fv.verbose:
                 raise
             _fail(str(e), EXIT_FAILED if isinstance(e, TrainingError) else EXIT_BAD_INPUT)
+        except OSError as e:
+            line = unwritable(e)
+            if fv.verbose or line is None:
+                raise
+            _fail(line, EXIT_BAD_INPUT)
 
     app.run(_main, flags_parser=parse_flags)
 

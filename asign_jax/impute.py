@@ -30,7 +30,8 @@ def main(flags) -> None:
                  spots_from=flags.spots_from or None,
                  allow_poor_registration=flags.allow_poor_registration,
                  plot_genes=[g.strip() for g in flags.genes.split(",") if g.strip()] or None,
-                 thickness_um=_float(flags.thickness_um, "thickness_um"))
+                 thickness_um=_float(flags.thickness_um, "thickness_um"),
+                 overwrite=flags.overwrite, allow_unusual_spots=flags.allow_unusual_spots)
 
 
 if __name__ == "__main__":
@@ -51,4 +52,8 @@ if __name__ == "__main__":
                                         "registration is below config.impute.min_dice."),
         genes=("", "Genes to draw, comma-separated (default impute.plot_genes or "
                    "train.eval_genes)."),
-        thickness_um=("", "Section thickness in um (z of the volume; overrides the manifest)."))
+        thickness_um=("", "Section thickness in um (z of the volume; overrides the manifest)."),
+        overwrite=(False, "Retrain when <out>/work was made from other data, genes or config "
+                          "(instead of stopping)."),
+        allow_unusual_spots=(False, "Impute even when a spots_from grid lies mostly off the "
+                                    "tissue or has another pitch than the measured section."))

@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from asign_jax import atomic, provenance
 from asign_jax.config import validate
+from asign_jax.data import validate as validate_data
+from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
@@ -49,7 +51,8 @@ from asign_jax.preprocess.standardize import standardize_features
 from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
-from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
+from asign_jax.runfolder import (NEW, RESUME, REUSE, RunFolder, capturing_warnings,
+                                 stage_fields)
 from asign_jax.training import batches, checkpoint, model_inputs, sharding, subgraph
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
@@ -95,8 +98,34 @@ def _prepare_stage(config, rf: RunFolder, *, strict_folds: bool) -> None:
     if state == REUSE:
         logger.info("prepared data: reusing %s (same config and input files)",
                     workdir / "prepared")
+        rf.replay_warnings("prepare")
         return
     rf.start("prepare", fields, {}, state)
+    with rf.recording() as rec, capturing_warnings() as found:
+        samples = _read_samples(config, workdir, strict_folds, rec)
+        prepare_samples(samples, config, workdir)
+        for path in input_files(config.features):    # read by the feature extractor
+            rec.add(path)
+    rf.finish("prepare", files=rec.files, warnings=found)
+
+
+def data_warnings(config, samples, digests: dict) -> None:
+    """Inputs checked against each other (``data.validate``): one image listed twice (same
+    path or same bytes, ``digests``: {path: fingerprint}) is an error; a section whose spot
+    pitch says its image is at another scale is a warning."""
+    validate_data.check_distinct_images(
+        [(x.name, x.image_path) for s in samples for x in s.sections], digests)
+    synthetic = config.data.format == "synthetic"
+    expected = float(config.data.spot_pitch_px) or (
+        float(config.synthetic.spot_pitch) if synthetic else 0.0)
+    kind = str(config.synthetic.lattice) if synthetic else FORMAT_KIND.get(config.data.format, "")
+    for w in validate_data.pitch_warnings(samples, kind, expected):
+        logger.warning("%s", w)
+
+
+def _read_samples(config, workdir: Path, strict_folds: bool, rec):
+    """The samples of ``config.data`` (generated first for synthetic data), checked; ``rec``:
+    the stage's recording of the input files read."""
     if config.data.format == "synthetic":
         root = Path(config.data.root) if config.data.root else workdir / "synthetic_data"
         logger.info("stage 0/3: generating synthetic data in %s", root)
@@ -106,19 +135,22 @@ def _prepare_stage(config, rf: RunFolder, *, strict_folds: bool) -> None:
             config.features.embeddings = str(root / EMBEDDINGS_FILE)   # drawn by the generator
 
     logger.info("stage 1/3: loading %s samples from %s", config.data.format, config.data.root)
-    samples = load_samples(config)
+    dropped: dict = {}
+    samples = load_samples(config, dropped=dropped)
     logger.info("loaded %d samples: %s", len(samples),
                 ", ".join(f"{s.sample_id}[{','.join(x.name for x in s.sections)}]"
                           for s in samples))
     check_folds(config, {s.sample_id: s.n_layers for s in samples},
-                {s.sample_id: s.left_out for s in samples if s.left_out}, strict=strict_folds)
+                {**dropped, **{s.sample_id: s.left_out for s in samples if s.left_out}},
+                strict=strict_folds)
+    for x in (x for s in samples for x in s.sections if x.image_path is not None):
+        rec.add(x.image_path)
+    data_warnings(config, samples, rec.files)
 
     logger.info("stage 2/3: genes (%d, %s normalisation), tiles (%d/%d px), features (%s)",
                 config.data.n_genes, config.data.normalization, config.data.region_size,
                 config.data.global_size, config.features.encoder)
-    prepare_samples(samples, config, workdir)
-    rf.finish("prepare", files=[x.image_path for s in samples for x in s.sections] +
-              input_files(config.features))
+    return samples
 
 
 def _register_stage(config, rf: RunFolder, only: Optional[list[str]] = None) -> None:
@@ -138,17 +170,18 @@ def _register_stage(config, rf: RunFolder, only: Optional[list[str]] = None) -> 
     why = ("registration.enabled=False: identity coordinates" if not config.registration.enabled
            else f"onto the middle section, results in {workdir / 'registration'}")
     logger.info("stage 3/3: registering %s (%s)", ", ".join(todo) or "nothing", why)
-    for sid in tqdm(todo, desc="register samples"):
-        prepared = PreparedSample.load(workdir, sid)
-        register_sample(prepared, config, workdir,
-                        ground_truth=load_ground_truth(config, prepared, workdir))
-        rf.item_done("register", sid)
+    with rf.recording() as rec:                    # the images, read again at low resolution
+        for sid in tqdm(todo, desc="register samples"):
+            prepared = PreparedSample.load(workdir, sid)
+            register_sample(prepared, config, workdir,
+                            ground_truth=load_ground_truth(config, prepared, workdir))
+            rf.item_done("register", sid)
     left = sorted(set(ids) - rf.items("register"))
     if left:
         logger.warning("registration: %s not registered yet; `asign_jax.train` registers them "
                        "before building graphs", left)
     else:
-        rf.finish("register")
+        rf.finish("register", files=rec.files)
 
 
 def _graph_stage(config, rf: RunFolder) -> None:
@@ -383,10 +416,26 @@ def _load_fold(workdir: Path, fold: Fold) -> dict:
                        if k.startswith(role + "/")}) for role, r in results.items()}
 
 
+def run_warnings(config, data_dir: Path, genes) -> list[str]:
+    """The warnings a report must carry: those recorded when the data stages of ``data_dir``
+    were built (gene losses, image scales, ...) and configured eval genes not in the panel."""
+    rf = RunFolder(data_dir)
+    out = [w for stage in ("prepare", "register", "graph") for w in rf.warnings(stage)]
+    missing = [g for g in config.train.eval_genes if g not in set(genes)]
+    if missing:
+        msg = (f"train.eval_genes: {', '.join(missing)} not among the {len(genes)} genes of "
+               f"this run ({Path(data_dir) / 'prepared' / 'genes.txt'}); no map is drawn for "
+               "them")
+        logger.warning("%s", msg)
+        out.append(msg)
+    return out
+
+
 def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict,
-            n_params: Optional[int] = None) -> dict:
+            n_params: Optional[int] = None, warnings=()) -> dict:
     """The reports stage: metrics.json, per_gene_pcc.csv, plots/pcc_sections.png and the
-    summary table, from the folds' results; ``builds``: {fold name: its build id}."""
+    summary table, from the folds' results; ``builds``: {fold name: its build id};
+    ``warnings`` (`run_warnings`) go into metrics.json ("warnings")."""
     workdir = rf.workdir
     method = str(config.model.name)
     rf.start("reports", stage_fields("reports", config), builds, NEW)
@@ -395,7 +444,14 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val, method=method, n_params=n_params,
                                 provenance=provenance.record(workdir, config))
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    metrics["warnings"] = list(warnings)
+    atomic.write_json(workdir / "metrics.json", metrics)
     rf.finish("reports")
+    if warnings:
+        print(f"\n{len(warnings)} warning(s), also in metrics.json:")
+        for w in warnings:
+            print(f"  WARNING: {w}")
     if n_params is not None:
         print(f"\nmodel {method}: {n_params:,} trainable parameters")
     if val:
@@ -485,6 +541,7 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
         stage_inputs = {"graph": RunFolder(data_dir).build_id("graph")}
     else:
         (genes, graphs, oracle), stage_inputs = inputs, {}
+    warnings = run_warnings(config, data_dir, genes) if inputs is None else []
     folds = _folds(config, data_dir, graphs)
     selection.check_config(config, all(f.has_validation for f in folds))
     fields = {f.name: stage_fields(f.name, config, fold=f) for f in folds}
@@ -525,11 +582,18 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
         fold_scores = _score(config, workdir, fold, model, params, graphs, genes, pool, names,
                              roles=roles, oracle=oracle, write=inputs is None, data_dir=data_dir)
         _save_fold(workdir, fold, fold_scores, kept)
-        builds[fold.name] = rf.finish(fold.name)
+        builds[fold.name] = rf.finish(fold.name, files=fold_files(config))
         scores.append(fold_scores)
     if not score_test:
         return _finish_validation(workdir, scores)
-    return _finish(config, rf, scores, genes, builds, n_params)
+    return _finish(config, rf, scores, genes, builds, n_params, warnings)
+
+
+def fold_files(config) -> list:
+    """Input files a fold reads itself (the data reach it through the graph stage): the
+    starting weights of a backbone trained end to end."""
+    w = str(config.model.backbone_weights or "")
+    return [Path(w).expanduser()] if config.model.backbone == "train" and w else []
 
 
 def _finish_validation(workdir: Path, scores: list[dict]) -> dict:
@@ -588,4 +652,5 @@ def evaluate_all(config, workdir, *, data_dir=None) -> dict:
     if not scores:
         raise DataError(f"{workdir / 'checkpoints'}: no fold checkpoint to evaluate; run "
                         "`python -m asign_jax.train` first")
-    return _finish(config, rf, scores, genes, builds)
+    return _finish(config, rf, scores, genes, builds, warnings=run_warnings(config, data_dir,
+                                                                           genes))

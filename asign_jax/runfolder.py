@@ -9,14 +9,16 @@ Stages and where their manifest lives (each reads only stages above it)::
     reports    <workdir>/manifest.json                   (inputs: every fold)
 
 A manifest is ``{"stage", "config": {field: value}, "inputs": {stage: build id}, "files":
-{path: [size, mtime_ns]}, "items": [...], "complete", "build"}``: the config fields the stage
-depends on (``stage_fields``), the build ids of the stages it read, the input files it read
-(checked again before reuse), the samples already done (registration and graphs resume per
-sample) and, written LAST, ``complete: true`` with a fresh random build id. A rebuilt stage
-gets a new build id, so every stage that read the old one no longer matches.
+{path: [size, mtime_ns, "blake2b:<hex>"]}, "items": [...], "complete", "build"}``: the config
+fields the stage depends on (``stage_fields``), the build ids of the stages it read, the
+content fingerprint of every input file it read (``asign_jax.fingerprint``; checked again
+before reuse: a stat per file while size and mtime are unchanged, a hash when they are not),
+the samples already done (registration and graphs resume per sample) and, written LAST,
+``complete: true`` with a fresh random build id. A rebuilt stage gets a new build id, so every
+stage that read the old one no longer matches.
 
 ``RunFolder.check`` decides, before any work: REUSE (complete, same fields, same inputs,
-input files unchanged), RESUME (same fields and inputs, not complete: a killed run; finished
+input files' contents unchanged), RESUME (same fields and inputs, not complete: a killed run; finished
 items are kept) or NEW (nothing there). Anything else raises RunFolderError with one line
 ("run folder X (prepared/) was made with data.n_genes=40; you asked for 20: use a new
 --workdir or pass --overwrite") unless the RunFolder was opened with ``overwrite=True``: then
@@ -26,15 +28,15 @@ with ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
-from asign_jax import atomic
+from asign_jax import atomic, fingerprint
 from asign_jax.config import fields
 from asign_jax.errors import RunFolderError
 
@@ -74,6 +76,8 @@ IGNORED = frozenset({
     # how, not what: batch size of the frozen encoder, ANTs threads, logging cadence
     "features.batch_size", "registration.ants_threads", "train.log_every",
     "train.checkpoint_every", "train.eval_genes",
+    # checks, not inputs: the expected spot pitch only decides whether a warning is logged
+    "data.spot_pitch_px",
     # a fold records its own composition (samples, known layers) instead of the fold config
     "train.folds", "train.extra_train_samples", "train.val_samples", "train.known_layer",
     "train.rotate_known_layer",
@@ -128,8 +132,45 @@ def stage_fields(stage: str, config, fold=None) -> dict:
     return json.loads(json.dumps(out, default=list))    # tuples -> lists, as read back
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+
+@contextlib.contextmanager
+def capturing_warnings():
+    """``with capturing_warnings() as found:`` collects the WARNING lines asign_jax logs in
+    the block (``found``: a list); a stage keeps them in its manifest (``finish(warnings=)``)
+    so that a run reusing it says them again and ``metrics.json`` lists them."""
+    handler = _Collect()
+    log = logging.getLogger("asign_jax")
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
 def _fmt(v) -> str:
+    if isinstance(v, list) and len(v) > 6:
+        return f"<{len(v)} items: {', '.join(map(str, v[:3]))}, ...>"
     return "<absent>" if v is _ABSENT else repr(v)
+
+
+def _list_change(was, now) -> str:
+    """`` (15 shared; only before: a, b; only now: c)`` for two long lists, else ''."""
+    if not (isinstance(was, list) and isinstance(now, list)) or len(was) + len(now) <= 12:
+        return ""
+    a, b = [str(x) for x in was], [str(x) for x in now]
+    gone, new = [x for x in a if x not in set(b)], [x for x in b if x not in set(a)]
+    return (f" ({len(set(a) & set(b))} shared; only before: {', '.join(gone[:5]) or '-'}; "
+            f"only now: {', '.join(new[:5]) or '-'})")
 
 
 _ABSENT = object()
@@ -150,6 +191,19 @@ class RunFolder:
         self.workdir = Path(workdir)
         self.overwrite = bool(overwrite)
         self.remedy = remedy
+        self._cache: Optional[fingerprint.Cache] = None
+
+    @property
+    def cache(self) -> fingerprint.Cache:
+        """The content-fingerprint cache of this run folder (``cache/fingerprints.json``)."""
+        if self._cache is None:
+            self._cache = fingerprint.Cache(self.workdir / "cache" / "fingerprints.json")
+        return self._cache
+
+    def recording(self):
+        """``with rf.recording() as rec:`` collects the input files read in the block
+        (``fingerprint.note``); pass ``rec.files`` to `finish`."""
+        return fingerprint.recording(self.cache)
 
     # ---- where things are --------------------------------------------------------------------
 
@@ -214,18 +268,40 @@ class RunFolder:
             was = ", ".join(f"{k}={_fmt(m['config'].get(k, _ABSENT))}" for k in keys)
             now = (_fmt(config.get(keys[0], _ABSENT)) if len(keys) == 1 else
                    ", ".join(f"{k}={_fmt(config.get(k, _ABSENT))}" for k in keys))
+            if len(keys) == 1:
+                now += _list_change(m["config"].get(keys[0]), config.get(keys[0]))
             return f"was made with {was}; you asked for {now}"
         for up in sorted(set(m["inputs"]) | set(inputs)):
             if m["inputs"].get(up) != inputs.get(up):
                 return f"was made from an earlier {up!r} stage (rebuilt since)"
-        for path, (size, mtime) in m["files"].items():
+        refreshed = {}
+        for path, recorded in m["files"].items():
             p = self.workdir / path                    # an absolute path stays as it is
-            if not p.exists():
+            if not p.is_file():
                 return f"was made from {p}, which no longer exists"
-            st = p.stat()
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                return (f"was made from {p} ({size} bytes), which has changed since "
-                        f"({st.st_size} bytes now)")
+            if len(recorded) < 3:                      # before content fingerprints: stat only
+                st = p.stat()
+                if [st.st_size, st.st_mtime_ns] != list(recorded[:2]):
+                    return (f"was made from {p} ({recorded[0]} bytes), which has changed since "
+                            f"({st.st_size} bytes now)")
+                continue
+            same, now = self.cache.unchanged(p, recorded)
+            if not same:
+                change = (f"{now[0]} bytes now" if now[0] != recorded[0]
+                          else f"same size, blake2b {now[2].split(':', 1)[-1][:8]} now")
+                return (f"was made from {p} ({fingerprint.short(recorded)}), whose content "
+                        f"has changed since ({change})")
+            if now[1] != recorded[1]:
+                refreshed[path] = now                  # touched or racy: content unchanged
+        self.cache.save()
+        if refreshed:
+            logger.info("%s: %d input file(s) touched since, content unchanged: %s",
+                        self._where(m["stage"]), len(refreshed), ", ".join(sorted(refreshed)))
+            m["files"].update(refreshed)
+            try:                                       # next time a stat suffices again
+                self._write(m["stage"], m)
+            except OSError:
+                pass
         return None
 
     def check(self, stage: str, config: dict, inputs: dict) -> str:
@@ -243,6 +319,12 @@ class RunFolder:
             problem = self._difference(m, config, inputs)
             if problem is None:
                 if m["complete"]:
+                    if any(len(v) < 3 for v in m["files"].values()):
+                        logger.warning(
+                            "%s: stage %r was recorded by an older asign_jax: only its "
+                            "images' size and time are checked, not the content of its count "
+                            "and spot files; --overwrite rebuilds it with content fingerprints "
+                            "of every input file", self._where(stage), stage)
                     return REUSE
                 logger.info("%s: stage %r did not finish (killed?); it resumes",
                             self._where(stage), stage)
@@ -298,12 +380,28 @@ class RunFolder:
         m["items"] = sorted(set(m["items"]) | {item})
         self._write(stage, m)
 
-    def finish(self, stage: str, files: Iterable = ()) -> str:
-        """The completion marker, written last: complete=True, a new build id, and the size
-        and mtime of the input ``files`` (checked before reuse). Returns the build id."""
+    def warnings(self, stage: str) -> list[str]:
+        """The warnings recorded when ``stage`` was built (``finish(warnings=)``)."""
         m = self.read(stage)
-        m["files"] = {self._relative(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns]
-                      for f in files}
+        return list(m.get("warnings", [])) if m else []
+
+    def replay_warnings(self, stage: str) -> None:
+        """Logs again the warnings of a reused stage, so a rerun does not hide them."""
+        for w in self.warnings(stage):
+            logger.warning("%s (when %s was built): %s", self._where(stage), stage, w)
+
+    def finish(self, stage: str, files: Iterable = (), warnings: Iterable[str] = ()) -> str:
+        """The completion marker, written last: complete=True, a new build id, and the
+        content fingerprints of the input ``files`` (checked before reuse): paths, or a
+        ``Recorder.files`` mapping {path: fingerprint when it was read}, so that a file edited
+        while the stage ran does not match on the next run. Returns the build id."""
+        m = self.read(stage)
+        given = files if isinstance(files, dict) else {f: None for f in files}
+        m["files"] = {self._relative(f): list(fp) if fp is not None
+                      else self.cache.fingerprint(f) for f, fp in given.items()}
+        self.cache.save()
+        if warnings:
+            m["warnings"] = list(warnings)
         m["complete"], m["build"] = True, uuid.uuid4().hex[:12]
         self._write(stage, m)
         return m["build"]

@@ -18,6 +18,8 @@ def get_config():
     c.data.sections = "C2,C3,C4,C5,C6,B4"
     c.data.n_genes = 250
     c.data.normalization = "asign"
+    c.data.spot_pitch_px = 290.0      # measured: 290-292 px, fit to the array coordinates of
+                                      # C2-C6 and B4; a section > 20 % off is a warning
     c.train.folds = (("C",),)
     c.train.extra_train_samples = ("B",)
     c.train.known_layer = 0           # C2 is known; C3-C6 are imputed

@@ -38,6 +38,18 @@ def test_shipped_configs_are_valid(path):
     ("graph.cross_mode", "radius", "graph.cross_mode='radius': expected one of paper, calibrated"),
     ("train.folds", ("A",), "train.folds=('A',): must be a tuple of non-empty tuples"),
     ("data.smooth", True, "data.smooth=True: only defined for data.normalization='triplex'"),
+    # issue 22: every radius, k, size and count
+    ("graph.cross_radius", -1.0, "graph.cross_radius=-1.0: must be > 0"),
+    ("graph.sim_weight", -0.5, "graph.sim_weight=-0.5: must be >= 0"),
+    ("graph.expand_min_sim", 1.5, "graph.expand_min_sim=1.5: must be in [0, 1]"),
+    ("train.val_block_px", 0.0, "train.val_block_px=0.0: must be > 0"),
+    ("train.max_graph_nodes", -1, "train.max_graph_nodes=-1: must be >= 0"),
+    ("train.subgraph_halo", -2, "train.subgraph_halo=-2: must be >= 0 (hops), or -1"),
+    ("train.val_known_fraction", 1.0, "train.val_known_fraction=1.0: must be < 1"),
+    ("impute.min_dice", 1.5, "impute.min_dice=1.5: must be in [0, 1]"),
+    ("evaluation.similarity_k", 0, "evaluation.similarity_k=0: must be > 0"),
+    ("registration.ants_iterations", (10, -1), "registration.ants_iterations=(10, -1): must be "
+                                               "a non-empty tuple of iteration counts >= 0"),
 ])
 def test_each_bad_value_names_its_field(field, value, message):
     c = base_config()
@@ -80,3 +92,19 @@ def test_pipeline_functions_validate_before_any_work(fn, tmp_path):
     c.model.name = "nope"
     with pytest.raises(ConfigError, match="model.name='nope': expected one of asign"):
         fn(c, tmp_path / "run")
+
+
+def test_baseline_sizes_and_whole_numbers_are_checked():
+    c = base_config()
+    c.model.egn.dim = 0
+    with pytest.raises(ConfigError, match=r"^model.egn.dim=0: must be > 0$"):
+        validate(c)
+    c = base_config()
+    c.model.triplex.dropout_global = 1.5
+    with pytest.raises(ConfigError, match=r"^model.triplex.dropout_global=1.5: must be in"):
+        validate(c)
+    c = base_config().to_dict()
+    c["graph"]["k_intra"] = 2.5                # a config file built from a plain dict
+    import ml_collections
+    with pytest.raises(ConfigError, match=r"^graph.k_intra=2.5: must be a whole number$"):
+        validate(ml_collections.ConfigDict(c))

@@ -7,6 +7,8 @@ and fine-tuning.
 """
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -433,3 +435,66 @@ def test_block_fold_uses_the_dataset_validation_design():
     c.train.select = "pcc_gene"
     with pytest.raises(ConfigError, match="read a validation role, but the folds have none"):
         block_model.fit(c, None, None, {}, multi, Path("/nonexistent"))
+
+
+# ---- issue 22: impute notices edited data; given spots checked against the tissue -----------
+
+def _restore(path, data, st):
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_impute_refuses_a_model_trained_on_edited_data(block):
+    """The training stage of an impute --out folder has its own manifest: count values moved
+    between spots, or genes dropped, in A2's count file stop the rerun in one line naming the
+    file, before registration or features (--overwrite retrains)."""
+    import gzip
+
+    from asign_jax.errors import RunFolderError
+    from asign_jax.runfolder import RunFolder
+
+    m = RunFolder(block["out"] / "work").read("fold_0")
+    assert m["complete"] and len(m["config"]["impute.genes"]) == 12
+    counts = block["data"] / "ST-cnts" / "A2.tsv.gz"
+    assert str(counts.resolve()) in m["files"]
+    data, st = counts.read_bytes(), counts.stat()
+    lines = gzip.decompress(data).decode().splitlines(keepends=True)
+    rows = [l.split("\t", 1) for l in lines[1:]]
+    moved = [f"{i}\t{v}" for (i, _), (_, v) in zip(rows, rows[1:] + rows[:1])]
+    fewer = ["\t".join(l.rstrip("\n").split("\t")[:-5]) + "\n" for l in lines]
+    where = f"run folder {block['out'] / 'work'} (checkpoints/fold_0/) was made "
+    try:
+        for edit, message in ((lines[:1] + moved, f"from {counts.resolve()} ("),
+                              (fewer, "with impute.genes=<12 items: ")):
+            counts.write_bytes(gzip.compress("".join(edit).encode()))
+            with pytest.raises(RunFolderError) as e:
+                impute_block(block["manifest"], block["out"], block["config"],
+                             extractor=ColourFeatures(), spots_from=str(block["root"] / "spots"),
+                             progress=False)
+            assert str(e.value).startswith(where + message) and "\n" not in str(e.value)
+            assert str(e.value).endswith("use a new --out or pass --overwrite")
+        assert "whose content has changed" not in str(e.value)          # genes said first
+        assert re.search(r"\(\d+ shared; only before: .*; only now: ", str(e.value))
+    finally:
+        _restore(counts, data, st)
+
+
+def test_given_spots_off_tissue_or_at_another_pitch_are_refused(tmp_path, caplog):
+    image = write_image(tmp_path / "s.png", size=256, radius=80)
+    sec = load_section("S", image, 256)
+    frames = virtual.BlockFrames(["M", "S"], 0, np.tile(np.eye(3), (2, 1, 1)), [sec, sec], {})
+    lattice = Lattice("square", np.array([128.0, 128.0]), 16.0 * np.eye(2))
+    k = np.stack(np.meshgrid(np.arange(-3, 4), np.arange(-3, 4)), -1).reshape(-1, 2)
+    good = lattice.points(k)
+    virtual.check_given_spots(frames, 1, good, lattice, 0, good, "s.csv", 0.2)
+    off = good + [0, 100]                          # most of the grid below the tissue disc
+    with pytest.raises(DataError, match=r"^s.csv: spots_from of section 'S': \d+ % of its 49 "
+                       r"spots lie off the tissue of section S \(the measured section M: 0 %"):
+        virtual.check_given_spots(frames, 1, off, lattice, 0, good, "s.csv", 0.2)
+    dense = 128 + (good - 128) / 2                 # pitch 8 px against the grid's 16
+    with pytest.raises(DataError, match=r"its spot pitch is 8 px, the measured section's grid "
+                                        r"in this image 16 px \(0.50x\).*--allow_unusual_spots"):
+        virtual.check_given_spots(frames, 1, dense, lattice, 0, good, "s.csv", 0.2)
+    with caplog.at_level("WARNING"):
+        virtual.check_given_spots(frames, 1, off, lattice, 0, good, "s.csv", 0.2, allow=True)
+    assert "imputing anyway (--allow_unusual_spots)" in caplog.text

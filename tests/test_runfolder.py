@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from asign_jax import pipeline, runfolder
-from asign_jax.errors import RunFolderError
+from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.models import factory
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
 from asign_jax.training import step
@@ -104,8 +104,8 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
                                       "fold_1": m["fold_1"]["build"]}
     assert m["prepare"]["config"]["data.n_genes"] == 40
     assert m["fold_0"]["config"]["fold.test_samples"] == ["A"]
-    assert len(m["prepare"]["files"]) == 9            # A, B and validation block Z: 3 images each
-    assert all(k.startswith("synthetic_data/ST-imgs/") for k in m["prepare"]["files"])
+    assert len(m["prepare"]["files"]) == 27           # A, B and Z: 3 x (image, counts, spots)
+    assert all(k.startswith("synthetic_data/ST-") for k in m["prepare"]["files"])   # relative
     # no recompilation across samples and folds: one trace of the train step for both folds,
     # one of the eval step for every sample scored
     model, loss_fn = factory.build(pipeline.validated(config), 40)
@@ -288,8 +288,8 @@ def test_runfolder_cascade_resume_and_changed_inputs(tmp_path):
     assert _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}) == b1               # reused
     # a changed input file is never reused
     image.write_bytes(b"\xff\xd8\xff" + b"\0" * 50 + b"\xff\xd9")
-    with pytest.raises(RunFolderError, match=rf"made from {image} \(105 bytes\), which has "
-                                             r"changed since \(55 bytes now\)"):
+    with pytest.raises(RunFolderError, match=rf"made from {image} \(105 bytes, blake2b \w{{8}}\), "
+                                             r"whose content has changed since \(55 bytes now\)"):
         rf.check("prepare", {"data.n_genes": 40}, {})
     # --overwrite: the stage and everything after it are deleted, downstream cannot match
     rf = RunFolder(wd, overwrite=True)
@@ -377,3 +377,134 @@ def test_commands_print_one_line_and_exit_2(trained, tmp_path):
     out = command("asign_jax.train", "--config", "configs/test.py", "--workdir", str(workdir),
                   "--config.data.n_genes=20", "--verbose")
     assert out.returncode != 0 and "Traceback" in out.stderr and "RunFolderError" in out.stderr
+
+
+# ---- issue 22: input files fingerprinted by content, inputs checked against each other -------
+
+def _rewrite_gz_rows(path: Path, fn) -> None:
+    """Rewrites a gzipped table in place with its data rows passed through ``fn``."""
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines(keepends=True)
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines[:1] + fn(lines[1:]))
+
+
+def test_files_edited_in_place_are_refused_naming_the_file(trained, tmp_path, monkeypatch):
+    """Count rows permuted (same spots, other values) or pixel_x shifted by 500 px: train
+    stops in one line naming the file; a touched but unchanged file is still reused, and an
+    unchanged rerun reads no file (a stat per file)."""
+    config, _, agg = trained
+    run = copy_run(trained, tmp_path / "run")
+    before = builds(run)
+    counts = run / "synthetic_data" / "ST-cnts" / "A2.tsv.gz"
+    spots = run / "synthetic_data" / "ST-spotfiles" / "A2_selection.tsv"
+    rf = RunFolder(run)
+    assert f"synthetic_data/ST-cnts/A2.tsv.gz" in rf.read("prepare")["files"]
+    assert all(len(v) == 3 and v[2].startswith("blake2b:")
+               for v in rf.read("prepare")["files"].values())
+    # touched, same bytes: reused (its content hashed once), then a stat suffices
+    os.utime(counts, ns=(counts.stat().st_atime_ns, counts.stat().st_mtime_ns + 10**10))
+    pipeline.load_inputs(config, run)
+    def no_hash(path):
+        raise AssertionError(f"{path} was hashed on an unchanged rerun")
+    monkeypatch.setattr(runfolder.fingerprint, "digest", no_hash)
+    pipeline.load_inputs(config, run)
+    assert builds(run) == before
+    monkeypatch.undo()
+    original = counts.read_bytes()
+
+    def shuffle_values(rows):         # spot ids stay, the count values move to other spots
+        ids = [r.split("\t", 1)[0] for r in rows]
+        vals = [r.split("\t", 1)[1] for r in rows]
+        return [f"{i}\t{v}" for i, v in zip(ids, vals[1:] + vals[:1])]
+    _rewrite_gz_rows(counts, shuffle_values)
+    with pytest.raises(RunFolderError) as e:
+        pipeline.train_and_evaluate(config, run, progress=False)
+    assert str(e.value).startswith(f"run folder {run} (prepared/) was made from {counts} (")
+    assert "whose content has changed since" in str(e.value) and "\n" not in str(e.value)
+    counts.write_bytes(original)
+    lines = spots.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split("\t")
+    col = header.index("pixel_x")
+    def shift(line):
+        v = line.rstrip("\n").split("\t")
+        v[col] = str(float(v[col]) + 500)
+        return "\t".join(v) + "\n"
+    spots.write_text(lines[0] + "".join(shift(l) for l in lines[1:]))
+    with pytest.raises(RunFolderError, match=rf"\(prepared/\) was made from {spots} .*whose "
+                                             r"content has changed since"):
+        pipeline.train_and_evaluate(config, run, progress=False)
+    assert builds(run) == before                            # nothing rebuilt, nothing lost
+
+
+def test_warnings_are_kept_replayed_and_in_metrics(trained, tmp_path, caplog):
+    """A warning of the data stages is said again when they are reused and lands in
+    metrics.json; a configured eval gene absent from the panel too."""
+    config, _, _ = trained
+    run = copy_run(trained, tmp_path / "run")
+    m = json.loads((run / "prepared" / "manifest.json").read_text())
+    assert m.get("warnings", []) == []                       # the test data are clean
+    m["warnings"] = ["gene intersection: 9 of the 40 most expressed genes ..."]
+    (run / "prepared" / "manifest.json").write_text(json.dumps(m))
+    other = config.copy_and_resolve_references()
+    other.train.eval_genes = ("ERBB2", "G000")
+    with caplog.at_level("WARNING"):
+        pipeline.train_and_evaluate(other, run, progress=False)
+    text = caplog.text
+    assert "(prepared/) (when prepare was built): gene intersection: 9 of the 40" in text
+    assert "train.eval_genes: ERBB2 not among the 40 genes of this run" in text
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["warnings"][0].startswith("gene intersection: 9 of the 40")
+    assert metrics["warnings"][1].startswith("train.eval_genes: ERBB2 not among")
+
+
+def test_a_sample_left_without_images_names_them(trained, tmp_path):
+    """All of Z's images missing: "unknown sample 'Z'" names the image folders, not only
+    the sample; the same image listed as two layers is refused naming the file."""
+    import shutil as sh
+
+    config, src, _ = trained
+    data = tmp_path / "data"
+    sh.copytree(src / "synthetic_data", data)
+    sh.rmtree(data / "ST-imgs" / "Z")
+    c = config.copy_and_resolve_references()
+    c.data.format, c.data.root = "her2st", str(data)
+    with pytest.raises(ConfigError, match=r"train.val_samples: unknown sample 'Z'.*"
+                       r"sections left out when reading: Z1 \(no image in .*ST-imgs/Z/Z1\)"):
+        pipeline.load_inputs(c, tmp_path / "run")
+    # A3's image replaced by a copy of A2's: two layers of one image
+    a2 = next((data / "ST-imgs" / "A" / "A2").iterdir())
+    a3 = next((data / "ST-imgs" / "A" / "A3").iterdir())
+    sh.copy(a2, a3)
+    c.train.val_samples = ()
+    with pytest.raises(DataError, match=rf"{a3}: the image of section 'A3' has the same bytes "
+                                        rf"as the image of section 'A2' \({a2}\); one image"):
+        pipeline.load_inputs(c, tmp_path / "run2")
+
+
+def test_long_list_fields_are_summarised():
+    rf = RunFolder("/nonexistent")
+    m = {"config": {"impute.genes": [f"G{i}" for i in range(20)]}, "inputs": {}, "files": {},
+         "stage": "fold_0"}
+    now = {"impute.genes": [f"G{i}" for i in range(5, 25)]}
+    msg = rf._difference(m, now, {})
+    assert msg.startswith("was made with impute.genes=<20 items: G0, G1, G2, ...>; you asked "
+                          "for <20 items: G5, G6, G7, ...> (15 shared; only before: G0, G1, G2,"
+                          " G3, G4; only now: G20, G21, G22, G23, G24)")
+
+
+def test_a_manifest_without_content_fingerprints_is_reused_with_a_warning(tmp_path, caplog):
+    image = tmp_path / "C3.jpg"
+    image.write_bytes(b"\xff\xd8\xff" + b"\0" * 10 + b"\xff\xd9")
+    rf = RunFolder(tmp_path / "run")
+    _fake_stage(rf, "prepare", {"data.n_genes": 40}, {}, files=[image])
+    m = rf.read("prepare")
+    st = image.stat()
+    m["files"] = {str(image): [st.st_size, st.st_mtime_ns]}          # an older asign_jax
+    rf._write("prepare", m)
+    with caplog.at_level("WARNING"):
+        assert rf.check("prepare", {"data.n_genes": 40}, {}) == REUSE
+    assert "recorded by an older asign_jax: only its images' size and time are checked" \
+        in caplog.text

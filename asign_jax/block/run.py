@@ -35,6 +35,7 @@ from asign_jax.models import factory
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.prepare import check_data_config, prepare_samples
 from asign_jax.registration.stack import register_sample
+from asign_jax.runfolder import REUSE, RunFolder, capturing_warnings, stage_fields
 from asign_jax.training import batches
 
 logger = logging.getLogger(__name__)
@@ -46,34 +47,61 @@ def _fingerprint(manifest_path: Path, config, options: dict) -> dict:
             "config": json.loads(config.to_json_best_effort()), "options": options}
 
 
-def _check_workdir(work: Path, fingerprint: dict) -> None:
-    """Refuses to reuse a work folder written from other inputs (its model would be stale)."""
+def _check_workdir(work: Path, fingerprint: dict, overwrite: bool = False) -> None:
+    """Refuses to reuse a work folder written from other inputs (its model would be stale);
+    ``overwrite``: a warning, and the training stage's own manifest decides what is rebuilt.
+    The content of the files the manifest points to is checked by that manifest."""
     path = work / "inputs.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(atomic.json_safe(fingerprint))):
             changed = sorted(k for k in fingerprint if old.get(k) != atomic.json_safe(
                 fingerprint[k]))
-            raise DataError(f"{path}: this --out folder was written from other inputs "
-                            f"(changed: {changed}); use a new --out or delete {work.parent}")
+            if not overwrite:
+                raise DataError(f"{path}: this --out folder was written from other inputs "
+                                f"(changed: {changed}); use a new --out or pass --overwrite")
+            logger.warning("%s: written from other inputs (changed: %s); --overwrite", path,
+                           changed)
     atomic.write_json(path, fingerprint)
 
 
-def _plot_genes(config, genes: Sequence[str], override) -> list[str]:
+def training_fields(config, fold, genes, options: dict) -> dict:
+    """What the block's model depends on: the config fields of every stage before it and of
+    the fold (``runfolder.stage_fields``), the gene list and the impute options."""
+    out = {}
+    for stage in ("prepare", "register", "graph", fold.name):
+        out.update(stage_fields(stage, config, fold=fold if stage == fold.name else None))
+    out["impute.genes"] = [str(g) for g in genes]
+    out.update({f"impute.{k}": v for k, v in options.items()})
+    return json.loads(json.dumps(atomic.json_safe(out)))
+
+
+def _plot_genes(config, genes: Sequence[str], override, work: Path = Path(".")) -> list[str]:
     want = [g for g in (override or config.impute.plot_genes or config.train.eval_genes)]
     chosen = [g for g in want if g in genes]
     missing = sorted(set(want) - set(chosen))
     if override and missing:
         raise ConfigError(f"--genes: {missing} not among the {len(genes)} imputed genes")
+    if missing:
+        field = "impute.plot_genes" if config.impute.plot_genes else "train.eval_genes"
+        logger.warning("%s: %s not among the %d imputed genes (%s); not drawn", field,
+                       ", ".join(missing), len(genes), work / "prepared" / "genes.txt")
     return chosen or list(genes[:3])
 
 
-def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] = (),
-                 checkpoint: Optional[str] = None, finetune: bool = False,
-                 spots_from: Optional[str] = None, allow_poor_registration: bool = False,
-                 plot_genes: Optional[Sequence[str]] = None,
-                 thickness_um: Optional[float] = None, extractor=None,
-                 progress: bool = True) -> dict:
+def impute_block(*args, **kwargs) -> dict:
+    """`run_block` with every WARNING it logs kept in ``summary.json`` ("warnings")."""
+    with capturing_warnings() as found:
+        return run_block(*args, warnings=found, **kwargs)
+
+
+def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = (),
+              checkpoint: Optional[str] = None, finetune: bool = False,
+              spots_from: Optional[str] = None, allow_poor_registration: bool = False,
+              plot_genes: Optional[Sequence[str]] = None,
+              thickness_um: Optional[float] = None, extractor=None,
+              progress: bool = True, overwrite: bool = False,
+              allow_unusual_spots: bool = False, warnings: Optional[list] = None) -> dict:
     """Runs the stages of the module docstring; returns the summary (also ``summary.json``).
 
     Args:
@@ -88,7 +116,13 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
       plot_genes: genes for the figures (None = impute.plot_genes / train.eval_genes).
       thickness_um: section thickness (overrides the manifest's).
       extractor: feature extractor (None = from config.features; tests pass a small one).
+      overwrite: retrain when the training stage (``work/checkpoints/fold_0``) was made from
+        other data, genes or config, instead of stopping with one line.
+      allow_unusual_spots: a ``spots_from`` grid mostly off tissue or at another pitch is a
+        warning instead of an error.
+      warnings: the list the WARNING lines are collected in (``summary.json``).
     """
+    warnings = [] if warnings is None else warnings
     t0 = time.perf_counter()
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path, thickness_um=thickness_um)
@@ -109,26 +143,59 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     train_specs = [str(p) for p in manifest.train_with] + [str(p) for p in train_with]
-    _check_workdir(work, _fingerprint(manifest_path, config, {
-        "train_with": train_specs, "checkpoint": str(ckpt.fold_dir) if ckpt else "",
-        "finetune": bool(finetune), "spots_from": str(spots_from or ""),
-        "thickness_um": manifest.thickness_um}))
+    options = {"train_with": train_specs, "checkpoint": str(ckpt.fold_dir) if ckpt else "",
+               "finetune": bool(finetune), "spots_from": str(spots_from or ""),
+               "thickness_um": manifest.thickness_um}
+    _check_workdir(work, _fingerprint(manifest_path, config, options), overwrite)
+    rf = RunFolder(work, overwrite=overwrite, remedy="use a new --out or pass --overwrite")
     times = {}
 
-    # 1. read -----------------------------------------------------------------------------
+    # 1. read (every input file recorded with its content fingerprint) ---------------------
     t = time.perf_counter()
     entries = manifest.sections
+    spots_dir = Path(spots_from) if spots_from else None
+    if spots_dir is not None and not spots_dir.is_dir():
+        raise DataError(f"--spots_from {spots_dir}: folder does not exist")
+    given = {l: e.spots_from or (spots_dir / f"{e.name}.csv"
+                                 if spots_dir and (spots_dir / f"{e.name}.csv").is_file()
+                                 else None)
+             for l, e in enumerate(entries) if not e.measured}
     print(f"block {manifest.sample_id}: {len(entries)} sections "
           f"({', '.join(e.name + ('*' if e.measured else '') for e in entries)}; * = with ST)")
     measured, lattices = {}, {}
-    for l, e in enumerate(entries):
-        if e.measured:
-            measured[l], lattices[e.name] = sources.read_measured(e)
-    extra = sources.train_with_samples(train_specs, config, {manifest.sample_id})
+    with rf.recording() as rec:
+        for f in [manifest_path, manifest.config, *[e.image for e in entries], *given.values(),
+                  config.features.weights, config.features.embeddings]:
+            if f:
+                rec.add(Path(f).expanduser())
+        for l, e in enumerate(entries):
+            if e.measured:
+                measured[l], lattices[e.name] = sources.read_measured(e)
+        extra = sources.train_with_samples(train_specs, config, {manifest.sample_id})
+    validate.check_distinct_images([(e.name, e.image) for e in entries]
+                                   + [(x.name, x.image_path) for s in extra for x in s.sections],
+                                   rec.files)
     labelled = validate.intersect_genes(
-        [Sample(manifest.sample_id, list(measured.values()))] + extra)
+        [Sample(manifest.sample_id, list(measured.values()))] + extra,
+        n_ranked=int(config.data.n_genes))
+    for w in validate.pitch_warnings(labelled, expected=float(config.data.spot_pitch_px)):
+        logger.warning("%s", w)
     measured = dict(zip(measured, labelled[0].sections))
     extra = labelled[1:]
+    if ckpt is not None:
+        genes = list(ckpt.genes)
+    else:
+        genes = [str(g) for g in select_genes(list(measured.values()), int(config.data.n_genes))]
+    fold = block_model.block_fold(manifest.sample_id, [s.sample_id for s in extra],
+                                  {manifest.sample_id: len(entries),
+                                   **{s.sample_id: s.n_layers for s in extra}}, config,
+                                  manifest.measured)
+    trains = ckpt is None or finetune
+    if trains:       # the training stage is checked before any work (registration, features)
+        stage_cfg = training_fields(config, fold, genes, options)
+        stage_in = {"checkpoint": ckpt.fold_dir.name + ":" + str(
+            (RunFolder(ckpt.run_dir).read(ckpt.fold_dir.name) or {}).get("build"))} if ckpt else {}
+        state = rf.check(fold.name, stage_cfg, stage_in)
     times["read"] = time.perf_counter() - t
 
     # 2. register -------------------------------------------------------------------------
@@ -141,9 +208,6 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     times["register"] = time.perf_counter() - t
 
     # 3. spots of the image-only sections ---------------------------------------------------
-    spots_dir = Path(spots_from) if spots_from else None
-    if spots_dir is not None and not spots_dir.is_dir():
-        raise DataError(f"--spots_from {spots_dir}: folder does not exist")
     sections, origins = [], []
     for l, e in enumerate(entries):
         if l in measured:
@@ -151,12 +215,13 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
             origins.append("measured")
             continue
         m = virtual.nearest_measured(l, list(measured))
-        given = e.spots_from or (spots_dir / f"{e.name}.csv"
-                                 if spots_dir and (spots_dir / f"{e.name}.csv").is_file()
-                                 else None)
-        if given is not None:
-            sections.append(sources.read_spots_from(e, given))
+        if given[l] is not None:
+            sections.append(sources.read_spots_from(e, given[l]))
             lattices[e.name] = virtual.section_lattice(frames, lattices[entries[m].name], m, l)
+            virtual.check_given_spots(frames, l, sections[-1].pixel_xy, lattices[e.name], m,
+                                      measured[m].pixel_xy, given[l],
+                                      float(config.impute.max_spots_off_tissue),
+                                      allow=allow_unusual_spots)
             origins.append("given")
         else:
             k, xy, lattices[e.name] = virtual.virtual_grid(frames, lattices[entries[m].name],
@@ -171,10 +236,6 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
 
     # 4. preprocess, registered coordinates, graphs ----------------------------------------
     t = time.perf_counter()
-    if ckpt is not None:
-        genes = list(ckpt.genes)
-    else:
-        genes = select_genes([s for s in sections if s.has_counts], int(config.data.n_genes))
     prepared = prepare_samples([block] + extra, config, work, extractor=extractor, genes=genes)
     for p in prepared[1:]:
         if p.n_layers >= 2:
@@ -189,9 +250,12 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     # 5. model ------------------------------------------------------------------------------
     t = time.perf_counter()
     net, loss_fn = factory.build(config, len(genes))
-    fold = block_model.block_fold(manifest.sample_id, [s.sample_id for s in extra],
-                                  {s: len(g.section_names) for s, g in graphs.items()}, config,
-                                  manifest.measured)
+    if trains:
+        if state == REUSE:
+            logger.info("model: reusing %s (same data, genes and config)",
+                        pipeline.fold_dir(work, fold))
+        else:
+            rf.start(fold.name, stage_cfg, stage_in, state)
     if ckpt is not None:
         pool = batches.build_pool(graphs, fold, seed=int(config.seed))
         params, step = block_model.restore(config, net, pool, ckpt.fold_dir)
@@ -202,6 +266,8 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     else:
         pool, params, step = block_model.fit(config, net, loss_fn, graphs, fold, work,
                                              progress=progress)
+    if trains and state != REUSE:
+        rf.finish(fold.name, files=rec.files, warnings=warnings)
     preds = block_model.predict(net, params, graphs[manifest.sample_id], pool.pad)
     times["model"] = time.perf_counter() - t
     model_info = {"checkpoint": str(ckpt.fold_dir if ckpt and not finetune
@@ -229,7 +295,7 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     if not same:
         raise RuntimeError(f"{written['volume']}: measured spots were not written unchanged")
     figs = figures.plot_block(out / "figures", adata, libraries,
-                              _plot_genes(config, genes, plot_genes))
+                              _plot_genes(config, genes, plot_genes, work))
     times["outputs"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
 
@@ -241,7 +307,7 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
                      "pitch_px": round(lattices[s.name].pitch, 1)})
     summary = {"sample": manifest.sample_id, "sections": rows, "genes": len(genes),
                "model": {k: v for k, v in model_info.items() if k != "config"},
-               "measured_unchanged": bool(same),
+               "measured_unchanged": bool(same), "warnings": list(warnings),
                "seconds": {k: round(v, 1) for k, v in times.items()},
                "written": {"volume": str(written["volume"]),
                            "sections": [str(written[s.name]) for s in sections],
@@ -269,5 +335,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"figures:      {out / 'figures'} ({len(w['figures'])} files)")
     print(f"registration: {w['registration']} (qc.json, overlay.png)")
     print(f"summary:      {out / 'summary.json'}; intermediate stages: {w['work']}")
+    if summary.get("warnings"):
+        print(f"\n{len(summary['warnings'])} warning(s), also in summary.json:")
+        for w in summary["warnings"]:
+            print(f"  WARNING: {w}")
     print(f"time:         {summary['seconds']['total']:.0f} s "
           + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"))

@@ -168,3 +168,52 @@ def registered_sample(prepared, frames: BlockFrames, config, workdir: Path,
                            radius_px=spot_radius or float(config.graph.spot_radius),
                            title=f"{prepared.sample_id}: measured and virtual spots")
     return reg
+
+
+def off_tissue_fraction(frames: BlockFrames, layer: int, xy: np.ndarray) -> float:
+    """Fraction of the points ``xy`` (n, 2) px of section ``layer`` off its tissue mask (the
+    mask the registration used) or outside its image."""
+    sec = frames.sections[layer]
+    if len(xy) == 0:
+        return 0.0
+    small = np.rint(apply_affine(sec.to_small, np.asarray(xy, np.float64))).astype(np.int64)
+    mh, mw = sec.mask.shape
+    ok = (small[:, 0] >= 0) & (small[:, 0] < mw) & (small[:, 1] >= 0) & (small[:, 1] < mh)
+    ok[ok] = sec.mask[small[ok, 1], small[ok, 0]]
+    return float(1.0 - ok.mean())
+
+
+def check_given_spots(frames: BlockFrames, layer: int, xy: np.ndarray, lattice: Lattice,
+                      measured: int, measured_xy: np.ndarray, path, max_off: float, *,
+                      allow: bool = False) -> None:
+    """Refuses a user-given spot grid (``spots_from``) of section ``layer`` that is mostly off
+    its tissue (more than ``max_off``, ``impute.max_spots_off_tissue``) or whose pitch differs
+    by more than 20 % from the measured section's lattice carried into its pixels
+    (``lattice``): x and y swapped, another image's grid or another scale. ``allow``
+    (``--allow_unusual_spots``): a warning instead."""
+    from asign_jax.data.lattice import infer_lattice
+    from asign_jax.data.validate import PITCH_TOLERANCE
+
+    name = frames.names[layer]
+    problems = []
+    off = off_tissue_fraction(frames, layer, xy)
+    if off > max_off:
+        ref = off_tissue_fraction(frames, measured, measured_xy)
+        problems.append(f"{100 * off:.0f} % of its {len(xy)} spots lie off the tissue of "
+                        f"section {name} (the measured section {frames.names[measured]}: "
+                        f"{100 * ref:.0f} %; impute.max_spots_off_tissue={max_off:g})")
+    if len(xy) >= 3:
+        try:
+            pitch = infer_lattice(np.asarray(xy, np.float64), where=str(path)).pitch
+        except DataError:
+            pitch = None
+        if pitch and abs(pitch / lattice.pitch - 1) > PITCH_TOLERANCE:
+            problems.append(f"its spot pitch is {pitch:.0f} px, the measured section's grid in "
+                            f"this image {lattice.pitch:.0f} px ({pitch / lattice.pitch:.2f}x)")
+    if not problems:
+        return
+    msg = (f"{path}: spots_from of section {name!r}: " + "; ".join(problems)
+           + " (x and y swapped, another section's or another scale's coordinates?)")
+    if not allow:
+        raise DataError(msg + "; fix the file or pass --allow_unusual_spots to impute anyway")
+    logger.warning("%s; imputing anyway (--allow_unusual_spots)", msg)

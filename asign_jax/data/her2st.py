@@ -90,7 +90,7 @@ def read_files(name: str, counts_path: Path, spots_path: Path,
 
 
 def read_her2st(root, sections: Optional[Sequence[str]] = None, *,
-                images_only: bool = False) -> list[Sample]:
+                images_only: bool = False, dropped: Optional[dict] = None) -> list[Sample]:
     """Reads HER2ST-layout sections, one `Sample` per patient.
 
     Args:
@@ -98,6 +98,7 @@ def read_her2st(root, sections: Optional[Sequence[str]] = None, *,
       sections: section ids (``"C3"``) or whole patients (``"C"``); None = every section with
         a count file.
       images_only: leave out (and log) sections without an image before reading their counts.
+      dropped: filled with {patient: {section: why}} of the patients left with no section.
 
     Returns:
       Samples sorted by patient id, sections by section number. Sections without an image
@@ -139,5 +140,7 @@ def read_her2st(root, sections: Optional[Sequence[str]] = None, *,
     by_patient: dict[str, list[Section]] = {}
     for n in names:
         by_patient.setdefault(parse_section_id(n)[0], []).append(read_section(root, n))
+    if dropped is not None:
+        dropped.update({p: v for p, v in left_out.items() if p not in by_patient})
     return [Sample(sample_id=p, sections=by_patient[p], left_out=left_out.get(p, {}))
             for p in sorted(by_patient)]

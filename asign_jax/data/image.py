@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from asign_jax import fingerprint
 from asign_jax.errors import DataError
 
 # Whole-slide H&E images exceed PIL's decompression-bomb limit (~179 Mpx); only headers are read.
@@ -47,6 +48,7 @@ def check_image_file(path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file does not exist")
+    fingerprint.note(path)               # an input of the stage being built (run manifests)
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(len(PNG_MAGIC))

@@ -72,13 +72,16 @@ def _image_globs(config):
     return globs or visium.DEFAULT_IMAGE_GLOBS
 
 
-def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
+def load_samples(config, *, counts_only: bool = False,
+                 dropped: Optional[dict] = None) -> list[Sample]:
     """Reads the samples ``config.data`` describes (see the module docstring).
 
     Args:
       config: the full config (``config.data.format``, ``.root``, ``.sections``,
         ``.min_section_spots``; visium also reads ``data.image_glob``, comma-separated globs).
       counts_only: keep sections without an image (for analyses that need no image).
+      dropped: filled with {sample: {section: why}} of the samples left with no section (so
+        that "unknown sample 'B'" can name B4's missing image).
 
     Returns:
       Samples with gene-intersected sections; one info line per section is logged.
@@ -91,13 +94,14 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
     images_only = not counts_only
     if fmt in ("her2st", "synthetic"):
         samples = her2st.read_her2st(root, parse_section_list(config.data.sections),
-                                     images_only=images_only)
+                                     images_only=images_only, dropped=dropped)
     elif fmt == "stnet":
         samples = stnet.read_stnet(root, parse_section_list(config.data.sections),
-                                   images_only=images_only)
+                                   images_only=images_only, dropped=dropped)
     else:
         samples = visium.read_visium(root, parse_section_groups(config.data.sections),
-                                     image_globs=_image_globs(config), images_only=images_only)
+                                     image_globs=_image_globs(config), images_only=images_only,
+                                     dropped=dropped)
     if not samples:
         raise DataError(f"{root}: no {fmt} section left to load (data.sections="
                         f"{config.data.sections!r}, counts_only={counts_only})")
@@ -109,7 +113,7 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
         raise DataError(f"{root}: section(s) with fewer than data.min_section_spots="
                         f"{min_spots} matched spots: {', '.join(small)}")
 
-    samples = validate.intersect_genes(samples)
+    samples = validate.intersect_genes(samples, n_ranked=int(config.data.n_genes))
     for sample in samples:
         for s in sample.sections:
             logger.info("sample %s section %s: %d spots x %d genes, image %s", sample.sample_id,

@@ -84,7 +84,7 @@ def read_section(counts_path: Path, *, name: Optional[str] = None,
 
 
 def read_stnet(root, sections: Optional[Sequence[str]] = None, *,
-               images_only: bool = False) -> list[Sample]:
+               images_only: bool = False, dropped: Optional[dict] = None) -> list[Sample]:
     """Reads ST-Net sections, one `Sample` per patient.
 
     Args:
@@ -127,5 +127,7 @@ def read_stnet(root, sections: Optional[Sequence[str]] = None, *,
     for n in wanted:
         patient, path = by_name[n]
         by_patient.setdefault(patient, []).append(read_section(path))
+    if dropped is not None:       # {patient: {section: why}} of patients with no section left
+        dropped.update({p: v for p, v in left_out.items() if p not in by_patient})
     return [Sample(sample_id=p, sections=by_patient[p], left_out=left_out.get(p, {}))
             for p in sorted(by_patient)]

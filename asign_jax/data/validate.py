@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from asign_jax import fingerprint
 from asign_jax.data.section import Sample, Section
 from asign_jax.errors import DataError
 
@@ -38,6 +39,7 @@ def require_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} does not exist")
+    fingerprint.note(path)               # an input of the stage being built (run manifests)
     return path
 
 
@@ -200,12 +202,41 @@ def make_section(name: str, image_path: Optional[Path], spot_ids, array_xy, pixe
                    genes=genes)
 
 
-def intersect_genes(samples: list[Sample]) -> list[Sample]:
+GENE_LOSS_WARN = 0.05
+"""A section losing more than this fraction of its ``n_ranked`` most expressed genes to the
+gene intersection is a warning (the genes then selected are not the ones it would give)."""
+
+
+def gene_losses(sections: Sequence[Section], keep, n_ranked: int) -> list[str]:
+    """Warnings for sections whose own top-``n_ranked`` genes (by mean raw count) lose more
+    than ``GENE_LOSS_WARN`` of their number to the intersection ``keep``; each names the
+    section, how many, examples and the sections that lack them."""
+    keep, out = set(keep.tolist()), []
+    for s in sections:
+        n = min(int(n_ranked), len(s.genes))
+        if n <= 0 or len(s.genes) == len(keep):
+            continue
+        order = np.argsort(-s.counts.mean(axis=0, dtype=np.float64), kind="stable")[:n]
+        lost = [str(g) for g in s.genes[order] if g not in keep]
+        if len(lost) > GENE_LOSS_WARN * n:
+            lacking = sorted({o.name for o in sections if o is not s
+                              and not set(lost[:50]) <= set(o.genes.tolist())})
+            out.append(f"gene intersection: {len(lost)} of the {n} most expressed genes of "
+                       f"section {s.name} ({100 * len(lost) / n:.0f} %, e.g. "
+                       f"{', '.join(lost[:5])}) are absent from {', '.join(lacking) or 'another section'} and "
+                       "are dropped, so the genes selected are not those of a run without "
+                       "those sections; check their count files")
+    return out
+
+
+def intersect_genes(samples: list[Sample], n_ranked: int = 0) -> list[Sample]:
     """Restricts every section to the genes present in all sections (order of the first).
 
     Image-only sections (no counts) neither constrain the genes nor change.
 
-    Logs how many genes each section loses; raises DataError when no gene is shared.
+    Logs how many genes each section loses; raises DataError when no gene is shared. With
+    ``n_ranked`` (``data.n_genes``) a WARNING (`gene_losses`) when a section loses more than
+    a few percent of its ``n_ranked`` most expressed genes.
     """
     sections = [s for sample in samples for s in sample.sections if s.has_counts]
     if not sections:
@@ -216,6 +247,8 @@ def intersect_genes(samples: list[Sample]) -> list[Sample]:
         raise DataError("no gene is shared by all sections: "
                         + ", ".join(f"{s.name} ({len(s.genes)} genes, e.g. {s.genes[:3].tolist()})"
                                     for s in sections[:6]))
+    for w in gene_losses(sections, keep, n_ranked):
+        logger.warning("%s", w)
     out = []
     for sample in samples:
         new = []
@@ -255,3 +288,80 @@ def section_from_spot_table(name, image, spots, cols, spots_path, count_ids, cou
     pixel_xy = np.stack([cols["pixel_x"][keep], cols["pixel_y"][keep]], axis=1)[srows]
     return make_section(name, image, count_ids[rows], array_xy, pixel_xy, counts[rows], genes,
                         source=counts_path)
+
+
+# ---- inputs checked against each other (run-folder stages call these) ----------------------
+
+def check_distinct_images(images, digests: Optional[dict] = None) -> None:
+    """Raises DataError when two sections use the same image file, or two files with the same
+    bytes. ``images``: (section name, image path or None) pairs; ``digests``: {resolved path:
+    fingerprint} (``asign_jax.fingerprint``). One image listed twice would enter the stack as
+    two layers."""
+    seen: dict = {}
+    for name, image in images:
+        if image is None:
+            continue
+        path = str(Path(image).resolve())
+        fp = (digests or {}).get(path)
+        for key in (path, fp[2] if fp else None):
+            if key is None:
+                continue
+            if key in seen:
+                other, other_path = seen[key]
+                how = (f"is also the image of section {other!r}" if key == path else
+                       f"has the same bytes as the image of section {other!r} ({other_path})")
+                raise DataError(f"{image}: the image of section {name!r} {how}; one image "
+                                "listed twice would be two layers of the stack")
+            seen[key] = (name, image)
+
+
+PITCH_TOLERANCE = 0.2
+"""A section whose spot pitch differs by more than this fraction from the others' (or from
+``data.spot_pitch_px``) is a warning: its image is at another scale than the pixel sizes."""
+
+
+def section_pitch(section: Section, kind: str = "") -> Optional[float]:
+    """Centre-to-centre spot distance (px) of a section, from its array coordinates when
+    ``kind`` (square / hex) is known, else from the pixel centres; None when undefined."""
+    from asign_jax.data.lattice import fit_lattice, infer_lattice
+
+    if section.n_spots < 3:
+        return None
+    try:
+        lat = (fit_lattice(section.array_xy, section.pixel_xy, kind, where=section.name) if kind
+               else infer_lattice(section.pixel_xy, where=section.name))
+    except DataError:
+        return None
+    return float(lat.pitch)
+
+
+def pitch_warnings(samples: Sequence[Sample], kind: str = "", expected: float = 0.0
+                   ) -> list[str]:
+    """Warnings for sections whose spot pitch (`section_pitch`) differs by more than
+    ``PITCH_TOLERANCE`` from the median of the others, or from ``expected`` px (> 0): an
+    image at another scale than its coordinates' neighbours, while ``data.spot_size``,
+    ``data.region_size``, ``graph.spot_radius`` and ``graph.cross_radius`` are pixels of one
+    scale."""
+    pitches = {s.name: (section_pitch(s, kind), s) for sample in samples
+               for s in sample.sections if s.has_counts}
+    pitches = {n: v for n, v in pitches.items() if v[0]}
+    sizes = ("data.spot_size, data.region_size, data.global_size, graph.spot_radius and "
+             "graph.cross_radius are pixels of one scale")
+    out = []
+    if expected and expected > 0:
+        for name, (p, s) in pitches.items():
+            if abs(p / expected - 1) > PITCH_TOLERANCE:
+                out.append(f"section {name}: spot pitch {p:.0f} px in {s.image_path}, but "
+                           f"data.spot_pitch_px={expected:g} (the scale the pixel sizes "
+                           f"assume; {p / expected:.2f}x): {sizes}; rescale the image and its "
+                           "coordinates, or set the pixel sizes for this scale")
+        return out
+    if len(pitches) < 2:
+        return out
+    for name, (p, s) in pitches.items():
+        others = float(np.median([q for n, (q, _) in pitches.items() if n != name]))
+        if abs(p / others - 1) > PITCH_TOLERANCE:
+            out.append(f"section {name}: spot pitch {p:.0f} px in {s.image_path}, "
+                       f"{others:.0f} px (median) in the other sections ({p / others:.2f}x): "
+                       f"its image is at another scale than theirs; {sizes}")
+    return out

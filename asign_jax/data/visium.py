@@ -200,7 +200,7 @@ def read_section(section_dir, *, name: Optional[str] = None,
 
 def read_visium(root, samples: Optional[dict[str, list[str]]] = None, *,
                 image_globs: Sequence[str] = DEFAULT_IMAGE_GLOBS,
-                images_only: bool = False) -> list[Sample]:
+                images_only: bool = False, dropped: Optional[dict] = None) -> list[Sample]:
     """Reads Visium sections grouped into samples.
 
     Args:
@@ -236,4 +236,6 @@ def read_visium(root, samples: Optional[dict[str, list[str]]] = None, *,
             sections.append(read_section(section_dir, image_globs=image_globs))
         if sections:
             out.append(Sample(sample_id=sample_id, sections=sections, left_out=left_out))
+        elif dropped is not None:     # {sample: {section: why}} of samples with no section left
+            dropped[sample_id] = left_out
     return out
