@@ -5,7 +5,10 @@ Dispatches on ``config.data.format``:
 * ``her2st`` / ``synthetic``: `asign_jax.data.her2st.read_her2st` on ``config.data.root`` (the
   synthetic generator writes the HER2ST layout; nothing is generated here);
 * ``stnet``: `asign_jax.data.stnet.read_stnet`;
-* ``visium``: `asign_jax.data.visium.read_visium`.
+* ``visium``: `asign_jax.data.visium.read_visium`;
+* ``hest``: `asign_jax.data.hest.read_hest` (HEST-1k layout; ``data.hest_filter``).
+
+Spot centres are then converted to working px (``data.um_per_px``, `data.working`).
 
 ``config.data.sections`` selects sections: ``""`` = every section that has an image; for
 her2st/synthetic/stnet a comma-separated list of section ids or patient ids (``"C2,C3,B4"``,
@@ -19,13 +22,14 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from asign_jax.data import her2st, stnet, validate, visium
+from asign_jax.data import hest, her2st, stnet, validate, visium, working
+from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.data.section import Sample
 from asign_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("her2st", "stnet", "visium", "synthetic")
+FORMATS = ("her2st", "stnet", "visium", "synthetic", "hest")
 
 
 def parse_section_list(spec: str) -> Optional[list[str]]:
@@ -95,6 +99,9 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
     elif fmt == "stnet":
         samples = stnet.read_stnet(root, parse_section_list(config.data.sections),
                                    images_only=images_only)
+    elif fmt == "hest":
+        samples = hest.read_hest(root, config.data.sections,
+                                 config.data.hest_filter)
     else:
         samples = visium.read_visium(root, parse_section_groups(config.data.sections),
                                      image_globs=_image_globs(config), images_only=images_only)
@@ -109,6 +116,13 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
         raise DataError(f"{root}: section(s) with fewer than data.min_section_spots="
                         f"{min_spots} matched spots: {', '.join(small)}")
 
+    if fmt == "hest":
+        samples = [working.samples_to_working(
+            [s], config.data, hest.sample_lattice_kind(root, [x.name for x in s.sections]))[0]
+            for s in samples]
+    else:
+        samples = working.samples_to_working(samples, config.data, FORMAT_KIND.get(fmt),
+                                             legacy=True)
     samples = validate.intersect_genes(samples)
     for sample in samples:
         for s in sample.sections:

@@ -19,7 +19,6 @@ from typing import Optional
 
 import numpy as np
 
-from asign_jax.data.image import read_rgb
 from asign_jax.errors import DataError
 
 
@@ -39,6 +38,13 @@ class Section:
       total_counts: (N,) float64 per-spot total over ALL genes the section's file had, recorded
         the first time genes are subset (ST-Net normalisation needs it); None = sum of counts.
       n_all_genes: number of genes the section's file had (None = len(genes)).
+      um_per_px: level-0 pixel size of the image given by the dataset's metadata (e.g. HEST
+        json), None = from the slide file or the config (`data.slide.resolve_um_per_px`).
+      image_scale: level-0 image px per working px (``data.um_per_px``); ``pixel_xy`` is in
+        working px once `loaders.to_working` has run (1.0 = the image's own pixels).
+      pitch_um: centre-to-centre spot distance in µm of the section's lattice when the reader
+        knows it (HEST metadata, Visium HD bin size), for the pixel-size check; None = from the
+        format's lattice kind.
     """
 
     name: str
@@ -50,6 +56,9 @@ class Section:
     genes: np.ndarray
     total_counts: Optional[np.ndarray] = None
     n_all_genes: Optional[int] = None
+    um_per_px: Optional[float] = None
+    image_scale: float = 1.0
+    pitch_um: Optional[float] = None
 
     def __post_init__(self):
         n = len(self.spot_ids)
@@ -74,11 +83,13 @@ class Section:
     def has_image(self) -> bool:
         return self.image_path is not None
 
-    def read_image(self) -> np.ndarray:
-        """Returns the full-resolution RGB image, (H, W, 3) uint8."""
+    def read_image(self):
+        """The image at working resolution: (H, W, 3) uint8 for a JPEG / PNG at scale 1 (as
+        before), else a lazily read `asign_jax.data.slide.WorkingImage` of the same shape."""
         if self.image_path is None:
             raise DataError(f"section {self.name!r} has no image")
-        return read_rgb(self.image_path)
+        from asign_jax.data.slide import open_working
+        return open_working(self.image_path, self.image_scale)
 
     def subset_genes(self, genes: np.ndarray) -> "Section":
         """Returns a copy restricted to ``genes`` (all must be present), in that order.

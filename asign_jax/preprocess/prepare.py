@@ -155,7 +155,8 @@ def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, e
         pixel_xy=np.asarray(section.pixel_xy, dtype=np.float64),
         region_origin=region_origin, spot_region=spot_region, global_origin=global_origin,
         spot_global=spot_global, region_global=reg_glob, image_shape=image_shape,
-        image_path=str(section.image_path), **labels, **feats)
+        image_path=str(section.image_path), image_scale=float(section.image_scale),
+        **labels, **feats)
     logger.info("%s: %d spots%s, %d region / %d global tiles, %d spots with padded %d px "
                 "patches", where, section.n_spots, "" if section.has_counts else " (image only)",
                 r, q, padded, data_cfg.spot_size)
