@@ -263,3 +263,23 @@ def test_her2st_converted_to_hest_prepares_the_same_arrays(tmp_path):
         # registration sees the same thumbnail: the TIFF's levels are the JPEG's reductions
         ia, ib = load_section("a", section_image(sa), 200), load_section("b", section_image(sb), 200)
         assert np.array_equal(ia.rgb, ib.rgb) and np.allclose(ia.to_small, ib.to_small)
+
+
+def test_impute_manifest_accepts_hest_sections(tmp_path):
+    from asign_jax.block import sources
+    from asign_jax.block.manifest import load_manifest
+    root = tmp_path / "hest"
+    counts, xy = write_hest_sample(root, "H1", mpp=0.6875)
+    write_hest_sample(root, "H2", mpp=0.25, seed=4)
+    (tmp_path / "m.yaml").write_text(
+        "sample: H\nsections:\n"
+        "  - {name: H1, image: hest/wsis/H1.tif, st: {format: hest, root: hest}}\n"
+        "  - {name: H2, image: hest/wsis/H2.tif, st: {format: hest, root: hest}}\n"
+        "  - {name: H3, image: hest/wsis/H2.tif}\n")
+    m = load_manifest(tmp_path / "m.yaml")
+    section, lattice = sources.read_measured(m.sections[0], base_config().data)
+    np.testing.assert_array_equal(section.counts, counts)
+    np.testing.assert_allclose(section.pixel_xy, xy)
+    assert section.image_scale == 1.0 and lattice.pitch == pytest.approx(200 / 0.6875 / 4)
+    with pytest.raises(DataError, match=r"H2\.tif: slide at 0.25 µm/px but data.um_per_px"):
+        sources.read_measured(m.sections[1], base_config().data)

@@ -123,7 +123,7 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     measured, lattices = {}, {}
     for l, e in enumerate(entries):
         if e.measured:
-            measured[l], lattices[e.name] = sources.read_measured(e)
+            measured[l], lattices[e.name] = sources.read_measured(e, config.data)
     extra = sources.train_with_samples(train_specs, config, {manifest.sample_id})
     labelled = validate.intersect_genes(
         [Sample(manifest.sample_id, list(measured.values()))] + extra)
