@@ -283,3 +283,57 @@ def test_impute_manifest_accepts_hest_sections(tmp_path):
     assert section.image_scale == 1.0 and lattice.pitch == pytest.approx(200 / 0.6875 / 4)
     with pytest.raises(DataError, match=r"H2\.tif: slide at 0.25 µm/px but data.um_per_px"):
         sources.read_measured(m.sections[1], base_config().data)
+
+
+# ---------------------------------------------------------------------------- SpatialData
+
+def test_volume_zarr_opens_and_lines_up(tmp_path):
+    pytest.importorskip("spatialdata")
+    import types
+
+    import anndata
+    import spatialdata
+    from spatialdata.transformations import get_transformation
+
+    from asign_jax.evaluation import spatialdata_out
+    imgs = [slide.write_pyramid_tiff(tmp_path / f"s{i}.tif", _noise(300, 400, i), 0.6875,
+                                     tile=128) for i in range(2)]
+    secs = [types.SimpleNamespace(name=f"S{i}", image_path=str(p), image_scale=1.0)
+            for i, p in enumerate(imgs)]
+    xy = np.array([[10.0, 20.0], [50.5, 60.0], [200.0, 100.0], [30.0, 40.0], [390.0, 290.0]])
+    layer = np.array([0, 0, 0, 1, 1])
+    ad = anndata.AnnData(X=np.arange(10, dtype=np.float32).reshape(5, 2),
+                         obs=pd.DataFrame({"layer": layer, "origin": pd.Categorical(
+                             ["measured"] * 3 + ["virtual"] * 2)},
+                             index=pd.Index([f"n{i}" for i in range(5)], dtype=object)),
+                         var=pd.DataFrame(index=pd.Index(["A", "B"], dtype=object)))
+    ad.obsm["spatial"] = xy
+    ad.layers["measured"] = ad.X.copy()
+    aff = np.array([np.eye(3), [[1, 0, 5.0], [0, 1, -3.0], [0, 0, 1]]])
+    out = spatialdata_out.write_volume_zarr(tmp_path / "volume.zarr", ad, secs, aff, [0.0, 3.0],
+                                            {"S0": 20.0, "S1": 20.0}, z_unit="um",
+                                            image_long_side=256)
+    sd = spatialdata.read_zarr(out)
+    assert set(sd.images) == {"S0_he", "S1_he"} and set(sd.shapes) == {"S0_spots", "S1_spots"}
+    table = sd.tables["table"]
+    np.testing.assert_array_equal(table.X, ad.X)
+    np.testing.assert_array_equal(table.layers["measured"], ad.layers["measured"])
+    # a spot's circle centre is its obsm['spatial'], radius half the lattice diameter
+    row = 4
+    region, inst = table.obs["region"].iloc[row], int(table.obs["instance_id"].iloc[row])
+    shp = sd.shapes[region]
+    c = shp.geometry.loc[inst]
+    assert region == "S1_spots" and (c.x, c.y) == tuple(table.obsm["spatial"][row])
+    assert shp["radius"].loc[inst] == 10.0
+    # coordinate systems: one per section + the shared block one with the registration affine
+    t = get_transformation(shp, to_coordinate_system="block")
+    np.testing.assert_allclose(t.to_affine_matrix(("x", "y"), ("x", "y")), aff[1])
+    assert set(get_transformation(sd.images["S0_he"], get_all=True)) == {"S0", "block"}
+    assert sd.attrs["z"] == {"S0": 0.0, "S1": 3.0}
+
+
+def test_volume_zarr_skipped_without_spatialdata(tmp_path, monkeypatch, caplog):
+    from asign_jax.evaluation import spatialdata_out
+    monkeypatch.setattr(spatialdata_out, "available", lambda: False)
+    assert spatialdata_out.write_volume_zarr(tmp_path / "v.zarr", None, [], None, [], {}) is None
+    assert "spatialdata is not installed" in caplog.text and not (tmp_path / "v.zarr").exists()

@@ -220,7 +220,7 @@ def impute_block(manifest_path, out, config=None, *, train_with: Sequence[str] =
     spots = volume.block_spots(prepared[0], registered, origins)
     written, libraries = volume.write_outputs(
         out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info, lattices,
-        str(config.data.normalization), manifest.thickness_um)
+        str(config.data.normalization), manifest.thickness_um, affines=frames.affines)
     import anndata as ad
 
     adata = ad.read_h5ad(written["volume"])
