@@ -146,7 +146,7 @@ def read_section(root: Path, sample_id: str, meta: Optional[dict] = None,
     else:
         array = pixel
     x = adata.X
-    counts = x.toarray() if sp.issparse(x) else np.asarray(x)
+    counts = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)   # sparse kept sparse
     if image is None:
         image = root / "wsis" / f"{sample_id}.tif"
         if not image.is_file():

@@ -22,6 +22,32 @@ import numpy as np
 from asign_jax.errors import DataError
 
 
+def is_sparse(counts) -> bool:
+    """True for a scipy sparse count matrix (the 10x readers keep counts CSR)."""
+    import scipy.sparse as sp
+    return sp.issparse(counts)
+
+
+def dense_counts(counts, dtype=np.float32) -> np.ndarray:
+    """(N, G) dense array of dense or CSR counts (call after the gene panel is chosen)."""
+    return np.asarray(counts.toarray() if is_sparse(counts) else counts, dtype=dtype)
+
+
+def row_totals(counts) -> np.ndarray:
+    """(N,) float64 per-spot sums of dense or CSR counts."""
+    if is_sparse(counts):
+        return np.asarray(counts.sum(axis=1, dtype=np.float64)).reshape(-1)
+    return np.asarray(counts).sum(axis=1, dtype=np.float64)
+
+
+def column_means(counts, cols: np.ndarray) -> np.ndarray:
+    """(len(cols),) float64 mean over spots of the columns ``cols`` (dense or CSR)."""
+    if is_sparse(counts):
+        sub = counts[:, cols]
+        return np.asarray(sub.sum(axis=0, dtype=np.float64)).reshape(-1) / sub.shape[0]
+    return np.asarray(counts[:, cols], dtype=np.float64).mean(axis=0)
+
+
 @dataclasses.dataclass
 class Section:
     """One tissue section.
@@ -32,8 +58,10 @@ class Section:
       spot_ids: (N,) str, unique.
       array_xy: (N, 2) float64, array-grid coordinates (x, y).
       pixel_xy: (N, 2) float64, spot centres in full-resolution image pixels (x=col, y=row).
-      counts: (N, G) float32 raw counts, non-negative and finite; None for an image-only
-        section (its spots carry no measurement and never get a label).
+      counts: (N, G) float32 raw counts, non-negative and finite, dense or scipy CSR (the 10x
+        readers keep them sparse until the gene panel is chosen; `dense_counts` densifies only
+        the selected genes); None for an image-only section (its spots carry no measurement
+        and never get a label).
       genes: (G,) str, unique gene names (column order of ``counts``; empty when no counts).
       total_counts: (N,) float64 per-spot total over ALL genes the section's file had, recorded
         the first time genes are subset (ST-Net normalisation needs it); None = sum of counts.
@@ -103,7 +131,7 @@ class Section:
             raise DataError(f"section {self.name!r}: genes not present: {missing[:5]}")
         cols = np.array([index[g] for g in genes], dtype=np.int64)
         totals = (self.total_counts if self.total_counts is not None
-                  else self.counts.sum(axis=1, dtype=np.float64))
+                  else row_totals(self.counts))
         n_all = self.n_all_genes if self.n_all_genes is not None else len(self.genes)
         return dataclasses.replace(self, counts=self.counts[:, cols], genes=np.asarray(genes),
                                    total_counts=totals, n_all_genes=n_all)
