@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- data: reading and preprocessing --------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.format = "her2st"          # her2st | stnet | visium | synthetic | hest
+    d.format = "her2st"          # her2st | stnet | visium | synthetic | hest | visium_hd
     d.root = ""                  # dataset folder (synthetic: where the generator writes)
     d.sections = ""              # her2st/stnet/synthetic: comma-separated section or patient
                                  # ids ("" = all imaged); visium: "sample:dir,dir;sample2:..."
@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.slide_um_per_px = 0.0      # level-0 um/px of every slide (0 = slide / HEST metadata;
                                  # JPEG/PNG without one are taken at um_per_px)
     d.hest_filter = ""           # hest: "column=value,..." on HEST_v1_*.csv when sections = ""
+    d.bin_um = 8                 # visium_hd: bin size read (binned_outputs/square_0XXum)
 
     # ---- synthetic sample generator (format == "synthetic") -------------------------------
     c.synthetic = s = ml_collections.ConfigDict()
@@ -262,7 +263,7 @@ def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads:
 # ---- validation -----------------------------------------------------------------------------
 
 CHOICES = {
-    "data.format": ("her2st", "stnet", "visium", "synthetic", "hest"),
+    "data.format": ("her2st", "stnet", "visium", "synthetic", "hest", "visium_hd"),
     "data.normalization": ("asign", "triplex", "stnet"),
     "features.encoder": ("resnet50", "embeddings"),
     "features.dtype": ("float32", "bfloat16", "float16"),

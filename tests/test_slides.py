@@ -337,3 +337,45 @@ def test_volume_zarr_skipped_without_spatialdata(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(spatialdata_out, "available", lambda: False)
     assert spatialdata_out.write_volume_zarr(tmp_path / "v.zarr", None, [], None, [], {}) is None
     assert "spatialdata is not installed" in caplog.text and not (tmp_path / "v.zarr").exists()
+
+
+# ---------------------------------------------------------------------------- Visium HD
+
+def test_visium_hd_reader_bins_sparse_and_bad_input(tmp_path):
+    import importlib.util
+
+    import scipy.sparse as sp
+
+    from asign_jax.data import visium_hd
+    from asign_jax.preprocess.prepare import prepare_samples
+    spec = importlib.util.spec_from_file_location(
+        "vhd", Path(__file__).resolve().parents[1] / "experiments" / "visium_hd_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.write(tmp_path / "hd", bins=400, genes=30, nnz_per_bin=5, um_per_px=0.5)
+    c = base_config()
+    c.data.format, c.data.root, c.data.n_genes = "visium_hd", str(tmp_path / "hd"), 6
+    c.data.spot_size, c.data.region_size, c.data.global_size = 16, 64, 128
+    samples = loaders.load_samples(c)
+    s = samples[0].sections[0]
+    assert s.n_spots == 400 and len(s.genes) == 30 and sp.isspmatrix_csr(s.counts)
+    # 8 um bins at 0.5 um/px = 16 px; working 0.6875 um/px: 1.375 slide px per working px
+    assert s.image_scale == pytest.approx(1.375) and s.pitch_um == 8.0
+    np.testing.assert_allclose(s.pixel_xy[1] - s.pixel_xy[0], [16 / 1.375, 0.0])
+    p = prepare_samples(samples, c, tmp_path / "w", extractor=mod.ZeroFeatures())[0].sections[0]
+    assert p.spot_counts.shape == (400, 6) and isinstance(p.spot_counts, np.ndarray)
+    full = s.counts.toarray()
+    genes = list(s.genes)
+    chosen = (tmp_path / "w" / "prepared" / "genes.txt").read_text().split()
+    np.testing.assert_array_equal(p.spot_counts, full[:, [genes.index(g) for g in chosen]])
+    with pytest.raises(Exception, match="data.bin_um=16|square_016um"):
+        c.data.bin_um = 16
+        loaders.load_samples(c)
+    sf = tmp_path / "hd" / "S1" / "binned_outputs" / "square_008um" / "spatial" / \
+        "scalefactors_json.json"
+    sf.write_text(json.dumps({"microns_per_pixel": 2.0, "bin_size_um": 8.0}))
+    c.data.bin_um = 8
+    with pytest.raises(DataError, match=r"S1_full_image\.tif: pixel size 2 .*lattice's pitch"):
+        loaders.load_samples(c)
+    with pytest.raises(Exception, match="data.bin_um=3"):
+        visium_hd.bin_folder(tmp_path / "hd" / "S1", 3)
