@@ -5,7 +5,8 @@
 ``--write`` (default on when the folder is absent) writes ``<out>/S1/binned_outputs/
 square_008um/`` (10x HDF5 bins x genes, CSC like Space Ranger, ``--nnz_per_bin`` non-zero
 genes per bin drawn with a skewed gene popularity; ``spatial/tissue_positions.parquet`` on a
-square 8 µm lattice; ``scalefactors_json.json`` with ``--um_per_px``) and a pyramidal TIFF
+square 8 µm lattice; ``scalefactors_json.json`` with ``--um_per_px``; genes drawn with
+replacement, so a bin has up to ``--nnz_per_bin`` distinct genes) and a pyramidal TIFF
 (``<out>/S1/S1_full_image.tif``) covering the bins. Then, in this process, it reads the
 section with ``data.format = "visium_hd"`` and prepares it (gene selection over all genes on
 the sparse counts, densifying the ``--n_genes`` selected, normalisation, region/global tiles
@@ -67,8 +68,8 @@ def write(out: Path, bins: int, genes: int, nnz_per_bin: int, um_per_px: float, 
         chunk = 50000
         for s in range(0, bins, chunk):
             n = min(chunk, bins - s)
-            g = np.sort(np.stack([rng.choice(genes, nnz_per_bin, replace=False, p=pop)
-                                  for _ in range(n)]), axis=1)
+            # with replacement (vectorised); a repeated gene in a bin is summed by the reader
+            g = np.sort(rng.choice(genes, (n, nnz_per_bin), p=pop), axis=1)
             ind[s * nnz_per_bin:(s + n) * nnz_per_bin] = g.reshape(-1)
             d[s * nnz_per_bin:(s + n) * nnz_per_bin] = rng.integers(1, 6, n * nnz_per_bin)
         feats = m.create_group("features")

@@ -379,3 +379,13 @@ def test_visium_hd_reader_bins_sparse_and_bad_input(tmp_path):
         loaders.load_samples(c)
     with pytest.raises(Exception, match="data.bin_um=3"):
         visium_hd.bin_folder(tmp_path / "hd" / "S1", 3)
+
+def test_openslide_backend_reads_regions_and_pixel_size(tmp_path):
+    openslide = pytest.importorskip("openslide")
+    img = _noise(300, 350)
+    p = slide.write_pyramid_tiff(tmp_path / "o.tif", img, 0.5, tile=128)
+    s = slide.OpenSlideSlide(p, openslide.OpenSlide(str(p)))
+    assert s.size == (350, 300) and s.um_per_px == pytest.approx(0.5)
+    assert np.array_equal(s.read_region(0, (10, 20, 110, 70)), img[20:70, 10:110])
+    with pytest.raises(DataError, match=r"o\.tif: level 3 missing"):
+        s.read_region(3, (0, 0, 4, 4))
