@@ -47,7 +47,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from asign_jax.data import her2st
+from asign_jax.data import her2st, slide
 from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.errors import DataError
 
@@ -127,7 +127,6 @@ def _check_image(path: Path, where: str) -> None:
     by readers that name the file too)."""
     from PIL import Image, UnidentifiedImageError
 
-    from asign_jax.data import slide
     if not slide.is_plain(path):            # a slide: its header through the slide reader
         s = slide.open_slide(path)
         s.close()

@@ -160,25 +160,24 @@ def read_section(root: Path, sample_id: str, meta: Optional[dict] = None,
     return section
 
 
-def read_hest(root, sections: str = "", hest_filter: str = "") -> list[Sample]:
+def read_hest(root, sections=None, hest_filter: str = "") -> list[Sample]:
     """Reads HEST samples into `Sample`s (see the module docstring for selection and order).
 
     Args:
       root: the HEST folder (``st/``, ``wsis/``, ``metadata/``, ``HEST_v1_*.csv``).
-      sections: ``data.sections``: ids or ``sample:id,id;...`` groups ("" = use the filter).
+      sections: ids (list) or groups ({sample: [ids]}) parsed from ``data.sections``
+        (None = use the filter).
       hest_filter: ``data.hest_filter`` (used when ``sections`` is empty).
     """
     root = Path(root)
     if not (root / "st").is_dir():
         raise DataError(f"{root / 'st'}: HEST spot folder does not exist (is data.root right?)")
-    spec = (sections or "").strip()
     groups: Optional[dict[str, list[str]]] = None
-    if ":" in spec or ";" in spec:
-        from asign_jax.data.loaders import parse_section_groups
-        groups = parse_section_groups(spec)
+    if isinstance(sections, dict):             # {sample: [ids]} (loaders.parse_section_groups)
+        groups = {k: list(v) for k, v in sections.items()}
         ids = [i for g in groups.values() for i in g]
-    elif spec:
-        ids = [s.strip() for s in spec.split(",") if s.strip()]
+    elif sections:
+        ids = [s.strip() for s in sections if s.strip()]
     elif hest_filter:
         ids = filter_ids(root, hest_filter)
     else:

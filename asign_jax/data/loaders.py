@@ -103,8 +103,9 @@ def load_samples(config, *, counts_only: bool = False) -> list[Sample]:
         samples = stnet.read_stnet(root, parse_section_list(config.data.sections),
                                    images_only=images_only)
     elif fmt == "hest":
-        samples = hest.read_hest(root, config.data.sections,
-                                 config.data.hest_filter)
+        spec = config.data.sections or ""
+        samples = hest.read_hest(root, parse_section_groups(spec) if ":" in spec or ";" in spec
+                                 else parse_section_list(spec), config.data.hest_filter)
     elif fmt == "visium_hd":
         samples = visium_hd.read_visium_hd(root, parse_section_groups(config.data.sections),
                                            int(config.data.bin_um),

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from asign_jax.data.slide import open_working
 from asign_jax.errors import DataError
 
 
@@ -116,7 +117,6 @@ class Section:
         before), else a lazily read `asign_jax.data.slide.WorkingImage` of the same shape."""
         if self.image_path is None:
             raise DataError(f"section {self.name!r} has no image")
-        from asign_jax.data.slide import open_working
         return open_working(self.image_path, self.image_scale)
 
     def subset_genes(self, genes: np.ndarray) -> "Section":

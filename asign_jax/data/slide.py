@@ -29,8 +29,9 @@ from typing import Optional
 
 import numpy as np
 
-from asign_jax.data.image import check_image_file, read_rgb
+from asign_jax.data.image import check_image_file, header_size, read_rgb
 from asign_jax.errors import DataError
+from asign_jax.registration.preprocess import resize_long_side
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,6 @@ class PlainSlide(Slide):
     backend = "opencv"
 
     def __init__(self, path: Path):
-        from asign_jax.data.image import header_size
         self.path = Path(path)
         check_image_file(self.path)
         h, w = header_size(self.path)
@@ -335,7 +335,6 @@ class WorkingImage:
         Returns (rgb (h, w, 3) uint8, working (H, W), to_small (3, 3) working px -> small px),
         pixel centres at integer coordinates (as ``registration.preprocess.read_small_rgb``).
         """
-        from asign_jax.registration.preprocess import resize_long_side
         target = min(int(long_side), max(self.shape[:2]))
         level = 0
         for i, lv in enumerate(self.slide.levels):     # coarsest level still >= the target

@@ -20,6 +20,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from asign_jax.data.slide import WorkingImage, is_plain, open_slide
 from asign_jax.registration.preprocess import read_small_rgb
 
 HIRES_LONG_SIDE = 2000
@@ -29,7 +30,6 @@ LOWRES_LONG_SIDE = 600
 def thumbnail(image_path, long_side: int, image_scale: float = 1.0) -> tuple[np.ndarray, float]:
     """(h, w, 3) uint8 downscaled image (long side ``long_side``) and its scale factor
     (thumbnail px per full-resolution (working) px); slides are read from a low level."""
-    from asign_jax.data.slide import WorkingImage, is_plain, open_slide
     if not is_plain(image_path) or float(image_scale) != 1.0:
         w = WorkingImage(open_slide(image_path), float(image_scale))
         rgb, full_hw, _ = w.read_small(int(long_side))

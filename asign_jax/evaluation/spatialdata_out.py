@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from asign_jax.data.slide import WorkingImage, open_slide
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SCALES = (2, 2)
@@ -43,7 +45,6 @@ def available() -> bool:
 
 def section_thumbnail(image_path, image_scale: float, long_side: int):
     """(h, w, 3) uint8 image from a low level and the working px per thumbnail px."""
-    from asign_jax.data.slide import WorkingImage, open_slide
     w = WorkingImage(open_slide(image_path), image_scale)
     try:
         rgb, hw, to_small = w.read_small(long_side)

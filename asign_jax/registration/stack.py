@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from asign_jax.data.slide import WorkingImage, is_plain, open_slide
 from asign_jax.errors import DataError
 from asign_jax.registration import qc as qcmod
 from asign_jax.registration.affine import apply_affine, identity_small
@@ -305,7 +306,6 @@ def _pair_dice(mv: SectionImage, fx: SectionImage, m: np.ndarray,
 def section_image(section):
     """A prepared section's image for registration: its path for a JPEG / PNG in its own pixels
     (reduced JPEG decoding, as always), else a `data.slide.WorkingImage` (low pyramid level)."""
-    from asign_jax.data.slide import WorkingImage, is_plain, open_slide
     scale = float(getattr(section, "image_scale", 1.0))
     if is_plain(section.image_path) and scale == 1.0:
         return section.image_path
