@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- data: reading and preprocessing --------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.format = "her2st"          # her2st | stnet | visium | synthetic
+    d.format = "her2st"          # her2st | stnet | visium | synthetic | hest | visium_hd
     d.root = ""                  # dataset folder (synthetic: where the generator writes)
     d.sections = ""              # her2st/stnet/synthetic: comma-separated section or patient
                                  # ids ("" = all imaged); visium: "sample:dir,dir;sample2:..."
@@ -40,6 +40,15 @@ def base_config() -> ml_collections.ConfigDict:
                                  # array coordinates) differs by > 20 % is a warning; 0 = for
                                  # synthetic data synthetic.spot_pitch, else sections are only
                                  # compared with each other (a check: never invalidates a stage)
+    # Physical scale (docs/slides_hest_spatialdata.md). Every px size in this config (patches,
+    # tiles, graph radii, validation blocks) is a length at the working resolution um_per_px;
+    # the default is HER2ST's JPEGs (200 um ST pitch / ~291 px), so spot patch 224 px = 154 um,
+    # region 512 px = 352 um, global 1024 px = 704 um, graph.spot_radius 112 px = 77 um.
+    d.um_per_px = 0.6875         # working resolution, um per px (= data.slide.HER2ST_UM_PER_PX)
+    d.slide_um_per_px = 0.0      # level-0 um/px of every slide (0 = slide / HEST metadata;
+                                 # JPEG/PNG without one are taken at um_per_px)
+    d.hest_filter = ""           # hest: "column=value,..." on HEST_v1_*.csv when sections = ""
+    d.bin_um = 8                 # visium_hd: bin size read (binned_outputs/square_0XXum)
 
     # ---- synthetic sample generator (format == "synthetic") -------------------------------
     c.synthetic = s = ml_collections.ConfigDict()
@@ -270,7 +279,7 @@ def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads:
 # ---- validation -----------------------------------------------------------------------------
 
 CHOICES = {
-    "data.format": ("her2st", "stnet", "visium", "synthetic"),
+    "data.format": ("her2st", "stnet", "visium", "synthetic", "hest", "visium_hd"),
     "data.normalization": ("asign", "triplex", "stnet"),
     "features.encoder": ("resnet50", "embeddings", "vit", "patch_features"),
     "features.arch": ("uni", "uni2_h", "h_optimus_0", "h_optimus_1", "virchow2", "gigapath",
@@ -299,7 +308,7 @@ CHOICES = {
 """Fields with a fixed set of values (``model.name`` is checked against the model factory)."""
 
 POSITIVE = (
-    "data.n_genes", "data.spot_size", "data.region_size", "data.global_size",
+    "data.n_genes", "data.spot_size", "data.region_size", "data.global_size", "data.um_per_px",
     "data.min_section_spots",
     "synthetic.n_samples", "synthetic.n_sections", "synthetic.n_genes", "synthetic.n_types",
     "synthetic.image_size", "synthetic.spot_pitch",
@@ -320,7 +329,7 @@ NON_NEGATIVE = (
     "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
     "features.patch_size_level0", "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
     "loss.lambda_s", "loss.lambda_r", "loss.lambda_g", "loss.lambda_1", "loss.lambda_2",
-    "loss.gamma_1", "loss.gamma_2", "train.weight_decay",
+    "loss.gamma_1", "loss.gamma_2", "train.weight_decay", "data.slide_um_per_px",
 )
 """Fields that must be >= 0."""
 

@@ -178,6 +178,17 @@ def test_evaluate_fold_and_reports(tmp_path):
     np.testing.assert_array_equal(adata.obsm["spatial_3d"][:, 2], np.repeat([0, 1, 2], 9))
     assert adata.obs["known"].sum() == 9 and set(adata.layers) >= {"known_mean", "overlap", "similarity"}
     assert (tmp_path / "plots" / "genemap_A_A1_g1.png").exists()
+    # the same table as SpatialData when spatialdata is installed (skipped with one line else)
+    from asign_jax.evaluation import spatialdata_out
+    if spatialdata_out.available():
+        import spatialdata
+        sd = spatialdata.read_zarr(tmp_path / "predictions" / "A.zarr")
+        t = sd.tables["table"]
+        np.testing.assert_allclose(t.layers["truth"], truth)
+        c = sd.shapes[t.obs["region"].iloc[10]].geometry.loc[int(t.obs["instance_id"].iloc[10])]
+        np.testing.assert_allclose([c.x, c.y], pixel[10])
+    else:
+        assert not (tmp_path / "predictions" / "A.zarr").exists()
 
     res2 = json.loads(json.dumps(atomic.json_safe(res)))            # as read back from done.json
     agg = reports.write_reports(tmp_path, [res2], [per_gene], genes, val_results=[val])

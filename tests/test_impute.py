@@ -406,6 +406,21 @@ def test_scanpy_and_squidpy_draw_a_section(block):
     matplotlib.pyplot.close("all")
 
 
+def test_imputed_block_volume_zarr_lines_up_with_the_h5ad(block):
+    sd = pytest.importorskip("spatialdata")
+    import anndata as ad
+
+    v = ad.read_h5ad(block["out"] / "volume.h5ad")
+    z = sd.read_zarr(block["out"] / "volume.zarr")
+    t = z.tables["table"]
+    np.testing.assert_array_equal(t.X, v.X)
+    assert list(t.obs["origin"]) == list(v.obs["origin"])
+    for row in (0, v.n_obs - 1):                     # a measured and a virtual spot
+        c = z.shapes[t.obs["region"].iloc[row]].geometry.loc[int(t.obs["instance_id"].iloc[row])]
+        np.testing.assert_allclose([c.x, c.y], v.obsm["spatial"][row])
+    assert {f"{s}_he" for s in v.obs["section"].cat.categories} == set(z.images)
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "m.yaml"
     bad.write_text("sections: []\n")

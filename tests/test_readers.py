@@ -16,13 +16,14 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from PIL import Image
 
 from asign_jax.config import base_config
 from asign_jax.data import loaders, validate
 from asign_jax.data.image import read_rgb
 from asign_jax.data.her2st import read_her2st
-from asign_jax.data.section import Sample, Section
+from asign_jax.data.section import Sample, Section, dense_counts
 from asign_jax.data.stnet import read_stnet
 from asign_jax.data.visium import read_visium
 from asign_jax.errors import ConfigError, DataError
@@ -380,8 +381,9 @@ def test_visium_reads_in_tissue_spots_genes_and_images(tmp_path, caplog):
     s08, s07 = samples[0].sections
     assert list(s07.genes) == ["GENE_A", "GENE_B", "GENE_A-1"]  # antibody feature dropped
     assert list(s07.spot_ids) == BARCODES  # GGGG-1 (no counts), TTTT-1 (off tissue) dropped
-    np.testing.assert_array_equal(s07.counts, full[:, :3])
-    np.testing.assert_array_equal(s08.counts, hires[:, :3])
+    assert sp.isspmatrix_csr(s07.counts)                 # kept sparse until genes are chosen
+    np.testing.assert_array_equal(dense_counts(s07.counts), full[:, :3])
+    np.testing.assert_array_equal(dense_counts(s08.counts), hires[:, :3])
     i = np.arange(5)
     np.testing.assert_array_equal(s07.array_xy, np.stack([2 * i, i], 1))
     np.testing.assert_array_equal(s07.pixel_xy, np.stack([2000 + 20 * i, 1000 + 10 * i], 1))

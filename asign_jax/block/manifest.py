@@ -12,7 +12,7 @@ YAML (``.yaml`` / ``.yml``)::
       - name: C2
         image: ST-imgs/C/C2/HE.jpg
         st:                        # optional: this section was measured
-          format: her2st           # her2st | stnet | visium | generic
+          format: her2st           # her2st | stnet | visium | generic | hest
           counts: ST-cnts/C2.tsv.gz
           spots: ST-spotfiles/C2_selection.tsv
       - name: C3
@@ -24,7 +24,9 @@ YAML (``.yaml`` / ``.yml``)::
 ``st`` per format: ``her2st``: ``counts`` + ``spots`` (``ST-cnts/<S>.tsv.gz``,
 ``ST-spotfiles/<S>_selection.tsv``), or ``root`` (a HER2ST folder: both found by name);
 ``stnet``: ``counts`` (``.spots.txt`` beside it unless ``spots`` is given); ``visium``:
-``path`` (the Space Ranger section folder); ``generic``: ``counts`` (tab-separated spots x genes,
+``path`` (the Space Ranger section folder); ``hest``: ``root`` (a HEST-1k folder; the section
+``name`` is the HEST id, ``st/<name>.h5ad`` + ``metadata/<name>.json``; the image may be
+``wsis/<name>.tif``); ``generic``: ``counts`` (tab-separated spots x genes,
 first column the spot id) + ``spots`` (csv: ``id, x, y`` in image pixels, optional
 ``array_x, array_y``).
 
@@ -45,11 +47,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from asign_jax.data import her2st
+from asign_jax.data import her2st, slide
 from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.errors import DataError
 
-ST_FORMATS = ("her2st", "stnet", "visium", "generic")
+ST_FORMATS = ("her2st", "stnet", "visium", "generic", "hest")
 TOP_KEYS = {"sample", "root", "thickness_um", "config", "train_with", "sections", "layout"}
 SECTION_KEYS = {"name", "image", "st", "spots_from"}
 ST_KEYS = {"format", "counts", "spots", "path", "root"}
@@ -125,6 +127,10 @@ def _check_image(path: Path, where: str) -> None:
     by readers that name the file too)."""
     from PIL import Image, UnidentifiedImageError
 
+    if not slide.is_plain(path):            # a slide: its header through the slide reader
+        s = slide.open_slide(path)
+        s.close()
+        return
     Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
@@ -149,6 +155,12 @@ def _st_source(base: Path, name: str, spec, where: str) -> StSource:
         root = _file(base, spec["root"], where, "HER2ST folder", folder=True)
         return StSource(fmt, _file(root, f"ST-cnts/{name}.tsv.gz", where, "count file"),
                         _file(root, f"ST-spotfiles/{name}_selection.tsv", where, "spot file"))
+    if fmt == "hest":
+        if not spec.get("root"):
+            raise DataError(f"{where}: a hest section needs 'root' (the HEST-1k folder)")
+        root = _file(base, spec["root"], where, "HEST folder", folder=True)
+        _file(root, f"st/{name}.h5ad", where, "HEST spot file")
+        return StSource(fmt, path=root)
     if fmt == "visium":
         if not spec.get("path"):
             raise DataError(f"{where}: a visium section needs 'path' (the Space Ranger folder)")

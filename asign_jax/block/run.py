@@ -170,7 +170,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
                 rec.add(Path(f).expanduser())
         for l, e in enumerate(entries):
             if e.measured:
-                measured[l], lattices[e.name] = sources.read_measured(e)
+                measured[l], lattices[e.name] = sources.read_measured(e, config.data)
         extra = sources.train_with_samples(train_specs, config, {manifest.sample_id})
     validate.check_distinct_images([(e.name, e.image) for e in entries]
                                    + [(x.name, x.image_path) for s in extra for x in s.sections],
@@ -286,7 +286,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
     spots = volume.block_spots(prepared[0], registered, origins)
     written, libraries = volume.write_outputs(
         out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info, lattices,
-        str(config.data.normalization), manifest.thickness_um)
+        str(config.data.normalization), manifest.thickness_um, affines=frames.affines)
     import anndata as ad
 
     adata = ad.read_h5ad(written["volume"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from asign_jax.block.manifest import SectionEntry, load_manifest
-from asign_jax.data import generic, her2st, stnet, validate, visium
+from asign_jax.data import generic, her2st, hest, stnet, validate, visium, working
 from asign_jax.data.lattice import Lattice, fit_lattice, infer_lattice
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.section import Sample, Section
@@ -24,8 +24,27 @@ from asign_jax.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
-def read_measured(entry: SectionEntry) -> tuple[Section, Lattice]:
-    """A measured section (counts, spots, the manifest's image) and its spot lattice."""
+def to_block_px(section: Section, data_cfg) -> Section:
+    """A HEST section checked against its slide (spots inside, pixel size vs lattice) and
+    put in working px. The block pipeline places virtual spots in the images' own pixels, so
+    its slides must be at the working resolution (scale 1); otherwise one line says what to set.
+    """
+    um = float(data_cfg.um_per_px) if data_cfg is not None else None
+    given = float(data_cfg.slide_um_per_px or 0.0) if data_cfg is not None else 0.0
+    if um is None:
+        return section
+    out = working.section_to_working(section, um, given, None)
+    if out.image_scale != 1.0:
+        raise DataError(f"{section.image_path}: slide at {out.um_per_px:.4g} µm/px but "
+                        f"data.um_per_px={um:g}; impute works on slides at the working "
+                        f"resolution: set --config.data.um_per_px={out.um_per_px:.6g} (and scale "
+                        "the config's px sizes) or give a downscaled slide")
+    return out
+
+
+def read_measured(entry: SectionEntry, data_cfg=None) -> tuple[Section, Lattice]:
+    """A measured section (counts, spots, the manifest's image) and its spot lattice
+    (``data_cfg``: ``config.data``, for a HEST section's pixel size)."""
     st, name, image = entry.st, entry.name, entry.image
     has_array = True
     if st.format == "her2st":
@@ -34,9 +53,13 @@ def read_measured(entry: SectionEntry) -> tuple[Section, Lattice]:
         section = stnet.read_section(st.counts, name=name, spots_path=st.spots, image=image)
     elif st.format == "visium":
         section = visium.read_section(st.path, name=name, image=image)
+    elif st.format == "hest":
+        section = hest.read_section(st.path, name, image=image)
     else:
         section, has_array = generic.read_section(name, st.counts, st.spots, image)
     where = f"{entry.where}: {st.counts or st.path}"
+    if st.format == "hest":
+        section = to_block_px(section, data_cfg)
     lattice = (fit_lattice(section.array_xy, section.pixel_xy, st.lattice_kind, where=where)
                if has_array and st.lattice_kind
                else infer_lattice(section.pixel_xy, st.lattice_kind or None, where=where))

@@ -9,6 +9,9 @@ given), array_x / array_y (lattice index of the measured grid for virtual spots)
 obsm: spatial (the section's own pixels), spatial_3d (registered x, y in reference pixels;
 z). uns: genes, normalization, registration_qc, model, lattice, z_unit, spatial (lowres images).
 
+``volume.zarr``: the same table, the spots as circles and the H&E images as SpatialData
+(`evaluation.spatialdata_out`; needs the optional spatialdata).
+
 ``sections/<section>.h5ad``: that section's spots, with its hires and lowres image in
 ``uns["spatial"][<section>]`` (what ``sc.pl.spatial`` / ``squidpy.pl.spatial_scatter`` draw).
 """
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from asign_jax.evaluation import spatial_data
+from asign_jax.evaluation import spatial_data, spatialdata_out
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +108,18 @@ def volume_adata(spots: BlockSpots, preds: dict, genes, section_names, z: Sequen
 
 def write_outputs(out: Path, spots: BlockSpots, preds: dict, genes, prepared, z,
                   qc: dict, model_info: dict, lattices: dict, normalization: str,
-                  thickness_um) -> dict:
-    """Writes ``volume.h5ad`` and ``sections/<section>.h5ad``; returns {what: path} and the
-    per-section libraries (for the figures)."""
+                  thickness_um, affines=None) -> dict:
+    """Writes ``volume.h5ad``, ``sections/<section>.h5ad`` and ``volume.zarr`` (SpatialData,
+    `evaluation.spatialdata_out`; skipped with one line without spatialdata; ``affines``
+    (L, 3, 3) section px -> reference px); returns {what: path} and the per-section libraries
+    (for the figures)."""
     out = Path(out)
     names = [s.name for s in prepared.sections]
     libraries = {}
     for s in tqdm(prepared.sections, desc="section images", unit="section"):
         libraries[s.name] = spatial_data.spatial_library(
-            s.image_path, lattices[s.name].spot_diameter, hires=True)
+            s.image_path, lattices[s.name].spot_diameter, hires=True,
+            image_scale=float(getattr(s, "image_scale", 1.0)))
     uns = {"genes": np.asarray([str(g) for g in genes], dtype=object),
            "normalization": {"method": normalization,
                              "formula": NORMALIZATION_FORMULA.get(normalization, "")},
@@ -138,6 +144,12 @@ def write_outputs(out: Path, spots: BlockSpots, preds: dict, genes, prepared, z,
         sub.uns["spatial"] = {n: libraries[n]}
         written[n] = out / "sections" / f"{n}.h5ad"
         sub.write_h5ad(written[n])
+    zarr_path = spatialdata_out.write_volume_zarr(
+        out / "volume.zarr", adata, prepared.sections, affines, z,
+        {n: l.spot_diameter for n, l in lattices.items()},
+        z_unit="um" if thickness_um else "layer")
+    if zarr_path is not None:
+        written["zarr"] = zarr_path
     return written, libraries
 
 

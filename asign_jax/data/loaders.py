@@ -5,7 +5,12 @@ Dispatches on ``config.data.format``:
 * ``her2st`` / ``synthetic``: `asign_jax.data.her2st.read_her2st` on ``config.data.root`` (the
   synthetic generator writes the HER2ST layout; nothing is generated here);
 * ``stnet``: `asign_jax.data.stnet.read_stnet`;
-* ``visium``: `asign_jax.data.visium.read_visium`.
+* ``visium``: `asign_jax.data.visium.read_visium`;
+* ``hest``: `asign_jax.data.hest.read_hest` (HEST-1k layout; ``data.hest_filter``);
+* ``visium_hd``: `asign_jax.data.visium_hd.read_visium_hd` (bins of ``data.bin_um``; groups
+  as visium).
+
+Spot centres are then converted to working px (``data.um_per_px``, `data.working`).
 
 ``config.data.sections`` selects sections: ``""`` = every section that has an image; for
 her2st/synthetic/stnet a comma-separated list of section ids or patient ids (``"C2,C3,B4"``,
@@ -19,13 +24,14 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from asign_jax.data import her2st, stnet, validate, visium
+from asign_jax.data import hest, her2st, stnet, validate, visium, visium_hd, working
+from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.data.section import Sample
 from asign_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("her2st", "stnet", "visium", "synthetic")
+FORMATS = ("her2st", "stnet", "visium", "synthetic", "hest", "visium_hd")
 
 
 def parse_section_list(spec: str) -> Optional[list[str]]:
@@ -35,7 +41,8 @@ def parse_section_list(spec: str) -> Optional[list[str]]:
         return None
     if ":" in spec or ";" in spec:
         raise ConfigError(f"data.sections={spec!r}: 'sample:sections;...' groups are only "
-                          "used for the visium format; give a comma-separated list of ids")
+                          "used for the visium, visium_hd and hest formats; give a "
+                          "comma-separated list of ids")
     items = [s.strip() for s in spec.split(",")]
     if any(not s for s in items):
         raise ConfigError(f"data.sections={spec!r}: empty entry in the comma-separated list")
@@ -98,6 +105,14 @@ def load_samples(config, *, counts_only: bool = False,
     elif fmt == "stnet":
         samples = stnet.read_stnet(root, parse_section_list(config.data.sections),
                                    images_only=images_only, dropped=dropped)
+    elif fmt == "hest":
+        spec = config.data.sections or ""
+        samples = hest.read_hest(root, parse_section_groups(spec) if ":" in spec or ";" in spec
+                                 else parse_section_list(spec), config.data.hest_filter)
+    elif fmt == "visium_hd":
+        samples = visium_hd.read_visium_hd(root, parse_section_groups(config.data.sections),
+                                           int(config.data.bin_um),
+                                           image_globs=_image_globs(config))
     else:
         samples = visium.read_visium(root, parse_section_groups(config.data.sections),
                                      image_globs=_image_globs(config), images_only=images_only,
@@ -113,6 +128,15 @@ def load_samples(config, *, counts_only: bool = False,
         raise DataError(f"{root}: section(s) with fewer than data.min_section_spots="
                         f"{min_spots} matched spots: {', '.join(small)}")
 
+    if fmt == "hest":
+        samples = [working.samples_to_working(
+            [s], config.data, hest.sample_lattice_kind(root, [x.name for x in s.sections]))[0]
+            for s in samples]
+    elif fmt == "visium_hd":
+        samples = working.samples_to_working(samples, config.data, "square")
+    else:
+        samples = working.samples_to_working(samples, config.data, FORMAT_KIND.get(fmt),
+                                             legacy=True)
     samples = validate.intersect_genes(samples, n_ranked=int(config.data.n_genes))
     for sample in samples:
         for s in sample.sections:

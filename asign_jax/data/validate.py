@@ -130,6 +130,20 @@ def check_counts(counts: np.ndarray, path, *, spot_ids=None, genes=None) -> None
                             f"{counts[i, j]}")
 
 
+def check_sparse_counts(counts, path, *, spot_ids=None, genes=None) -> None:
+    """`check_counts` for a CSR matrix: only its stored values are looked at."""
+    for bad, problem in ((~np.isfinite(counts.data), "missing, NaN or infinite"),
+                         (counts.data < 0, "negative")):
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            i = int(np.searchsorted(counts.indptr, k, side="right") - 1)
+            j = int(counts.indices[k])
+            where = (f"spot {str(spot_ids[i])!r}" if spot_ids is not None else f"row {i}") + (
+                f", gene {str(genes[j])!r}" if genes is not None else f", column {j}")
+            raise DataError(f"{path}: {int(bad.sum())} {problem} count(s), first at {where}: "
+                            f"{counts.data[k]}")
+
+
 def check_coordinates(xy: np.ndarray, path, what: str) -> None:
     if not np.isfinite(xy).all():
         row = int(np.flatnonzero(~np.isfinite(xy).all(axis=1))[0])
@@ -188,12 +202,20 @@ def make_section(name: str, image_path: Optional[Path], spot_ids, array_xy, pixe
     genes = np.asarray(genes, dtype=str)
     array_xy = np.asarray(array_xy, dtype=np.float64)
     pixel_xy = np.asarray(pixel_xy, dtype=np.float64)
-    counts = np.ascontiguousarray(counts, dtype=np.float32)
+    import scipy.sparse as sp
+    if sp.issparse(counts):            # kept sparse (CSR) until the gene panel is chosen
+        counts = sp.csr_matrix(counts, dtype=np.float32)
+        counts.sum_duplicates()
+    else:
+        counts = np.ascontiguousarray(counts, dtype=np.float32)
     if len(spot_ids) == 0:
         raise DataError(f"{source}: section {name!r} has no spots")
     check_unique(spot_ids, source, "spot id")
     check_unique(genes, source, "gene name")
-    check_counts(counts, source, spot_ids=spot_ids, genes=genes)
+    if sp.issparse(counts):
+        check_sparse_counts(counts, source, spot_ids=spot_ids, genes=genes)
+    else:
+        check_counts(counts, source, spot_ids=spot_ids, genes=genes)
     check_coordinates(array_xy, source, "array")
     check_coordinates(pixel_xy, source, "pixel")
     check_image(image_path, name)
@@ -216,7 +238,8 @@ def gene_losses(sections: Sequence[Section], keep, n_ranked: int) -> list[str]:
         n = min(int(n_ranked), len(s.genes))
         if n <= 0 or len(s.genes) == len(keep):
             continue
-        order = np.argsort(-s.counts.mean(axis=0, dtype=np.float64), kind="stable")[:n]
+        means = np.asarray(s.counts.mean(axis=0, dtype=np.float64)).ravel()   # dense or CSR
+        order = np.argsort(-means, kind="stable")[:n]
         lost = [str(g) for g in s.genes[order] if g not in keep]
         if len(lost) > GENE_LOSS_WARN * n:
             lacking = sorted({o.name for o in sections if o is not s

@@ -23,8 +23,8 @@ multiplied by ``tissue_hires_scalef`` so that it addresses the hires image (logg
 warning: the hires image is ~2000 px wide, so patches cover far more tissue than at full
 resolution). With neither, the section has ``image_path=None``.
 
-Counts are returned dense (N, G) float32 as every reader does; a Visium section with all
-~33k genes takes ~0.5 GB.
+Counts are returned sparse (CSR float32, `data.section.dense_counts` densifies the selected
+genes in prepare), so a section's ~33k genes cost only its non-zeros.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def read_section(section_dir, *, name: Optional[str] = None,
         logger.warning("section %s: no image in %s (globs %s, no spatial/%s)", name,
                        section_dir, list(image_globs), HIRES)
     return validate.make_section(name, image, barcodes[rows], array_xy[prow], pixel_xy,
-                                 mat[rows].toarray(), genes, source=matrix_path)
+                                 mat[rows], genes, source=matrix_path)
 
 
 def read_visium(root, samples: Optional[dict[str, list[str]]] = None, *,

@@ -1,5 +1,6 @@
-"""What a run writes: metrics.json, per_gene_pcc.csv, predictions/<sample>.h5ad, plots, and
-the summary table on stdout."""
+"""What a run writes: metrics.json, per_gene_pcc.csv, predictions/<sample>.h5ad (and
+<sample>.zarr, SpatialData, when spatialdata is installed), plots, and the summary table on
+stdout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from asign_jax import atomic
 from asign_jax.data.lattice import infer_lattice
 from asign_jax.evaluation import references as baselines
-from asign_jax.evaluation import spatial_data
+from asign_jax.evaluation import spatial_data, spatialdata_out
 from asign_jax.evaluation.figures import plot_gene_maps, plot_section_box  # noqa: F401
 from asign_jax.evaluation.metrics import CONVENTIONS, METRICS, aggregate, nan_or  # noqa: F401
 from asign_jax.evaluation.scoring import COMPONENTS, SamplePredictions
@@ -47,11 +48,31 @@ def write_predictions(path: Path, p: SamplePredictions, genes: Sequence[str],
     adata.uns["known_layer"] = int(p.known_layer)
     adata.uns["spatial"] = {
         s.name: spatial_data.spatial_library(
-            s.image_path, infer_lattice(s.pixel_xy, where=s.name).spot_diameter, hires=False)
+            s.image_path, infer_lattice(s.pixel_xy, where=s.name).spot_diameter, hires=False,
+            image_scale=float(getattr(s, "image_scale", 1.0)))
         for s in secs if s.image_path}
     path.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(path)
+    # the same table as SpatialData (optional); block system = the least-squares affine of
+    # each section's pixels onto its registered coordinates
+    affines = np.stack([_fit_affine(s.pixel_xy, xy[layer == l]) for l, s in enumerate(secs)])
+    spatialdata_out.write_volume_zarr(
+        path.with_suffix(".zarr"), adata, secs, affines, list(range(len(secs))),
+        {s.name: infer_lattice(s.pixel_xy, where=s.name).spot_diameter for s in secs},
+        image_long_side=PREDICTION_IMAGE_LONG_SIDE)
     return path
+
+
+PREDICTION_IMAGE_LONG_SIDE = 1024
+
+
+def _fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(3, 3) least-squares affine src (n, 2) -> dst (n, 2) (identity for < 3 points)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if len(src) < 3:
+        return np.eye(3)
+    m, *_ = np.linalg.lstsq(np.c_[src, np.ones(len(src))], dst, rcond=None)
+    return np.vstack([m.T, [0.0, 0.0, 1.0]])
 
 
 def write_per_gene(path: Path, genes: Sequence[str], per_gene_folds: Sequence[dict]) -> Path:

@@ -20,27 +20,35 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from asign_jax.data.slide import WorkingImage, is_plain, open_slide
 from asign_jax.registration.preprocess import read_small_rgb
 
 HIRES_LONG_SIDE = 2000
 LOWRES_LONG_SIDE = 600
 
 
-def thumbnail(image_path, long_side: int) -> tuple[np.ndarray, float]:
+def thumbnail(image_path, long_side: int, image_scale: float = 1.0) -> tuple[np.ndarray, float]:
     """(h, w, 3) uint8 downscaled image (long side ``long_side``) and its scale factor
-    (thumbnail px per full-resolution px)."""
+    (thumbnail px per full-resolution (working) px); slides are read from a low level."""
+    if not is_plain(image_path) or float(image_scale) != 1.0:
+        w = WorkingImage(open_slide(image_path), float(image_scale))
+        rgb, full_hw, _ = w.read_small(int(long_side))
+        w.slide.close()
+        return rgb, rgb.shape[1] / float(full_hw[1])
     rgb, full_hw, _ = read_small_rgb(Path(image_path), int(long_side))
     return rgb, rgb.shape[1] / float(full_hw[1])
 
 
-def spatial_library(image_path, spot_diameter_px: float, *, hires: bool = True) -> dict:
+def spatial_library(image_path, spot_diameter_px: float, *, hires: bool = True,
+                    image_scale: float = 1.0) -> dict:
     """One library of ``uns["spatial"]`` for a section image (``hires=False``: lowres only)."""
     images, scalefactors = {}, {"spot_diameter_fullres": float(spot_diameter_px)}
     sizes = {"lowres": LOWRES_LONG_SIDE}
     if hires:
         sizes["hires"] = HIRES_LONG_SIDE
     for key, side in sizes.items():
-        images[key], scalefactors[f"tissue_{key}_scalef"] = thumbnail(image_path, side)
+        images[key], scalefactors[f"tissue_{key}_scalef"] = thumbnail(image_path, side,
+                                                                      image_scale)
     return {"images": images, "scalefactors": scalefactors,
             "metadata": {"source_image_path": str(image_path)}}
 

@@ -217,8 +217,9 @@ class FeatureExtractor:
             "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
             "token_grid": self.token_grid, "section": str(section_name),
             "image_shape": [int(v) for v in image.shape],
-            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
-                                     digest_size=16).hexdigest(),
+            "image": (image.fingerprint() if hasattr(image, "fingerprint") else
+                      hashlib.blake2b(np.ascontiguousarray(image).data,
+                                      digest_size=16).hexdigest()),
             "coords": _coords_hash(spot_xy, region_origin, global_origin),
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from asign_jax.data.section import Section
+from asign_jax.data.section import Section, column_means
 from asign_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def mean_expression(sections: Sequence[Section], genes: np.ndarray) -> np.ndarra
             raise DataError(f"section {s.name!r}: has no spots; cannot compute gene means")
         index = {str(g): i for i, g in enumerate(s.genes)}
         cols = np.fromiter((index[g] for g in genes), dtype=np.int64, count=len(genes))
-        total += np.asarray(s.counts[:, cols], dtype=np.float64).mean(axis=0)
+        total += column_means(s.counts, cols)
     return total / len(sections)
 
 

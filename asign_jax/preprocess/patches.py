@@ -13,13 +13,15 @@ def crop_patches(image: np.ndarray, centers_xy: np.ndarray, size: int) -> np.nda
     ``count_outside(...)`` to report how many needed it.
 
     Args:
-      image: (H, W, C) uint8.
+      image: (H, W, C) uint8, or a `data.slide.WorkingImage` (read by region).
       centers_xy: (n, 2) float pixel centres (x=col, y=row).
       size: patch side in px.
 
     Returns:
       (n, size, size, C) uint8.
     """
+    if not isinstance(image, np.ndarray):      # a slide read by region (data.slide)
+        return image.crop_patches(centers_xy, size)
     h, w = image.shape[:2]
     half = size // 2
     tl = np.round(np.asarray(centers_xy, dtype=np.float64)).astype(np.int64) - half

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asign_jax import atomic
-from asign_jax.data.section import Sample, Section
+from asign_jax.data.section import Sample, Section, dense_counts, row_totals
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.extract import make_extractor
 from asign_jax.preprocess.genes import select_genes
@@ -123,9 +123,10 @@ def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, e
         # intersection by Section.subset_genes.
         all_totals = (np.asarray(section.total_counts, dtype=np.float64)
                       if section.total_counts is not None
-                      else np.asarray(section.counts, dtype=np.float64).sum(axis=1))
+                      else row_totals(section.counts))
         n_all_genes = int(section.n_all_genes or len(section.genes))
-        counts = np.asarray(section.subset_genes(genes).counts, dtype=np.float32)
+        # dense only now: the selected genes of a section whose reader kept counts sparse
+        counts = dense_counts(section.subset_genes(genes).counts)
         labels["spot_counts"] = counts
         labels["spot_labels"] = normalize(counts, method, array_xy=section.array_xy,
                                           smooth=bool(data_cfg.smooth), all_totals=all_totals,
@@ -155,7 +156,8 @@ def prepare_section(section: Section, layer: int, genes: np.ndarray, data_cfg, e
         pixel_xy=np.asarray(section.pixel_xy, dtype=np.float64),
         region_origin=region_origin, spot_region=spot_region, global_origin=global_origin,
         spot_global=spot_global, region_global=reg_glob, image_shape=image_shape,
-        image_path=str(section.image_path), **labels, **feats)
+        image_path=str(section.image_path), image_scale=float(section.image_scale),
+        **labels, **feats)
     logger.info("%s: %d spots%s, %d region / %d global tiles, %d spots with padded %d px "
                 "patches", where, section.n_spots, "" if section.has_counts else " (image only)",
                 r, q, padded, data_cfg.spot_size)

@@ -67,6 +67,7 @@ class PreparedSection:
         feature map (T = grid*grid), keys/values for the model's cross-attention.
       image_shape: (2,) int (H, W) of the full-resolution image.
       image_path: the section's full-resolution image ("" if none).
+      image_scale: level-0 image px per working px (1.0 = pixel_xy are the image's pixels).
     """
 
     name: str
@@ -93,6 +94,7 @@ class PreparedSection:
     global_feats: Optional[np.ndarray] = None
     global_tokens: Optional[np.ndarray] = None
     image_path: str = ""
+    image_scale: float = 1.0
 
     @property
     def n_spots(self) -> int:
@@ -115,7 +117,8 @@ class PreparedSection:
         arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS if getattr(self, k) is not None}
         arrays["spot_ids"] = np.asarray(self.spot_ids, dtype=str)
         meta = np.asarray(json.dumps({"name": self.name, "layer": int(self.layer),
-                                       "image_path": str(self.image_path)}))
+                                       "image_path": str(self.image_path),
+                                       "image_scale": float(self.image_scale)}))
         atomic.write_npz(path, _meta=meta, **arrays)
 
     @classmethod
@@ -129,7 +132,8 @@ class PreparedSection:
         for k in LABEL_FIELDS:       # absent in an image-only section
             arrays.setdefault(k, None)
         return cls(name=meta["name"], layer=meta["layer"],
-                   image_path=meta.get("image_path", ""), **arrays)
+                   image_path=meta.get("image_path", ""),
+                   image_scale=float(meta.get("image_scale", 1.0)), **arrays)
 
 
 @dataclasses.dataclass

@@ -179,13 +179,17 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def load_section(name: str, image: "Path | str | np.ndarray", long_side: int,
                  full_shape: Optional[tuple[int, int]] = None) -> SectionImage:
-    """Builds a SectionImage from an image file or an (H, W, 3) uint8 RGB array.
+    """Builds a SectionImage from an image file, an (H, W, 3) uint8 RGB array or a
+    `data.slide.WorkingImage` (thumbnail read from a low pyramid level).
 
     ``full_shape`` (H, W) is checked against the file's size when given.
     """
     import cv2
 
-    if isinstance(image, np.ndarray):
+    if hasattr(image, "read_small"):           # a slide at working resolution (data.slide)
+        rgb, full_hw, to_small = image.read_small(long_side)
+        where = str(image.path)
+    elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] < 3:
             raise DataError(f"section {name!r}: image array must be (H, W, 3), got {image.shape}")
         full_hw = image.shape[:2]

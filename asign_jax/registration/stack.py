@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from asign_jax.data.slide import WorkingImage, is_plain, open_slide
 from asign_jax.errors import DataError
 from asign_jax.registration import qc as qcmod
 from asign_jax.registration.affine import apply_affine, identity_small
@@ -302,6 +303,15 @@ def _pair_dice(mv: SectionImage, fx: SectionImage, m: np.ndarray,
     return dice(w, fx.mask)
 
 
+def section_image(section):
+    """A prepared section's image for registration: its path for a JPEG / PNG in its own pixels
+    (reduced JPEG decoding, as always), else a `data.slide.WorkingImage` (low pyramid level)."""
+    scale = float(getattr(section, "image_scale", 1.0))
+    if is_plain(section.image_path) and scale == 1.0:
+        return section.image_path
+    return WorkingImage(open_slide(section.image_path), scale)
+
+
 def register_sample(prepared, config, workdir: Path,
                     ground_truth: Optional[Sequence[np.ndarray]] = None):
     """Registers a PreparedSample and saves ``<workdir>/registration/<sample_id>/``
@@ -350,7 +360,7 @@ def register_sample(prepared, config, workdir: Path,
               else tuple(int(v) for v in s.image_shape) for s in secs]
     log.info("sample %s: registering %d sections onto %s", prepared.sample_id, len(secs),
              names[len(secs) // 2])
-    res = register_stack([s.image_path for s in secs], pts, rcfg, names=names,
+    res = register_stack([section_image(s) for s in secs], pts, rcfg, names=names,
                          ground_truth=ground_truth,
                          full_shapes=None if any(v is None for v in shapes) else shapes,
                          seed=int(config.seed))

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from scipy.spatial import cKDTree
 
-from asign_jax.data.image import read_rgb
+from asign_jax.data.slide import open_working
 from asign_jax.errors import DataError
 from asign_jax.models.blocks import backbone_variables
 from asign_jax.preprocess.patches import crop_patches
@@ -78,7 +78,7 @@ def _image_fields(data_dir: Path, sample_id: str, want_tokens: bool) -> list[dic
                     "pixel_xy": np.asarray(s.pixel_xy, np.float64),
                     "spot_feats": s.spot_feats,
                     "spot_tokens": s.spot_tokens if want_tokens else None,
-                    "image_path": s.image_path})
+                    "image_path": s.image_path, "image_scale": s.image_scale})
     return out
 
 
@@ -206,7 +206,8 @@ def _patches(fields: list[dict], size: int, out_size: int) -> np.ndarray:
         if not f["image_path"]:
             raise DataError(f"section {f['name']}: no image path in the prepared data; "
                             "model.backbone='train' needs the images")
-        p = crop_patches(read_rgb(Path(f["image_path"])), f["pixel_xy"], size)
+        p = crop_patches(open_working(Path(f["image_path"]), f.get("image_scale", 1.0)),
+                         f["pixel_xy"], size)
         parts.append(np.stack([cv2.resize(x, (out_size, out_size), interpolation=cv2.INTER_AREA)
                                for x in p]) if out_size != size else p)
     return np.concatenate(parts)
