@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from asign_jax import atomic
+
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 22
@@ -102,7 +104,6 @@ class Cache:
         if self.path is None or not self.dirty:
             return
         try:
-            from asign_jax import atomic
 
             atomic.write_text(self.path, json.dumps(self.entries, indent=0))
             self.dirty = False

@@ -24,7 +24,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from asign_jax.data.lattice import Lattice
+from asign_jax.data.lattice import Lattice, infer_lattice
+from asign_jax.data.validate import PITCH_TOLERANCE
 from asign_jax.errors import DataError
 from asign_jax.registration import qc as qcmod
 from asign_jax.registration.affine import apply_affine
@@ -191,8 +192,6 @@ def check_given_spots(frames: BlockFrames, layer: int, xy: np.ndarray, lattice: 
     by more than 20 % from the measured section's lattice carried into its pixels
     (``lattice``): x and y swapped, another image's grid or another scale. ``allow``
     (``--allow_unusual_spots``): a warning instead."""
-    from asign_jax.data.lattice import infer_lattice
-    from asign_jax.data.validate import PITCH_TOLERANCE
 
     name = frames.names[layer]
     problems = []

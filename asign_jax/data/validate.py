@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from asign_jax import fingerprint
+from asign_jax.data.lattice import fit_lattice, infer_lattice
 from asign_jax.data.section import Sample, Section
 from asign_jax.errors import DataError
 
@@ -346,7 +347,6 @@ PITCH_TOLERANCE = 0.2
 def section_pitch(section: Section, kind: str = "") -> Optional[float]:
     """Centre-to-centre spot distance (px) of a section, from its array coordinates when
     ``kind`` (square / hex) is known, else from the pixel centres; None when undefined."""
-    from asign_jax.data.lattice import fit_lattice, infer_lattice
 
     if section.n_spots < 3:
         return None
