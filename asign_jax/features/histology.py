@@ -500,8 +500,8 @@ class HistologyExtractor:
         desc = {
             "version": HISTOLOGY_VERSION, "encoder": "histology",
             "downsample": self.downsample, "cell": self.cell, "standardize": self.mode,
-            "grids": {k: int(v) for k, v in sorted(self.grids.items())},
-            "token_grid": self.token_grid,
+            "grids": [int(self.grids.get(k, self.token_grid))
+                      for k in ("spot", "region", "global")],
             "sizes": [int(data_cfg.spot_size), int(data_cfg.region_size),
                       int(data_cfg.global_size)],
             "section": str(section_name), "image_shape": [int(v) for v in image.shape],
