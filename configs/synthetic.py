@@ -20,6 +20,7 @@ def get_config():
     c.features.region_input = 64
     c.features.global_input = 64
     c.features.token_grid = 2
+    c.features.histology_downsample = 1       # (encoder=histology) nuclei are 5-10 px across
     c.registration.long_side = 1024
     c.graph.region_k_cross = 4
     c.graph.global_k_cross = 2
