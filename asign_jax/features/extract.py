@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from asign_jax import atomic
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
 from asign_jax.features.cache import OUTPUT_KEYS as _OUTPUT_KEYS
