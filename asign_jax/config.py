@@ -72,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- features ------------------------------------------------------------------------
     c.features = f = ml_collections.ConfigDict()
-    f.encoder = "resnet50"       # resnet50 | embeddings | vit | patch_features
+    f.encoder = "resnet50"       # resnet50 | embeddings | histology | resnet50+histology | vit
+                                 # | patch_features
     f.weights = ""               # torchvision ResNet-50 state_dict (.pth); "" = fixed-seed init
     f.embeddings = ""            # precomputed features (.h5/.npz) when encoder == embeddings
     f.init_seed = 0              # seed of the fixed initialisation (identical for all sections)
@@ -89,6 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
     f.patch_features = ""        # patch_features: folder(s) (comma-separated) of <section>.h5
     f.patch_size_level0 = 0      # patch_features: patch side, px, for files without the
                                  # attribute (HEST); 0 = read it from the files
+    # histology encoder (features/histology.py, docs/features.md): label-free H&E descriptors
+    f.histology_downsample = 2   # the image is described at 1/this of its resolution
+    f.histology_cell = 4         # working px per summed-area cell (windows snap to cells)
+    f.histology_standardize = "section"  # section: z-score each descriptor over the section's
+                                 # own rows of a scale (images only) | none: raw values
 
     # ---- registration --------------------------------------------------------------------
     c.registration = r = ml_collections.ConfigDict()
@@ -281,9 +287,11 @@ def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads:
 CHOICES = {
     "data.format": ("her2st", "stnet", "visium", "synthetic", "hest", "visium_hd"),
     "data.normalization": ("asign", "triplex", "stnet"),
-    "features.encoder": ("resnet50", "embeddings", "vit", "patch_features"),
+    "features.encoder": ("resnet50", "embeddings", "histology", "resnet50+histology", "vit",
+                         "patch_features"),
     "features.arch": ("uni", "uni2_h", "h_optimus_0", "h_optimus_1", "virchow2", "gigapath",
                       "phikon", "tiny_test"),     # = asign_jax.features.vit.ARCHS (a test checks)
+    "features.histology_standardize": ("section", "none"),
     "features.dtype": ("float32", "bfloat16", "float16"),
     "registration.estimator": ("affine", "partial"),
     "registration.robust": ("magsac", "ransac"),
@@ -313,7 +321,8 @@ POSITIVE = (
     "synthetic.n_samples", "synthetic.n_sections", "synthetic.n_genes", "synthetic.n_types",
     "synthetic.image_size", "synthetic.spot_pitch",
     "features.spot_input", "features.region_input", "features.global_input",
-    "features.token_grid", "features.batch_size",
+    "features.token_grid", "features.batch_size", "features.histology_downsample",
+    "features.histology_cell",
     "registration.long_side", "registration.min_inliers", "registration.ants_threads",
     "registration.reproj_threshold", "registration.max_keypoints",
     "graph.k_intra", "graph.spot_radius", "graph.cosine_all_max_nodes", "graph.cosine_radius",

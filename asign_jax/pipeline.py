@@ -296,13 +296,26 @@ def read_inputs(config, workdir: Path):
     norm = str(config.train.feature_norm)
     graphs = {s: standardize_features(graph_io.load_sample_graph(workdir, s), norm)
               for s in sample_ids}
-    oracle = None
     if config.data.format == "synthetic":
         root = Path(config.data.root) if config.data.root else workdir / "synthetic_data"
         oracle = {s: references.oracle_labels(root, PreparedSample.load(workdir, s),
                                               str(config.data.normalization))
                   for s in sample_ids}
+    else:       # no oracle on real data: the raw counts for the noise_ceiling row (scoring)
+        oracle = {s: noise_counts(PreparedSample.load(workdir, s),
+                                  str(config.data.normalization)) for s in sample_ids}
     return genes, graphs, oracle
+
+
+def noise_counts(prepared, normalization: str) -> Optional[dict]:
+    """{"counts": (N, G) raw counts in graph node order, "normalization"} of a prepared sample
+    (None when a section has no counts or the normalisation needs all-gene totals), read by
+    the evaluation's ``noise_ceiling`` row only."""
+    if normalization == "stnet" or any(s.spot_counts is None for s in prepared.sections):
+        return None
+    return {"counts": np.concatenate([np.asarray(s.spot_counts, np.float32)
+                                      for s in prepared.sections]),
+            "normalization": normalization}
 
 
 def export(config, workdir, fmt: str = "tfds", out: Optional[str] = None):

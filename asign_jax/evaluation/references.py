@@ -29,6 +29,13 @@ label_propagation: the parameter-free label propagation through the sample's own
             validation view with cut edges propagates through the cut graph).
 oracle:     (synthetic data, ``oracle_labels``) the generator's noise-free expression of every
             spot, normalised like the labels: the best any method can do given the count noise.
+noise_ceiling: (real data, ``noise_ceiling``; not a prediction) per scored section, each spot's
+            raw counts are split into two halves by binomial thinning (p = 1/2, seeded), both
+            halves normalised like the labels, and correlated per gene across the section's
+            spots (r); Spearman-Brown gives the correlation a noise-free predictor would reach
+            against the full labels, sqrt(2 r / (1 + r)) (r <= 0: 0); the row is its mean over
+            genes (``pcc_gene`` only). It reads the scored spots' counts, after training, for
+            this row alone.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from asign_jax.preprocess.normalize import normalize
 
 METHODS = ("known_mean", "overlap", "ridge", "similarity", "label_propagation")
 SIMILARITY_K = 20
-CEILINGS = ("oracle",)
+CEILINGS = ("oracle", "noise_ceiling")
+NOISE_SEED = 0
 """Rows that are not methods (they read the generator's truth) but are printed beside them."""
 
 RIDGE_FOLDS = 5
@@ -235,6 +243,35 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
             np.asarray(spot_nodes["label"]), src, spot_graph.senders, spot_graph.receivers,
             spot_graph.edges["weight"], n_iter)
     return preds, {"overlap_fallback": fallback, "ridge_penalty": penalty}
+
+
+def noise_ceiling(counts: np.ndarray, normalization: str, seed: int = NOISE_SEED,
+                  all_totals: np.ndarray | None = None, n_all_genes: int | None = None
+                  ) -> np.ndarray:
+    """(G,) per-gene ceiling sqrt(2 r / (1 + r)) of one section (module doc; NaN for a gene
+    constant in a half). ``counts`` (N, G) raw; ``all_totals`` (N,) / ``n_all_genes``:
+    stnet only (the other genes' counts are thinned alike, binomially from the remainder)."""
+    c = np.rint(np.asarray(counts, np.float64)).clip(0).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    a = rng.binomial(c, 0.5)
+    b = c - a
+    kw = {}
+    if normalization == "stnet":
+        rest = np.rint(np.asarray(all_totals, np.float64) - c.sum(1)).clip(0).astype(np.int64)
+        ra = rng.binomial(rest, 0.5)
+        kw = [dict(all_totals=a.sum(1) + ra, n_all_genes=n_all_genes),
+              dict(all_totals=b.sum(1) + rest - ra, n_all_genes=n_all_genes)]
+    else:
+        kw = [{}, {}]
+    ya = normalize(a, normalization, **kw[0]).astype(np.float64)
+    yb = normalize(b, normalization, **kw[1]).astype(np.float64)
+    ya -= ya.mean(0)
+    yb -= yb.mean(0)
+    den = np.sqrt((ya * ya).sum(0) * (yb * yb).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, (ya * yb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
+    r = np.where(np.isnan(r), np.nan, np.clip(r, 0.0, 1.0))
+    return np.sqrt(2 * r / (1 + r))
 
 
 def oracle_labels(root: Path, prepared, normalization: str) -> np.ndarray:

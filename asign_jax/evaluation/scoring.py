@@ -62,6 +62,8 @@ class SamplePredictions:
     info: dict
     scored: Optional[np.ndarray] = None
     method: str = "asign"
+    noise: Optional[dict] = None    # real data: {"counts": (N, G) raw, "normalization": str}
+                                    # for the noise_ceiling row (references.noise_ceiling)
 
     def __post_init__(self):
         if self.scored is None:
@@ -107,10 +109,13 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=N
                                               spot_graph=_unpadded_spot_graph(masked),
                                               n_iter=int(config.model.cli_iterations))
         preds.update(base)
-    if oracle is not None:
+    noise = None
+    if isinstance(oracle, dict):        # real data: raw counts for the noise ceiling
+        noise = oracle
+    elif oracle is not None:
         preds["oracle"] = np.asarray(oracle, np.float32)
     return SamplePredictions(graph.sample_id, list(graph.section_names), int(known_layer), spot,
-                             preds, info, scored, method)
+                             preds, info, scored, method, noise)
 
 
 def _unpadded_spot_graph(sample):
@@ -138,6 +143,16 @@ def score_sample(p: SamplePredictions) -> tuple[list[dict], dict]:
         for m, pred in p.preds.items():
             res["methods"][m], r = section_metrics(pred[rows], truth[rows])
             per_gene[m].append(r)
+        if p.noise is not None:
+            r = baselines.noise_ceiling(np.asarray(p.noise["counts"])[rows],
+                                        str(p.noise["normalization"]))
+            res["methods"]["noise_ceiling"] = {
+                k: float("nan") for k in res["methods"][next(iter(p.preds))]}
+            res["methods"]["noise_ceiling"].update(
+                pcc_gene=float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
+                n_spots=int(rows.sum()), n_genes_skipped=int(np.isnan(r).sum()),
+                n_spots_skipped=0)
+            per_gene.setdefault("noise_ceiling", []).append(r)
         sections.append(res)
     return sections, per_gene
 

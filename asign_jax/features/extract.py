@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -34,10 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from asign_jax import atomic
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
+from asign_jax.features.cache import OUTPUT_KEYS as _OUTPUT_KEYS
+from asign_jax.features.cache import coords_hash as _coords_hash
+from asign_jax.features.cache import load_cache as _load_cache
+from asign_jax.features.cache import safe_name as _safe_name
+from asign_jax.features.cache import save_cache as _save_cache
 from asign_jax.features.embeddings import EmbeddingsReader
+from asign_jax.features.histology import HistologyExtractor
 from asign_jax.features.patch_features import PatchFeatureReader
 from asign_jax.features.resnet import (DEFAULT_RESIDUAL_INIT_SCALE, ResNet50,
                                        fixed_seed_variables)
@@ -50,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
 CACHE_VERSION = 2          # bump when the feature computation changes (2: + spot_tokens)
-_OUTPUT_KEYS = ("spot_feats", "spot_tokens", "region_feats", "region_tokens", "global_feats",
-                "global_tokens")
 
 
 def _forward(model, variables, images, grid):
@@ -91,19 +93,6 @@ def adaptive_avg_pool(fmap: jax.Array, grid: int) -> jax.Array:
     return t.reshape(b, grid * grid, c)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "section"
-
-
-def _coords_hash(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 class FeatureExtractor:
     """ResNet-50 patch encoder (torchvision weights or a fixed-seed initialisation).
 
@@ -111,9 +100,10 @@ class FeatureExtractor:
     (the last batch is zero-padded), so nothing recompiles across sections.
     """
 
-    def __init__(self, features_cfg, variables: Optional[dict] = None):
+    def __init__(self, features_cfg, variables: Optional[dict] = None,
+                 _encoder_ok: bool = False):
         self.cfg = features_cfg
-        if features_cfg.encoder != "resnet50":
+        if features_cfg.encoder != "resnet50" and not _encoder_ok:
             raise ConfigError(f"features.encoder={features_cfg.encoder!r}: FeatureExtractor "
                               "handles 'resnet50' (use make_extractor for 'embeddings')")
         self.batch_size = int(features_cfg.batch_size)
@@ -296,23 +286,27 @@ class FeatureExtractor:
         return out
 
 
-def _load_cache(path: Path, n: int, r: int, q: int) -> Optional[dict]:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in _OUTPUT_KEYS}
-    except Exception as e:   # corrupt / truncated: recompute
-        logger.warning("%s: unreadable feature cache (%s); recomputing", path, e)
-        return None
-    if (len(out["spot_feats"]), len(out["region_feats"]), len(out["global_feats"])) != (n, r, q):
-        logger.warning("%s: feature cache has the wrong number of rows; recomputing", path)
-        return None
-    return out
+class ConcatExtractor:
+    """``features.encoder = "resnet50+histology"``: the ResNet-50 features and the histology
+    descriptors side by side (D = 2048 + HISTOLOGY_DIM); the histology token grid follows the
+    ResNet's at each scale so the token rows line up. Each part is cached by its own key."""
 
+    def __init__(self, features_cfg):
+        self.resnet = FeatureExtractor(features_cfg, _encoder_ok=True)
+        c = features_cfg
+        self.histology = HistologyExtractor(c, grids={
+            "spot": self.resnet.grid_for(int(c.spot_input)),
+            "region": self.resnet.grid_for(int(c.region_input)),
+            "global": self.resnet.grid_for(int(c.global_input))})
 
-def _save_cache(path: Path, arrays: dict) -> None:
-    atomic.write_npz(path, **arrays)
+    def section_features(self, section_name, image, spot_xy, region_origin, global_origin,
+                         data_cfg, cache_dir=None, spot_ids=None) -> dict:
+        a = self.resnet.section_features(section_name, image, spot_xy, region_origin,
+                                         global_origin, data_cfg, cache_dir, spot_ids)
+        b = self.histology.section_features(section_name, image, spot_xy, region_origin,
+                                            global_origin, data_cfg, cache_dir, spot_ids)
+        return {k: np.concatenate([a[k], b[k].astype(a[k].dtype)], axis=-1)
+                for k in _OUTPUT_KEYS}
 
 
 def _vit_forward(model, variables, images, grid, mean, std):
@@ -425,15 +419,20 @@ def input_files(features_cfg) -> list[Path]:
 
 
 def make_extractor(features_cfg):
-    """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``vit`` or
-    ``patch_features``."""
+    """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``histology``
+    (features/histology.py), ``resnet50+histology`` (both, concatenated), ``vit``
+    (features/vit.py) or ``patch_features`` (features/patch_features.py)."""
     if features_cfg.encoder == "resnet50":
         return FeatureExtractor(features_cfg)
     if features_cfg.encoder == "embeddings":
         return EmbeddingsReader(features_cfg)
+    if features_cfg.encoder == "histology":
+        return HistologyExtractor(features_cfg)
+    if features_cfg.encoder == "resnet50+histology":
+        return ConcatExtractor(features_cfg)
     if features_cfg.encoder == "vit":
         return ViTExtractor(features_cfg)
     if features_cfg.encoder == "patch_features":
         return PatchFeatureReader(features_cfg)
-    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected 'resnet50', "
-                      "'embeddings', 'vit' or 'patch_features'")
+    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected one of "
+                      "resnet50, embeddings, histology, resnet50+histology, vit, patch_features")
