@@ -105,8 +105,10 @@ def _mha(p, query, kv, idx, heads, drop, train):
 
 
 def _transformer(p, x, heads, drop, train):
+    """The node token's output (N, 1, H) only, as ``TransformerLayer(outputs=1)``: the context
+    tokens are keys/values; the same saving as the JAX model's (fair effort)."""
     y = _ln(x, p["ln_attn"])
-    x = x + F.dropout(_mha(p["attn"], y, y, None, heads, drop, train), drop, train)
+    x = x[:, :1] + F.dropout(_mha(p["attn"], y[:, :1], y, None, heads, drop, train), drop, train)
     y = _dense(F.gelu(_dense(_ln(x, p["ln_mlp"]), p["mlp_in"]), approximate="tanh"), p["mlp_out"])
     return x + F.dropout(y, drop, train)
 
