@@ -143,12 +143,17 @@ def _gat(p, h, g, heads, drop, train):
     return _ln(h + F.dropout(F.elu(agg), drop, train), p["ln"])
 
 
+def _take(tree, i):
+    """Layer i of a nested dict of stacked tensors (plain Python, so torch.compile traces it)."""
+    return {k: _take(v, i) if isinstance(v, dict) else v[i] for k, v in tree.items()}
+
+
 def _block(p, h, ctx, g, c, train):
     if ctx.shape[1]:
         ctx = ctx + p["context_embedding"]
     outs = []
     for layer in range(c.gat_layers):
-        pl = jax.tree.map(lambda a: a[layer], p["layers"])
+        pl = _take(p["layers"], layer)
         if c.use_gat:
             with part("GAT other"):
                 h = _gat(pl["gat"], h, g, c.heads, c.dropout, train)
