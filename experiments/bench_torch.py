@@ -15,6 +15,13 @@ machine load hits both alike; each is the median of ``--steps`` after a warm-up 
 is reported separately). Each size runs in its own process (peak RSS per size, large sizes one
 at a time). Device-agnostic: JAX's default device, PyTorch on CUDA when available.
 
+Beside the ratio it prints a roofline: the step's matmul FLOPs (the JAX jaxpr's, layers and
+CLI iterations counted in full; ``roofline.matmul_flops``), XLA's FLOPs and bytes of the
+compiled JAX step, the matmul / stream peak measured in the same process, and each
+framework's achieved GFLOP/s and GB/s with those same counts (same model). ``--torch_compile
+1`` also times the ``torch.compile``'d PyTorch step (inductor) and reports a failure in one
+line. ``torch.set_num_threads`` = the CPU count, as JAX uses every core.
+
     python experiments/bench_torch.py --sizes 1000,4000,15000,60000 --out sweep.json
     python experiments/bench_torch.py --sizes 1000 --dtype bfloat16
 
