@@ -455,7 +455,7 @@ def run_size(spots: int, a) -> dict:
     b["t_step"]()                                          # torch warm-up
     steps = {"jax_step": b["j_step"], "torch_step": b["t_step"]}
     compiled_row = {}
-    if a.torch_compile:
+    if getattr(a, "torch_compile", 0):
         t_comp, comp_s, err = compile_torch_step(b)
         compiled_row = {"torch_compile_s": round(comp_s, 1), "torch_compile_error": err}
         if t_comp is not None:
