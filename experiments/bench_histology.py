@@ -2,7 +2,7 @@
 
     python experiments/bench_histology.py     (from the repository root; data in ../shared/data/her2st)
 """
-import time, numpy as np, cv2, pandas as pd, glob
+import time, cv2, pandas as pd, glob
 from asign_jax.config import base_config
 from asign_jax.features.histology import HistologyExtractor
 from asign_jax.preprocess.tiles import assign_tiles

@@ -15,6 +15,13 @@ machine load hits both alike; each is the median of ``--steps`` after a warm-up 
 is reported separately). Each size runs in its own process (peak RSS per size, large sizes one
 at a time). Device-agnostic: JAX's default device, PyTorch on CUDA when available.
 
+Beside the ratio it prints a roofline: the step's matmul FLOPs (the JAX jaxpr's, layers and
+CLI iterations counted in full; ``roofline.matmul_flops``), XLA's FLOPs and bytes of the
+compiled JAX step, the matmul / stream peak measured in the same process, and each
+framework's achieved GFLOP/s and GB/s with those same counts (same model). ``--torch_compile
+1`` also times the ``torch.compile``'d PyTorch step (inductor) and reports a failure in one
+line. ``torch.set_num_threads`` = the CPU count, as JAX uses every core.
+
 Writes ``<out>/results.json`` (default ``--out runs/experiments/bench_torch``).
 
     python experiments/bench_torch.py --sizes 1000,4000,15000,60000
@@ -25,6 +32,8 @@ Skips cleanly (exit 0) when torch is not installed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import resource
@@ -34,19 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from visium_block import make_block   # experiments/ (the script's folder) is on sys.path
+from types import SimpleNamespace
 
-from asign_jax import atomic, entry
-from asign_jax.config import base_config
-from asign_jax.graph.contract import edge_mask, node_mask
-from asign_jax.graph.padding import budget_for, pad_sample
-from asign_jax.models import cli
-from asign_jax.models.asign import ASIGN
-from asign_jax.training.losses import asign_loss
+import numpy as np
 
 try:
     import torch
@@ -54,7 +53,28 @@ try:
 except ImportError:           # pragma: no cover - depends on the environment
     torch = None
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+import roofline  # noqa: E402   experiments/ (the script's folder) is on sys.path
+
+from asign_jax import atomic, entry  # noqa: E402
+from asign_jax.config import base_config  # noqa: E402
+from asign_jax.graph.contract import edge_mask, node_mask  # noqa: E402
+from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
+from asign_jax.models import cli  # noqa: E402
+from asign_jax.models.asign import ASIGN  # noqa: E402
+from asign_jax.training.losses import asign_loss  # noqa: E402
+from visium_block import make_block  # noqa: E402
+
 LN_EPS = 1e-6                  # flax LayerNorm default
+PROFILE = False                # True: label the parts for torch.profiler (profile_step.py)
+
+
+def part(name):
+    """A ``record_function("part:<name>")`` range when profiling, else nothing."""
+    return torch.profiler.record_function("part:" + name) if PROFILE else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +113,10 @@ def _mha(p, query, kv, idx, heads, drop, train):
 
 
 def _transformer(p, x, heads, drop, train):
+    """The node token's output (N, 1, H) only, as ``TransformerLayer(outputs=1)``: the context
+    tokens are keys/values; the same saving as the JAX model's (fair effort)."""
     y = _ln(x, p["ln_attn"])
-    x = x + F.dropout(_mha(p["attn"], y, y, None, heads, drop, train), drop, train)
+    x = x[:, :1] + F.dropout(_mha(p["attn"], y[:, :1], y, None, heads, drop, train), drop, train)
     y = _dense(F.gelu(_dense(_ln(x, p["ln_mlp"]), p["mlp_in"]), approximate="tanh"), p["mlp_out"])
     return x + F.dropout(y, drop, train)
 
@@ -119,11 +141,19 @@ def _gat(p, h, g, heads, drop, train):
     dst = torch.einsum("nhk,hk->nh", wh, p["a_dst"])
     w = torch.where(em, w, 0.0)
     t = torch.where(em, t, 0)
-    logits = F.leaky_relu(dst[r] + src[s], 0.2) + p["edge_bias"][t] * w[:, None]
-    alpha = F.dropout(_seg_softmax(logits, r, n, em), drop, train)
-    msg = torch.where(em[:, None, None], alpha[..., None] * wh[s], 0.0)
-    agg = torch.zeros_like(wh).index_add(0, r, msg).reshape(n, -1)
+    with part("GAT gather"):
+        logits = F.leaky_relu(dst[r] + src[s], 0.2) + p["edge_bias"][t] * w[:, None]
+    with part("GAT segment softmax"):
+        alpha = F.dropout(_seg_softmax(logits, r, n, em), drop, train)
+    with part("GAT scatter/aggregate"):
+        msg = torch.where(em[:, None, None], alpha[..., None] * wh[s], 0.0)
+        agg = torch.zeros_like(wh).index_add(0, r, msg).reshape(n, -1)
     return _ln(h + F.dropout(F.elu(agg), drop, train), p["ln"])
+
+
+def _take(tree, i):
+    """Layer i of a nested dict of stacked tensors (plain Python, so torch.compile traces it)."""
+    return {k: _take(v, i) if isinstance(v, dict) else v[i] for k, v in tree.items()}
 
 
 def _block(p, h, ctx, g, c, train):
@@ -131,11 +161,13 @@ def _block(p, h, ctx, g, c, train):
         ctx = ctx + p["context_embedding"]
     outs = []
     for layer in range(c.gat_layers):
-        pl = jax.tree.map(lambda a: a[layer], p["layers"])
+        pl = _take(p["layers"], layer)
         if c.use_gat:
-            h = _gat(pl["gat"], h, g, c.heads, c.dropout, train)
-        tokens = torch.cat([h[:, None], ctx], 1)
-        h = _transformer(pl["transformer"], tokens, c.heads, c.dropout, train)[:, 0]
+            with part("GAT other"):
+                h = _gat(pl["gat"], h, g, c.heads, c.dropout, train)
+        with part("node transformer"):
+            tokens = torch.cat([h[:, None], ctx], 1)
+            h = _transformer(pl["transformer"], tokens, c.heads, c.dropout, train)[:, 0]
         outs.append(h)
     return torch.einsum("l,lnh->nh", torch.softmax(p["layer_weights"], 0), torch.stack(outs))
 
@@ -167,16 +199,19 @@ def torch_forward(p, tg, c, train):
     """tg: dict of torch arrays of the three graphs + masks; returns the output dict."""
     d = c.dropout
     drop = lambda x: F.dropout(x, d, train)
-    r_feat = _dense(tg["region"]["feat"], p["region_proj"])
-    g_feat = _dense(tg["global"]["feat"], p["global_proj"])
-    f_s = _dense(tg["spot"]["feat"], p["spot_proj"])
+    with part("encoder dense"):
+        r_feat = _dense(tg["region"]["feat"], p["region_proj"])
+        g_feat = _dense(tg["global"]["feat"], p["global_proj"])
+        f_s = _dense(tg["spot"]["feat"], p["spot_proj"])
     ridx, gidx = tg["spot"]["region_idx"], tg["spot"]["global_idx"]
     if c.use_cross_attention:
-        f_r = _mha(p["cross_attn_region"], f_s[:, None], tg["region"]["tokens"], ridx, c.heads,
-                   d, train)[:, 0]
-        f_g = _mha(p["cross_attn_global"], f_s[:, None], tg["global"]["tokens"], gidx, c.heads,
-                   d, train)[:, 0]
-        fused = _dense(torch.cat([f_s, f_r, f_g], -1), p["fusion"])
+        with part("cross-attention"):
+            f_r = _mha(p["cross_attn_region"], f_s[:, None], tg["region"]["tokens"], ridx,
+                       c.heads, d, train)[:, 0]
+            f_g = _mha(p["cross_attn_global"], f_s[:, None], tg["global"]["tokens"], gidx,
+                       c.heads, d, train)[:, 0]
+        with part("encoder dense"):
+            fused = _dense(torch.cat([f_s, f_r, f_g], -1), p["fusion"])
     else:
         fused = f_s
     spot_ctx = torch.stack([r_feat[ridx], g_feat[gidx]], 1)
@@ -186,13 +221,16 @@ def torch_forward(p, tg, c, train):
     h_r = _block(p["region_block"], drop(r_feat), region_ctx, tg["region"]["graph"], c, train)
     h_g = _block(p["global_block"], drop(g_feat), glob_ctx, tg["global"]["graph"], c, train)
     head = lambda q, x: _dense(_ln(x, q["ln"]), q["out"])
-    p_s, p_r, p_g = head(p["spot_head"], h_s), head(p["region_head"], h_r), head(p["global_head"], h_g)
+    with part("heads"):
+        p_s, p_r = head(p["spot_head"], h_s), head(p["region_head"], h_r)
+        p_g = head(p["global_head"], h_g)
     sp = tg["spot"]
-    alpha_j = torch.sigmoid(_dense(h_s, p["cli"]["node_alpha"]))[:, 0]
-    s, r, ew, _, em = sp["graph"]
-    imputed = _propagate(p_s, sp["label"], sp["known"], s, r, ew, alpha_j, em, sp["node_mask"],
-                         c.cli_iterations)
-    a = torch.sigmoid(p["cli"]["theta"])
+    with part("CLI"):
+        alpha_j = torch.sigmoid(_dense(h_s, p["cli"]["node_alpha"]))[:, 0]
+        s, r, ew, _, em = sp["graph"]
+        imputed = _propagate(p_s, sp["label"], sp["known"], s, r, ew, alpha_j, em,
+                             sp["node_mask"], c.cli_iterations)
+        a = torch.sigmoid(p["cli"]["theta"])
     return {"spot": a * p_s + (1 - a) * imputed, "spot_model": p_s, "region": p_r, "global": p_g}
 
 
@@ -209,6 +247,11 @@ def _pcc(pred, target, mask, eps=1e-6):
 
 def torch_loss(out, tg, lc):
     """``asign_jax.training.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
+    with part("losses"):
+        return _torch_loss(out, tg, lc)
+
+
+def _torch_loss(out, tg, lc):
     sp, rg, gl = tg["spot"], tg["region"], tg["global"]
     ms = sp["label_mask"] & ~sp["known"] & sp["node_mask"]
     m = ms[:, None]
@@ -273,8 +316,13 @@ def interleaved(fns: dict, steps: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_size(spots: int, a) -> dict:
-    """Everything for one size; returns the table row."""
+def build(spots: int, a) -> dict:
+    """The sample, both models with the same weights, and their steps for one size.
+
+    Returns a dict: ``j_step`` / ``t_step`` (one training step, blocking; the JAX state is
+    donated and carried inside), ``compiled`` (the compiled JAX step, for its cost analysis),
+    ``j_cli`` / ``t_cli`` (the CLI alone), the eval-mode losses and CLI outputs of both, sizes.
+    """
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     jdt = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
@@ -301,7 +349,8 @@ def run_size(spots: int, a) -> dict:
 
     tx = optax.sgd(1e-4, momentum=0.9)
 
-    @jax.jit
+    # the params and optimiser state are donated: the update is written in place
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def jax_step(p, opt, key):
         loss, g = jax.value_and_grad(loss_fn)(p, key, True)
         upd, opt = tx.update(g, opt, p)
@@ -314,8 +363,6 @@ def run_size(spots: int, a) -> dict:
     with torch.no_grad():
         l_torch = float(torch_loss(torch_forward(tp, tg, c, False), tg, lc))
     l_jax = float(jax.jit(lambda p: loss_fn(p, jax.random.key(0), False))(params))
-    tol = 2e-2 if a.dtype == "bfloat16" else 1e-3
-    equal = bool(np.isclose(l_jax, l_torch, rtol=tol, atol=tol))
 
     # the CLI alone: 10 iterations, forward + backward w.r.t. the prediction and alpha
     rng = np.random.default_rng(2)
@@ -345,27 +392,32 @@ def run_size(spots: int, a) -> dict:
     cli_args = (pred, alpha, s, r, w, em, nm)
     out_j = np.asarray(jax_cli(*cli_args)[0], np.float32)
     out_t = torch_cli().detach().float().cpu().numpy()
-    cli_equal = bool(np.allclose(out_j, out_t, rtol=tol, atol=10 * tol))
 
-    opt = tx.init(params)
     key = jax.random.key(1)
+    state = [params, tx.init(params)]
+    mm_flops = roofline.matmul_flops(jax_step, state[0], state[1], key)
+    compiled = jax_step.lower(state[0], state[1], key).compile()
     t0 = time.perf_counter()
-    state = list(jax_step(params, opt, key))
+    state[:] = jax_step(state[0], state[1], key)[:2]
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
     torch_opt = torch.optim.SGD(jax.tree.leaves(tp), lr=1e-4, momentum=0.9)
     sync = (lambda: torch.cuda.synchronize()) if dev == "cuda" else (lambda: None)
 
     def j_step():
-        state[:] = jax_step(state[0], state[1], key)
-        jax.block_until_ready(state[2])
+        *state[:], loss = jax_step(state[0], state[1], key)
+        jax.block_until_ready(loss)
 
-    def t_step():
-        torch_opt.zero_grad(set_to_none=True)
-        loss_t = torch_loss(torch_forward(tp, tg, c, True), tg, lc)
-        loss_t.backward()
-        torch_opt.step()
-        sync()
+    def t_loss():
+        return torch_loss(torch_forward(tp, tg, c, True), tg, lc)
+
+    def make_t_step(loss_fn):
+        def t_step():
+            torch_opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            torch_opt.step()
+            sync()
+        return t_step
 
     def j_cli():
         jax.block_until_ready(jax_cli(*cli_args))
@@ -373,18 +425,82 @@ def run_size(spots: int, a) -> dict:
     def t_cli():
         torch_cli()
         sync()
-    t_step()                                              # torch warm-up
-    med = interleaved({"jax_step": j_step, "torch_step": t_step}, a.steps)
-    med.update(interleaved({"jax_cli": j_cli, "torch_cli": t_cli}, a.steps))
-    return {"spots": spots, "nodes": n_node, "edges": n_edge,
-            "regions": int(region.n_node[0]), "globals": int(glob.n_node[0]),
-            "loss_jax": l_jax, "loss_torch": l_torch, "equal_loss": equal,
-            "cli_equal": cli_equal, "jax_compile_s": round(compile_s, 1),
+    return {"j_step": j_step, "t_step": make_t_step(t_loss), "make_t_step": make_t_step,
+            "t_loss": t_loss, "j_cli": j_cli, "t_cli": t_cli, "compiled": compiled,
+            "compile_s": compile_s, "matmul_flops": mm_flops, "l_jax": l_jax, "l_torch": l_torch, "out_j": out_j,
+            "out_t": out_t, "nodes": n_node, "edges": n_edge, "regions": int(region.n_node[0]),
+            "globals": int(glob.n_node[0]), "data_s": t_data, "tp": tp, "tg": tg, "c": c,
+            "lc": lc}
+
+
+def compile_torch_step(b: dict):
+    """``torch.compile`` of the PyTorch forward + loss (inductor, default mode); returns
+    (t_step, compile seconds, error line or None)."""
+    fwd = torch.compile(lambda: torch_loss(torch_forward(b["tp"], b["tg"], b["c"], True),
+                                           b["tg"], b["lc"]))
+    t_step = b["make_t_step"](fwd)
+    t0 = time.perf_counter()
+    try:
+        t_step()
+    except Exception as e:  # noqa: BLE001 - reported, the eager numbers stand
+        return None, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return t_step, time.perf_counter() - t0, None
+
+
+def run_size(spots: int, a) -> dict:
+    """Everything for one size; returns the table row."""
+    b = build(spots, a)
+    tol = 2e-2 if a.dtype == "bfloat16" else 1e-3
+    equal = bool(np.isclose(b["l_jax"], b["l_torch"], rtol=tol, atol=tol))
+    cli_equal = bool(np.allclose(b["out_j"], b["out_t"], rtol=tol, atol=10 * tol))
+    b["t_step"]()                                          # torch warm-up
+    steps = {"jax_step": b["j_step"], "torch_step": b["t_step"]}
+    compiled_row = {}
+    if getattr(a, "torch_compile", 0):
+        t_comp, comp_s, err = compile_torch_step(b)
+        compiled_row = {"torch_compile_s": round(comp_s, 1), "torch_compile_error": err}
+        if t_comp is not None:
+            steps["torchc_step"] = t_comp
+    med = interleaved(steps, a.steps)
+    med.update(interleaved({"jax_cli": b["j_cli"], "torch_cli": b["t_cli"]}, a.steps))
+    peak = roofline.machine_peak()
+    cost = roofline.step_cost(b["compiled"])
+    roof = {}
+    for k in [k for k in med if k.endswith("_step")]:
+        ach = roofline.achieved(b["matmul_flops"], cost["bytes"], med[k], peak)
+        roof[k[:-5] + "_gflops"] = round(ach["gflops"], 2)
+        roof[k[:-5] + "_gbs"] = round(ach["gbs"], 2)
+    if "torchc_step" in med:
+        compiled_row["torchc_ratio"] = round(med["torchc_step"] / med["jax_step"], 2)
+    return {"spots": spots, "nodes": b["nodes"], "edges": b["edges"],
+            "regions": b["regions"], "globals": b["globals"],
+            "loss_jax": b["l_jax"], "loss_torch": b["l_torch"], "equal_loss": equal,
+            "cli_equal": cli_equal, "jax_compile_s": round(b["compile_s"], 1),
             **{k + "_ms": round(1e3 * v, 1) for k, v in med.items()},
             "step_ratio": round(med["torch_step"] / med["jax_step"], 2),
-            "cli_ratio": round(med["torch_cli"] / med["jax_cli"], 2),
-            "data_s": round(t_data, 1),
+            "cli_ratio": round(med["torch_cli"] / med["jax_cli"], 2), **compiled_row,
+            "step_gflop": round(b["matmul_flops"] / 1e9, 2),
+            "xla_gflop": round(cost["flops"] / 1e9, 2), "step_gb": round(cost["bytes"] / 1e9, 2),
+            "peak_gflops": round(peak["matmul_gflops"], 1), "peak_gbs": round(peak["stream_gbs"], 1),
+            **roof, "load": round(os.getloadavg()[0], 1),
+            "data_s": round(b["data_s"], 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def roof_table(rows) -> str:
+    """Achieved GFLOP/s and GB/s of each framework's step against the measured peak."""
+    lines = [f"{'nodes':>7} {'GFLOP':>7} {'XLA GFLOP':>9} {'GB':>6} {'peak GFLOP/s':>12} {'peak GB/s':>9}  "
+             "framework: GFLOP/s (% peak) GB/s (% stream)"]
+    for r in rows:
+        cells = []
+        for k, name in (("jax", "JAX"), ("torch", "PyTorch"), ("torchc", "PyTorch compiled")):
+            if k + "_gflops" in r:
+                cells.append(f"{name}: {r[k + '_gflops']:.1f} "
+                             f"({100 * r[k + '_gflops'] / r['peak_gflops']:.1f}%) "
+                             f"{r[k + '_gbs']:.2f} ({100 * r[k + '_gbs'] / r['peak_gbs']:.1f}%)")
+        lines.append(f"{r['nodes']:>7} {r['step_gflop']:>7.1f} {r.get('xla_gflop', 0):>9.1f} {r['step_gb']:>6.2f} "
+                     f"{r['peak_gflops']:>12.1f} {r['peak_gbs']:>9.1f}  " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def table(rows) -> str:
@@ -396,8 +512,31 @@ def table(rows) -> str:
                      f"{r['torch_step_ms']:>9.0f}ms {r['step_ratio']:>6.2f} "
                      f"{r['jax_cli_ms']:>7.0f}ms {r['torch_cli_ms']:>8.0f}ms {r['cli_ratio']:>6.2f}"
                      f"  {str(r['equal_loss'] and r['cli_equal']):>5} ({r['loss_jax']:.4f} / "
-                     f"{r['loss_torch']:.4f})  {r['peak_rss_gb']:.1f} GB")
+                     f"{r['loss_torch']:.4f})  {r['peak_rss_gb']:.1f} GB  load {r.get('load', 0):.1f}")
+        if "torch_compile_s" in r:
+            lines.append(f"{'':>7} torch.compile: " + (
+                f"step {r['torchc_step_ms']:.0f}ms, JAX ratio {r['torchc_ratio']:.2f} (compile "
+                f"{r['torch_compile_s']:.0f}s)" if "torchc_step_ms" in r else
+                f"failed ({r['torch_compile_error']})"))
     return "\n".join(lines)
+
+
+FLAGS = dict(
+    sizes=("1000,4000,15000,60000", "Spots per sample (comma-separated)."),
+    sections=(4, "Sections."), din=(1024, "Feature dim D_in."),
+    tokens=(16, "Tokens T."), genes=(250, "Genes G."),
+    hidden=(256, "model.hidden."), heads=(4, "model.heads."),
+    steps=(5, "Timed steps (median) after a warm-up."),
+    dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
+    torch_compile=(0, "1: also time the torch.compile'd PyTorch step (inductor)."),
+    one=(0, "(internal) run one size in this process and print its row."))
+
+
+def default_args(**kw) -> SimpleNamespace:
+    """The sweep's default arguments (for profile_step.py), with overrides."""
+    a = SimpleNamespace(**{k: v[0] for k, v in FLAGS.items()}, out="", verbose=False)
+    vars(a).update(kw)
+    return a
 
 
 def main(a):
@@ -405,7 +544,7 @@ def main(a):
         print("torch is not installed: skipping the PyTorch comparison")
         return 0
     if a.one:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(os.cpu_count() or 1)      # JAX uses every core too
         print("ROW " + json.dumps(run_size(a.one, a)), flush=True)
         return 0
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__} "
@@ -415,8 +554,7 @@ def main(a):
     rows = []
     print(table([]))
     for spots in [int(v) for v in a.sizes.split(",")]:
-        args = [f"--{k}={v}" for k, v in vars(a).items()
-                if k not in ("sizes", "out", "one", "verbose")]
+        args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("sizes", "out", "one", "verbose")]
         proc = subprocess.run([sys.executable, __file__, *args, "--one", str(spots)],
                               capture_output=True, text=True)
         row = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
@@ -429,15 +567,14 @@ def main(a):
                           {"args": vars(a), "jax": jax.__version__, "torch": torch.__version__,
                            "rows": rows})
     print("\n" + table(rows))
+    print("\nRoofline, the same counts for both frameworks (same model): GFLOP = the matmul "
+          "FLOPs of the JAX step's jaxpr (scan bodies x length; roofline.matmul_flops), XLA GFLOP "
+          "and GB = XLA's cost analysis of the compiled step (loop bodies counted once, no FLOPs "
+          "in the CSR custom calls); peak = this process's matmul / stream-scale "
+          "micro-benchmark (experiments/roofline.py)")
+    print(roof_table(rows))
     return 0
 
 
 if __name__ == "__main__":
-    entry.run_script(main, "bench_torch", config="none",
-                     sizes=("1000,4000,15000,60000", "Spots per sample (comma-separated)."),
-                     sections=(4, "Sections."), din=(1024, "Feature dim D_in."),
-                     tokens=(16, "Tokens T."), genes=(250, "Genes G."),
-                     hidden=(256, "model.hidden."), heads=(4, "model.heads."),
-                     steps=(5, "Timed steps (median) after a warm-up."),
-                     dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
-                     one=(0, "(internal) run one size in this process and print its row."))
+    entry.run_script(main, "bench_torch", config="none", **FLAGS)

@@ -12,7 +12,6 @@ from ``batch * batches`` patches). Writes ``<out>/bench_vit.json``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import numpy as np
 from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from asign_jax.config import base_config  # noqa: E402
 from asign_jax.features.extract import ViTExtractor  # noqa: E402

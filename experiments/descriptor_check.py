@@ -12,7 +12,6 @@ the majority-class rate.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from asign_jax.data.synthetic import load_ground_truth  # noqa: E402
 from asign_jax.features.histology import DESCRIPTOR_NAMES  # noqa: E402

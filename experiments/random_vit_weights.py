@@ -10,15 +10,12 @@ random network carry no pathology.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from asign_jax.features.vit import get_arch, random_state_dict  # noqa: E402
 

@@ -17,7 +17,6 @@ give the direct encoder's numbers (the round trip in docs/foundation_models.md).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,6 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from asign_jax.config import validate  # noqa: E402
 from asign_jax.data.loaders import load_samples  # noqa: E402

@@ -12,7 +12,7 @@ from asign_jax.config import base_config
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF
 from asign_jax.training.losses import asign_loss
 from asign_jax.models.asign import ASIGN
-from asign_jax.models.attention import MultiHeadAttention
+from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer, masked_segment_softmax
 
 D_IN, GENES, TOKENS = 16, 5, 4
@@ -287,6 +287,29 @@ def test_attention_over_tokens_depends_on_query():
     # gather-after-projection == attending over the pre-gathered token sets
     out_g = mha.apply(params, q, kv[idx], train=False)
     np.testing.assert_allclose(out, out_g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3])
+def test_transformer_first_token_only_equals_the_full_layer(length):
+    """``TransformerLayer(outputs=1)`` (the rewritten kernel: queries, residual and MLP on the
+    node token only) against the reference: the full layer's first token, outputs and
+    gradients w.r.t. the parameters and every token."""
+    rng = np.random.default_rng(11)
+    tokens = jnp.asarray(rng.normal(size=(5, length, 16)).astype(np.float32))
+    full, first = TransformerLayer(16, 2), TransformerLayer(16, 2, outputs=1)
+    params = full.init(jax.random.key(0), tokens, train=False)
+    assert jax.tree.map(jnp.shape, first.init(jax.random.key(0), tokens, train=False)) == \
+        jax.tree.map(jnp.shape, params)
+
+    def loss(layer):
+        return lambda p, x: jnp.sum(jnp.sin(3.0 * layer.apply(p, x, train=False)[:, 0]))
+    np.testing.assert_allclose(first.apply(params, tokens, train=False)[:, 0],
+                               full.apply(params, tokens, train=False)[:, 0],
+                               rtol=1e-5, atol=1e-6)
+    g_ref = jax.grad(loss(full), argnums=(0, 1))(params, tokens)
+    g_new = jax.grad(loss(first), argnums=(0, 1))(params, tokens)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_gat_layer_matches_hand_computation():

@@ -401,7 +401,7 @@ def test_files_edited_in_place_are_refused_naming_the_file(trained, tmp_path, mo
     counts = run / "synthetic_data" / "ST-cnts" / "A2.tsv.gz"
     spots = run / "synthetic_data" / "ST-spotfiles" / "A2_selection.tsv"
     rf = RunFolder(run)
-    assert f"synthetic_data/ST-cnts/A2.tsv.gz" in rf.read("prepare")["files"]
+    assert "synthetic_data/ST-cnts/A2.tsv.gz" in rf.read("prepare")["files"]
     assert all(len(v) == 3 and v[2].startswith("blake2b:")
                for v in rf.read("prepare")["files"].values())
     # touched, same bytes: reused (its content hashed once), then a stat suffices

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.data import hest, loaders, slide, working
+from asign_jax.data import loaders, slide
 from asign_jax.data.lattice import PITCH_UM
 from asign_jax.errors import DataError
 from asign_jax.preprocess.patches import crop_patches

@@ -60,7 +60,8 @@ class _GraphLayer(nn.Module):
                 h, senders, receivers, edge_weight, edge_type, edge_mask, train=train,
                 layout=layout)
         tokens = jnp.concatenate([h[:, None, :], context], axis=1)         # (N, 1 + C, H)
-        h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout,
+        # only the node token's output is kept: the context tokens are keys/values only
+        h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout, outputs=1,
                              name="transformer")(tokens, train=train)[:, 0]
         return h, h
 

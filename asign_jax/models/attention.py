@@ -68,20 +68,29 @@ class TransformerLayer(nn.Module):
     MLP = Dense(mlp_ratio*hidden) -> GELU -> Dense(hidden). L is 3 (spot: [h, region, global]),
     2 (region: [h, global]) or 1 (global: [h]); with L = 1 self-attention reduces to
     out(value(x)) (no query/key parameters).
+
+    ``outputs`` (static, optional): compute only the first ``outputs`` tokens' outputs
+    (N, outputs, hidden). Every token is still a key/value, so those outputs are exactly the
+    full layer's ``[:, :outputs]`` (same parameters; in train mode the dropout masks are drawn
+    for the smaller shape). MSAGNet keeps only the node token of each layer, so the queries,
+    the attention output, the residuals and the MLP run on 1 of the L tokens: about half the
+    layer's matmul FLOPs at L = 3 (docs/performance.md).
     """
 
     hidden: int
     heads: int
     mlp_ratio: int = 2
     dropout: float = 0.0
+    outputs: Optional[int] = None
 
     @nn.compact
     def __call__(self, tokens: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         drop = nn.Dropout(self.dropout)
         y = nn.LayerNorm(name="ln_attn")(tokens)
+        n_out = tokens.shape[1] if self.outputs is None else self.outputs
         y = MultiHeadAttention(self.hidden, self.heads, self.dropout, name="attn")(
-            y, y, train=train)
-        x = tokens + drop(y, deterministic=not train)
+            y[:, :n_out], y, train=train)
+        x = tokens[:, :n_out] + drop(y, deterministic=not train)
         y = nn.LayerNorm(name="ln_mlp")(x)
         y = nn.Dense(self.mlp_ratio * self.hidden, name="mlp_in")(y)
         y = nn.Dense(self.hidden, name="mlp_out")(nn.gelu(y))

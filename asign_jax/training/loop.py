@@ -217,41 +217,60 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
             best = v.score
             selection.save_selected(ckpt_dir, done, v)
 
-    pending: list = []
+    pending: list = []            # metrics of the steps not yet fetched (device arrays)
+    fetched: list = []            # fetched and checked, not yet in a log line
     bar = tqdm(total=total, initial=start, desc=f"fold {fold_index}", disable=not progress,
                dynamic_ncols=True)
     t0 = time.time()
+
+    def flush(done: int) -> None:
+        """Fetch the metrics of the steps since the last flush (ONE host sync), fail on the
+        first non-finite loss among them, and log their mean at log steps. The steps are not
+        waited for one by one (big_vision-style: the host runs ahead and the loss is checked
+        at log, validation and checkpoint steps), so a NaN stops the fold at the next of those,
+        before any checkpoint or log line of a later step is written."""
+        nonlocal pending, fetched
+        got = jax.device_get(pending)
+        first = done - len(got) + 1
+        for i, m in enumerate(got):
+            loss = float(m["loss"])
+            if not np.isfinite(loss):
+                mngr.wait_until_finished()
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in m.items() if k != "loss")
+                kept = mngr.latest_step()
+                kept = f"checkpoint of step {kept} kept" if kept else "no checkpoint yet"
+                raise TrainingError(
+                    f"fold {fold_index}: training loss is {loss} at step {first + i} ({terms}); "
+                    f"stopped, {kept} in {ckpt_dir}: lower train.learning_rate or look for "
+                    "NaN/inf in the inputs")
+        pending, fetched = [], fetched + got
+        if fetched and (done % int(tc.log_every) == 0 or done == total):
+            mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            fetched = []
+            rec = {"fold": fold_index, "step": done, **mean,
+                   "lr": float(schedule(done - 1)), "seconds": round(time.time() - t0, 3)}
+            _log_line(log_path, rec)
+            bar.set_postfix(loss=f"{mean['loss']:.4f}")
+
     try:
         for step in range(start, total):
             batch = pool.take(pool.step_indices(step, int(tc.samples_per_step)))
             state, metrics = step_fn(state, batch, rng)
-            # wait for the step so the bar's rate is the real one (batches are assembled on
-            # the host in ~1 ms, so little overlap is lost) and the loss can be checked
-            loss = float(metrics["loss"])
             done = step + 1
-            if not np.isfinite(loss):
-                mngr.wait_until_finished()
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "loss")
-                kept = mngr.latest_step()
-                kept = f"checkpoint of step {kept} kept" if kept else "no checkpoint yet"
-                raise TrainingError(
-                    f"fold {fold_index}: training loss is {loss} at step {done} ({terms}); "
-                    f"stopped, {kept} in {ckpt_dir}: lower train.learning_rate or look for "
-                    "NaN/inf in the inputs")
             pending.append(metrics)
-            if done % int(tc.log_every) == 0 or done == total:
-                mean = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-                pending = []
-                rec = {"fold": fold_index, "step": done, **mean, "lr": float(schedule(step)),
-                       "seconds": round(time.time() - t0, 3)}
-                _log_line(log_path, rec)
-                bar.set_postfix(loss=f"{mean['loss']:.4f}")
-            if validate is not None and (done == total or (val_every and done % val_every == 0)):
+            validating = validate is not None and (done == total or
+                                                   (val_every and done % val_every == 0))
+            saving = done % int(tc.checkpoint_every) == 0 and done != total
+            stopping = stop_after is not None and done >= stop_after and done != total
+            if done % int(tc.log_every) == 0 or done == total or validating or saving or \
+                    stopping:
+                flush(done)
+            if validating:
                 run_validation(done)
             bar.update(1)
-            if done % int(tc.checkpoint_every) == 0 and done != total:
+            if saving:
                 checkpoint.save(mngr, state)
-            if stop_after is not None and done >= stop_after and done != total:
+            if stopping:
                 mngr.wait_until_finished()
                 logger.info("fold %d: stopped after step %d (stop_after)", fold_index, done)
                 return None
