@@ -53,11 +53,11 @@ from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.runfolder import (NEW, RESUME, REUSE, RunFolder, capturing_warnings,
                                  stage_fields)
-from asign_jax.training import batches, checkpoint, model_inputs, sharding, subgraph
+from asign_jax.training import checkpoint, pools, sharding
+from asign_jax.training.pools import fold_pool
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
 from asign_jax.training.state import count_params, create_train_state
-from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
 
@@ -370,24 +370,12 @@ def _mesh(config):
     return sharding.make_mesh(int(config.train.samples_per_step))
 
 
-def _tiled_wrap(config, pool):
-    """For a pool of tiles (samples too large for one graph): eval_fn -> an eval_fn that imputes
-    whole unpadded samples in exact tiles (``subgraph.tiled_eval``); else None."""
-    if not pool.tiled:
-        return None
-    return lambda eval_fn: subgraph.tiled_eval(eval_fn, config)
-
-
 def _score(config, workdir, fold, model, params, graphs, genes, pool, names, *,
            roles=("test", "val"), oracle=None, write: bool = True, data_dir=None) -> dict:
     """Scores the fold on its test (and validation) rows and writes the test predictions
     (``write=False``: graphs given in memory, no prepared data to place them; ``data_dir``:
     the run folder holding the prepared data, default ``workdir``)."""
-    fn = make_eval_fn(model)
-    eval_fn, pad_fn = lambda s: fn(params, s), pool.pad
-    wrap = _tiled_wrap(config, pool)
-    if wrap is not None:
-        eval_fn, pad_fn = wrap(eval_fn), lambda s: s
+    eval_fn, pad_fn = pools.eval_fns(config, model, params, pool)
     out = {}
     for role in roles:
         if not fold.samples_of(role):
@@ -518,14 +506,6 @@ def _done_roles(workdir: Path, fold: Fold) -> set:
     return set(json.loads(done.read_text()).get("roles", ["test"])) if done.exists() else set()
 
 
-def fold_pool(config, model, graphs, fold, data_dir) -> batches.Pool:
-    """The fold's masked training pool plus the model's own inputs (``training.model_inputs``:
-    e.g. the retrieval bank of EGN / BLEEP, built from the pool's labelled spots only)."""
-    pool = batches.build_pool(graphs, fold, seed=int(config.seed),
-                              **subgraph.pool_options(config))
-    return model_inputs.attach(config, factory.model_inputs(model), data_dir, pool)
-
-
 def train_and_evaluate(config, workdir, *, overwrite: bool = False,
                        stop_after: Optional[int] = None, progress: bool = True,
                        score_test: bool = True, inputs: Optional[tuple] = None,
@@ -584,7 +564,7 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
         rf.start(fold.name, fields[fold.name], stage_inputs, RESUME if st == REUSE else st)
         logger.info("%s", fold.describe())
         validator = (selection.Validator(config, fold, graphs, model, pool.pad,
-                                         wrap_eval=_tiled_wrap(config, pool))
+                                         wrap_eval=pools.tiled_wrap(config, pool))
                      if fold.has_validation else None)
         state = train_fold(config, model, loss_fn, pool, fold.index, fold_dir(workdir, fold),
                            workdir / "metrics.jsonl", mesh=mesh, stop_after=stop_after,

@@ -26,8 +26,10 @@ from asign_jax.data import generic
 from asign_jax.data.lattice import Lattice, fit_lattice, infer_lattice
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.graph import io as graph_io
+from asign_jax.models import factory
 from asign_jax.preprocess.patches import crop_patches
 from asign_jax.registration.preprocess import load_section
+from asign_jax.training import pools
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -386,6 +388,39 @@ def test_checkpoint_is_loaded_and_fine_tuned(block):
     with pytest.raises(DataError, match="written from other inputs"):
         impute_block(block["manifest"], block["out"], block["config"], thickness_um=9.0,
                      extractor=ColourFeatures(), progress=False)
+
+
+def test_block_above_max_graph_nodes_trains_and_imputes_in_tiles(block, tmp_path):
+    """impute goes through train's pool (tiled above train.max_graph_nodes, model inputs
+    attached) and tiled evaluation: the tiled prediction equals the one-graph prediction for the
+    same params; a model whose per-sample inputs tiles cannot carry is refused in one line."""
+    from asign_jax import pipeline
+
+    config = pipeline.validated(block["config"])
+    work = block["out"] / "work"
+    genes, graphs, _ = pipeline.read_inputs(config, work)
+    n_spots = int(np.asarray(graphs["A"].spot.n_node)[0])
+    net, loss_fn = factory.build(config, len(genes))
+    fold = block_model.block_fold("A", [], {"A": 3}, config, measured=[1])
+    whole = pools.fold_pool(config, net, graphs, fold, work)
+    params, _ = block_model.restore(config, net, whole,
+                                    block_model.find_checkpoint(block["out"]).fold_dir)
+    one = block_model.predict(config, net, params, graphs["A"], whole)
+    tiled_cfg = config.copy_and_resolve_references()
+    tiled_cfg.train.max_graph_nodes = n_spots - 1     # 56 spots: 4 tiles (1-hop halo)
+    tiled_cfg.train.steps = 1
+    pool, fitted, _ = block_model.fit(tiled_cfg, net, loss_fn, graphs, fold, tmp_path,
+                                      progress=False)
+    assert pool.tiled and not whole.tiled and len(pool) > 1
+    tiled = block_model.predict(tiled_cfg, net, params, pool=pool, graph=graphs["A"])
+    assert set(tiled) == set(one) == {"prediction", "network", "propagation"}
+    for k in one:
+        np.testing.assert_allclose(tiled[k], one[k], rtol=1e-5, atol=1e-5)
+    base = tiled_cfg.copy_and_resolve_references()
+    base.model.name = "stnet"
+    stnet, _ = factory.build(base, len(genes))
+    with pytest.raises(ConfigError, match="spatial tiles do not carry"):
+        pools.fold_pool(base, stnet, graphs, fold, work)
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """The model that imputes a block: trained on the block, or a checkpoint of ``asign_jax.train``.
 
-Training uses the project's own code path (``training.batches.build_pool`` +
-``training.loop.train_fold``, as ``pipeline.train_and_evaluate``): the block enters the fold
+Training and prediction use the project's own code path, as ``pipeline.train_and_evaluate``:
+``training.pools.fold_pool`` (the pool tiled above ``train.max_graph_nodes``, the model's own
+inputs attached), ``training.loop.train_fold``, and ``training.pools.eval_fns`` (a block above
+``train.max_graph_nodes`` is imputed tile by tile, the same result as one graph). The block enters the fold
 next to the ``--train_with`` samples; image-only sections have ``label_mask`` False from the
 graph on, so nothing of theirs can be trained on. A block with ONE measured section enters as
 cross-validation's held-out sample does, its measured section the known layer, so the
@@ -32,12 +34,11 @@ import numpy as np
 from asign_jax import pipeline
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.evaluation import selection
-from asign_jax.evaluation.scoring import MODEL_OUTPUTS
-from asign_jax.training import batches, checkpoint
+from asign_jax.evaluation.scoring import model_outputs
+from asign_jax.training import batches, checkpoint, pools
 from asign_jax.training.folds import Fold
 from asign_jax.training.loop import train_fold
 from asign_jax.training.state import create_train_state
-from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +143,15 @@ def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
     """Trains (or fine-tunes from ``init_params``) on the fold; returns (pool, params, step):
     the validation-selected params and step when the fold has a validation role."""
     selection.check_config(config, fold.has_validation)
-    pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+    pool = pools.fold_pool(config, model, graphs, fold, workdir)
     ckpt = pipeline.fold_dir(workdir, fold)
     if init_params is not None:
         seed_finetune(config, model, pool, init_params, ckpt)
     logger.info("%s for %d steps; checkpoints in %s", fold.describe() if fold.has_validation
                 else f"training on {', '.join(fold.train_samples + fold.test_samples)} (no "
                 "validation role: nothing is selected)", int(config.train.steps), ckpt)
-    validator = (selection.Validator(config, fold, graphs, model, pool.pad)
+    validator = (selection.Validator(config, fold, graphs, model, pool.pad,
+                                     wrap_eval=pools.tiled_wrap(config, pool))
                  if fold.has_validation else None)
     state = train_fold(config, model, loss_fn, pool, fold.index, ckpt,
                        Path(workdir) / "metrics.jsonl", progress=progress, validate=validator)
@@ -158,13 +160,24 @@ def fit(config, model, loss_fn, graphs: dict, fold: Fold, workdir: Path, *,
     return pool, params, int(state.step) if kept is None else kept["step"]
 
 
-def predict(model, params, graph, pad_fn) -> dict:
-    """{"asign", "asign_model", "asign_propagation"}: (N, G) float32 for every spot of the
-    block, with every measured spot known to the CLI (its value is kept)."""
+OUTPUT_LAYERS = {"asign_model": "network", "asign_propagation": "propagation"}
+"""ASIGN's two halves, written as layers of the volume beside the prediction."""
+
+
+def predict(config, model, params, graph, pool) -> dict:
+    """{"prediction": (N, G) float32} for every spot of the block (for ASIGN also "network"
+    and "propagation", its eq.-6 halves), with every measured spot known to the CLI (its value
+    is kept). Runs the model of ``config.model.name`` through the pool's eval functions
+    (``pools.eval_fns``): padded, or tile by tile above ``train.max_graph_nodes``."""
     masked = batches.mask_sample(graph, "train")             # labels: measured sections only
     spot = masked.spot
     nodes = {**spot.nodes, "known": np.asarray(spot.nodes["label_mask"], bool).copy()}
     masked = masked.replace_graphs({"spot": spot._replace(nodes=nodes)})
-    out = make_eval_fn(model)(params, pad_fn(masked))
+    eval_fn, pad_fn = pools.eval_fns(config, model, params, pool)
+    out = eval_fn(pad_fn(masked))
     n = int(np.asarray(graph.spot.n_node)[0])
-    return {m: np.asarray(out[k], np.float32)[:n] for m, k in MODEL_OUTPUTS.items()}
+    name = str(config.model.name)
+    preds = {}
+    for method, key in model_outputs(name).items():
+        preds[OUTPUT_LAYERS.get(method, "prediction")] = np.asarray(out[key], np.float32)[:n]
+    return preds

@@ -36,7 +36,7 @@ from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.prepare import check_data_config, prepare_samples
 from asign_jax.registration.stack import register_sample
 from asign_jax.runfolder import REUSE, RunFolder, capturing_warnings, stage_fields
-from asign_jax.training import batches
+from asign_jax.training import pools
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
         else:
             rf.start(fold.name, stage_cfg, stage_in, state)
     if ckpt is not None:
-        pool = batches.build_pool(graphs, fold, seed=int(config.seed))
+        pool = pools.fold_pool(config, net, graphs, fold, work)
         params, step = block_model.restore(config, net, pool, ckpt.fold_dir)
         logger.info("model: %s (step %d)", ckpt.fold_dir, step)
         if finetune:
@@ -268,7 +268,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
                                              progress=progress)
     if trains and state != REUSE:
         rf.finish(fold.name, files=rec.files, warnings=warnings)
-    preds = block_model.predict(net, params, graphs[manifest.sample_id], pool.pad)
+    preds = block_model.predict(config, net, params, graphs[manifest.sample_id], pool)
     times["model"] = time.perf_counter() - t
     model_info = {"checkpoint": str(ckpt.fold_dir if ckpt and not finetune
                                     else work / "checkpoints" / fold.name),

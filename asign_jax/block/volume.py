@@ -91,15 +91,15 @@ def _qc_uns(qc: dict) -> dict:
 def volume_adata(spots: BlockSpots, preds: dict, genes, section_names, z: Sequence[float],
                  uns: dict):
     """The ``volume.h5ad`` AnnData (module docstring); X keeps measured values exactly."""
-    x = np.where(spots.is_measured[:, None], spots.measured, preds["asign"])
+    x = np.where(spots.is_measured[:, None], spots.measured, preds["prediction"])
     zz = np.asarray(z, np.float64)[spots.layer]
     adata = spatial_data.make_adata(
         x, genes, section_names, spots.layer, spots.spot_id, spots.pixel_xy,
         np.column_stack([spots.xy, zz]),
         columns={"z": zz, "measured": spots.is_measured, "origin": spots.origin,
                  "array_x": spots.array_xy[:, 0], "array_y": spots.array_xy[:, 1]},
-        layers={"measured": spots.measured, "network": preds["asign_model"],
-                "propagation": preds["asign_propagation"]})
+        layers={"measured": spots.measured,
+                **{k: v for k, v in preds.items() if k != "prediction"}})
     adata.obs["spot_id"] = spatial_data.str_column(
         np.where(spots.origin == "virtual", "virtual", spots.spot_id), adata.obs_names)
     adata.uns.update(uns)
