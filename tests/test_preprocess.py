@@ -278,7 +278,7 @@ def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
 
     seen = {}
 
-    def load_samples(config):
+    def load_samples(config, dropped=None):
         seen["root"] = config.data.root
         return fake_samples(tmp_path)
 

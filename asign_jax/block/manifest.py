@@ -128,7 +128,10 @@ def _check_image(path: Path, where: str) -> None:
     from PIL import Image, UnidentifiedImageError
 
     if not slide.is_plain(path):            # a slide: its header through the slide reader
-        s = slide.open_slide(path)
+        try:
+            s = slide.open_slide(path)
+        except DataError as e:
+            raise DataError(f"{where}: image {path} cannot be read ({e})") from e
         s.close()
         return
     Image.MAX_IMAGE_PIXELS = None
