@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from asign_jax import atomic
+from asign_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +50,15 @@ def load_cache(path: Path, n: int, r: int, q: int) -> Optional[dict]:
 
 def save_cache(path: Path, arrays: dict) -> None:
     atomic.write_npz(path, **arrays)
+
+
+def section_inputs(section_name: str, image, spot_xy, region_origin, global_origin) -> tuple:
+    """The checked arguments of a ``section_features``: (spot_xy (N, 2) float64,
+    region_origin (R, 2) int64, global_origin (Q, 2) int64); the image must be (H, W, 3) uint8."""
+    spot_xy = np.asarray(spot_xy, np.float64).reshape(-1, 2)
+    region_origin = np.asarray(region_origin, np.int64).reshape(-1, 2)
+    global_origin = np.asarray(global_origin, np.int64).reshape(-1, 2)
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(f"section {section_name!r}: image must be (H, W, 3) uint8, got "
+                        f"{None if image is None else (image.shape, image.dtype)}")
+    return spot_xy, region_origin, global_origin

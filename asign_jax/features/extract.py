@@ -40,6 +40,7 @@ from asign_jax.features.cache import coords_hash as _coords_hash
 from asign_jax.features.cache import load_cache as _load_cache
 from asign_jax.features.cache import safe_name as _safe_name
 from asign_jax.features.cache import save_cache as _save_cache
+from asign_jax.features.cache import section_inputs
 from asign_jax.features.embeddings import EmbeddingsReader
 from asign_jax.features.histology import HistologyExtractor
 from asign_jax.features.patch_features import PatchFeatureReader
@@ -65,6 +66,18 @@ def _forward(model, variables, images, grid):
 # one jit shared by all extractors: a second extractor (another seed or weights file)
 # reuses the compiled executables of the same model, batch and input size
 _forward_jit = jax.jit(_forward, static_argnums=(0, 3))
+
+
+def _encoder_settings(features_cfg) -> tuple:
+    """(batch size, compute dtype, token grid side) of a network encoder, checked."""
+    batch_size = int(features_cfg.batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"features.batch_size={batch_size} must be >= 1")
+    try:
+        dtype = jnp.dtype(features_cfg.dtype)
+    except TypeError as e:
+        raise ConfigError(f"features.dtype={features_cfg.dtype!r} is not a dtype") from e
+    return batch_size, dtype, int(features_cfg.token_grid)
 
 
 def feature_map_size(input_size: int) -> int:
@@ -106,14 +119,7 @@ class FeatureExtractor:
         if features_cfg.encoder != "resnet50" and not _encoder_ok:
             raise ConfigError(f"features.encoder={features_cfg.encoder!r}: FeatureExtractor "
                               "handles 'resnet50' (use make_extractor for 'embeddings')")
-        self.batch_size = int(features_cfg.batch_size)
-        if self.batch_size < 1:
-            raise ConfigError(f"features.batch_size={self.batch_size} must be >= 1")
-        try:
-            dtype = jnp.dtype(features_cfg.dtype)
-        except TypeError as e:
-            raise ConfigError(f"features.dtype={features_cfg.dtype!r} is not a dtype") from e
-        self.token_grid = int(features_cfg.token_grid)
+        self.batch_size, dtype, self.token_grid = _encoder_settings(features_cfg)
         self.model = ResNet50(dtype=dtype)
         weights = str(features_cfg.weights or "")
         self._weights_id = "fixed-seed"
@@ -230,12 +236,8 @@ class FeatureExtractor:
           spot_ids: unused here (the embeddings reader matches spots by id).
         """
         del spot_ids
-        spot_xy = np.asarray(spot_xy, np.float64).reshape(-1, 2)
-        region_origin = np.asarray(region_origin, np.int64).reshape(-1, 2)
-        global_origin = np.asarray(global_origin, np.int64).reshape(-1, 2)
-        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DataError(f"section {section_name!r}: image must be (H, W, 3) uint8, got "
-                            f"{None if image is None else (image.shape, image.dtype)}")
+        spot_xy, region_origin, global_origin = section_inputs(section_name, image, spot_xy,
+                                                               region_origin, global_origin)
         cache_path = None
         if cache_dir is not None:
             key = self.cache_key(section_name, image, spot_xy, region_origin,
@@ -333,14 +335,7 @@ class ViTExtractor(FeatureExtractor):
     def __init__(self, features_cfg, variables: Optional[dict] = None,
                  arch: Optional[ViTArch] = None):
         self.cfg = features_cfg
-        self.batch_size = int(features_cfg.batch_size)
-        if self.batch_size < 1:
-            raise ConfigError(f"features.batch_size={self.batch_size} must be >= 1")
-        try:
-            dtype = jnp.dtype(features_cfg.dtype)
-        except TypeError as e:
-            raise ConfigError(f"features.dtype={features_cfg.dtype!r} is not a dtype") from e
-        self.token_grid = int(features_cfg.token_grid)
+        self.batch_size, dtype, self.token_grid = _encoder_settings(features_cfg)
         self.arch_name = str(features_cfg.arch)
         self.arch = arch if arch is not None else get_arch(self.arch_name)
         self.feature_dim = self.arch.feature_dim

@@ -47,7 +47,8 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.cache import coords_hash, load_cache, safe_name, save_cache
+from asign_jax.features.cache import (coords_hash, load_cache, safe_name, save_cache,
+                                      section_inputs)
 
 logger = logging.getLogger(__name__)
 
@@ -517,12 +518,8 @@ class HistologyExtractor:
         """Same arguments and outputs as ``FeatureExtractor.section_features`` with
         D = ``HISTOLOGY_DIM``; tokens are the descriptors of the token_grid² sub-windows."""
         del spot_ids
-        spot_xy = np.asarray(spot_xy, np.float64).reshape(-1, 2)
-        region_origin = np.asarray(region_origin, np.int64).reshape(-1, 2)
-        global_origin = np.asarray(global_origin, np.int64).reshape(-1, 2)
-        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DataError(f"section {section_name!r}: image must be (H, W, 3) uint8, got "
-                            f"{None if image is None else (image.shape, image.dtype)}")
+        spot_xy, region_origin, global_origin = section_inputs(section_name, image, spot_xy,
+                                                               region_origin, global_origin)
         cache_path = None
         if cache_dir is not None:
             key = self.cache_key(section_name, image, spot_xy, region_origin, global_origin,
