@@ -444,10 +444,8 @@ def _finish(config, rf: RunFolder, scores: list[dict], genes: list, builds: dict
     val = [s["val"][0] for s in scores if "val" in s]
     agg = reports.write_reports(workdir, [r for r, _ in test], [pg for _, pg in test], genes,
                                 val_results=val, method=method, n_params=n_params,
-                                provenance=provenance.record(workdir, config))
-    metrics = json.loads((workdir / "metrics.json").read_text())
-    metrics["warnings"] = list(warnings)
-    atomic.write_json(workdir / "metrics.json", metrics)
+                                provenance=provenance.record(workdir, config),
+                                run_warnings=warnings)
     rf.finish("reports")
     if warnings:
         print(f"\n{len(warnings)} warning(s), also in metrics.json:")

@@ -363,3 +363,19 @@ def test_augment_deterministic_dihedral_permutation():
     assert not np.array_equal(np.asarray(f(jax.random.PRNGKey(4), x)), np.asarray(a))
     with pytest.raises(ValueError, match="square"):
         augment(jax.random.PRNGKey(0), jnp.zeros((1, 4, 6, 3)))
+
+
+def test_input_files_are_the_weights_an_encoder_reads(tmp_path):
+    """The run folder fingerprints the weight file of every encoder that reads one (the
+    concatenated encoder too), and none of an encoder that does not."""
+    from asign_jax.config import base_config
+    from asign_jax.features.extract import input_files
+
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"x")
+    f = base_config().features
+    f.weights = str(w)
+    for enc, want in (("resnet50", [w]), ("resnet50+histology", [w]), ("vit", [w]),
+                      ("histology", [])):
+        f.encoder = enc
+        assert input_files(f) == want, enc

@@ -30,6 +30,7 @@ from asign_jax.block.manifest import load_manifest
 from asign_jax.data import validate
 from asign_jax.data.section import Sample
 from asign_jax.errors import ConfigError, DataError
+from asign_jax.features.extract import input_files
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.genes import select_genes
@@ -164,10 +165,11 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
           f"({', '.join(e.name + ('*' if e.measured else '') for e in entries)}; * = with ST)")
     measured, lattices = {}, {}
     with rf.recording() as rec:
-        for f in [manifest_path, manifest.config, *[e.image for e in entries], *given.values(),
-                  config.features.weights, config.features.embeddings]:
+        for f in [manifest_path, manifest.config, *[e.image for e in entries], *given.values()]:
             if f:
                 rec.add(Path(f).expanduser())
+        for f in input_files(config.features):       # read by the feature extractor
+            rec.add(f)
         for l, e in enumerate(entries):
             if e.measured:
                 measured[l], lattices[e.name] = sources.read_measured(e, config.data)

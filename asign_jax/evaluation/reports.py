@@ -109,7 +109,8 @@ def summary_table(agg: dict) -> str:
 def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: Sequence[dict],
                   genes: Sequence[str], val_results: Sequence[dict] = (),
                   method: str = "asign", n_params: Optional[int] = None,
-                  provenance: Optional[dict] = None) -> dict:
+                  provenance: Optional[dict] = None,
+                  run_warnings: Optional[Sequence[str]] = None) -> dict:
     """metrics.json, per_gene_pcc.csv and plots/pcc_sections.png; returns the test aggregate.
 
     metrics.json: the test block ("method", "folds", "mean"/"std" of the model ``method``,
@@ -117,7 +118,8 @@ def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: S
     = the oracle, "n_params") and, when the folds have a validation role, a "validation" block
     ("folds" with each fold's selection record, "methods") beside it: the only scores any
     selection read. The test block is scored once, with the selected params. ``provenance``
-    (``asign_jax.provenance.record``: commit, command, config.json) is stored as given.
+    (``asign_jax.provenance.record``: commit, command, config.json) and ``run_warnings`` (the
+    WARNING lines of the run, "warnings") are stored as given.
     """
     workdir = Path(workdir)
     agg = aggregate(fold_results)
@@ -133,6 +135,8 @@ def write_reports(workdir: Path, fold_results: Sequence[dict], per_gene_folds: S
         metrics["n_params"] = int(n_params)
     if provenance is not None:
         metrics["provenance"] = provenance
+    if run_warnings is not None:
+        metrics["warnings"] = list(run_warnings)
     if val_results:
         vagg = aggregate(val_results)
         metrics["validation"] = {"folds": list(val_results), "methods": vagg}

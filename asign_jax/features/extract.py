@@ -401,7 +401,7 @@ def input_files(features_cfg) -> list[Path]:
     """The files the features are read from (weights, embeddings or patch-feature files), for
     the run folder's check that a reused ``prepare`` stage was made from the same bytes."""
     enc = features_cfg.encoder
-    if enc in ("resnet50", "vit") and features_cfg.weights:
+    if enc in ("resnet50", "resnet50+histology", "vit") and features_cfg.weights:
         paths = [Path(features_cfg.weights)]
     elif enc == "embeddings" and features_cfg.embeddings:
         paths = [Path(features_cfg.embeddings)]
