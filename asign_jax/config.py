@@ -134,60 +134,49 @@ def base_config() -> ml_collections.ConfigDict:
     g.global_k_intra = 8
     g.global_k_cross = 2
 
-    # ---- model ---------------------------------------------------------------------------
+    # ---- models: one block per model (models/factory.py MODELS names each model's block) -----
+    # A model is built from its own block (plus the shared ``backbone``) and a fold's
+    # fingerprint reads only model.name, model.backbone.mode and that block, so changing
+    # model.triplex.depth never invalidates an ASIGN fold.
     c.model = m = ml_collections.ConfigDict()
     m.name = "asign"             # asign | asign2d | stnet | egn | histogene | bleep | his2st |
                                  # triplex (asign_jax.models.factory.MODELS)
-    m.hidden = 256
-    m.heads = 4
-    m.gat_layers = 3
-    m.transformer_mlp_ratio = 2
-    m.dropout = 0.1
-    m.use_cross_attention = True
-    m.use_gat = True
-    m.use_cli = True
-    m.cli_iterations = 10
-    m.cli_node_alpha = "learned" # learned: alpha_j = sigmoid(Dense(h_j)) | fixed: alpha_j = 1
-    m.cli_start = "model"        # model: unknown nodes start the propagation at p_s (the paper) |
+    # The spot encoder of the baselines (models/blocks.py SpotEncoder).
+    m.backbone = ml_collections.ConfigDict()
+    m.backbone.mode = "cached"   # cached: frozen cached features / token grids (CPU default);
+                                 # train: the spot ResNet-50 trained end to end (GPU)
+    m.backbone.token_grid = f.get_ref("token_grid")   # train mode: token grid of the spot map
+    m.backbone.weights = f.get_ref("weights")         # train mode: starting weights
+    m.backbone.init_seed = f.get_ref("init_seed")
+
+    # ASIGN (models/asign.py; also asign2d). configs/her2st.py applies ASIGN_HER2ST below.
+    m.asign = a = ml_collections.ConfigDict()
+    a.hidden = 256
+    a.heads = 4
+    a.gat_layers = 3
+    a.transformer_mlp_ratio = 2
+    a.dropout = 0.1
+    a.use_cross_attention = True
+    a.use_gat = True
+    a.use_cli = True
+    a.cli_iterations = 10
+    a.cli_node_alpha = "learned" # learned: alpha_j = sigmoid(Dense(h_j)) | fixed: alpha_j = 1
+    a.cli_start = "model"        # model: unknown nodes start the propagation at p_s (the paper) |
                                  # known_mean: at the known spots' mean (p_s enters by eq. 6 only)
-    m.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
+    a.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
                                  # validation (per gene, least squares on the validation role)
-    m.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
-    m.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
+    a.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
+    a.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
                                  # feature, W initialised at the training labels' ridge fit
-    m.cross_layer_edges = True   # False: the GAT ignores cross-layer edges (2D graph; asign2d)
-    m.remat = False              # True: recompute each graph layer's activations in the backward
+    a.skip_fit = "all"           # labels of that ridge fit: all usable ones | held_out (only the
+                                 # known layers of held-out samples: no other patient's levels)
+    a.skip_lr_multiplier = 0.0   # learning-rate factor of image_skip (0 = kept at its ridge fit)
+    a.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
+    a.cross_layer_edges = True   # False: the GAT ignores cross-layer edges (2D graph; asign2d)
+    a.remat = False              # True: recompute each graph layer's activations in the backward
                                  # pass (jax.checkpoint) instead of keeping them: less memory per
                                  # node (large tiles), more time per step; same numbers
-    # The paper's baselines (models/<name>.py). Sizes below are the originals' (baselines.md);
-    # configs/<dataset>.py shrink them for a CPU and say so.
-    m.backbone = "cached"        # cached: frozen cached features / token grids (CPU default);
-                                 # train: the spot ResNet-50 trained end to end (GPU)
-    m.backbone_token_grid = f.get_ref("token_grid")   # train mode: token grid of the spot map
-    m.backbone_weights = f.get_ref("weights")         # train mode: starting weights
-    m.backbone_init_seed = f.get_ref("init_seed")
-    m.stnet = ml_collections.ConfigDict({"dropout": 0.0})
-    m.egn = ml_collections.ConfigDict({       # TRIPLEX-copy defaults; App. E: 8 exemplars
-        "dim": 1024, "depth": 16, "heads": 16, "head_dim": 64, "mlp_dim": 2048,
-        "bhead": 16, "bdim": 128, "bfre": 2, "player": 2, "n_exemplars": 8, "dropout": 0.0})
-    m.histogene = ml_collections.ConfigDict({  # tutorial / paper runs: 8 layers
-        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 2048, "n_pos": 64,
-        "dropout": 0.1})
-    m.bleep = ml_collections.ConfigDict({      # App. E: average of the top 50
-        "projection_dim": 256, "dropout": 0.1, "top_k": 50, "aggregate": "mean",
-        "temperature": 1.0})
-    m.his2st = ml_collections.ConfigDict({     # tag 5-7-2-8-4-16-32, dim 16*16*4 = 1024
-        "mixer_channels": 32, "mixer_depth": 2, "mixer_kernel": 5, "mixer_out": 4,
-        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 1024, "n_pos": 64,
-        "gnn_layers": 4, "grid_k": 4, "grid_max_dist": 2.0, "dropout": 0.2, "bake_passes": 5})
-    m.triplex = ml_collections.ConfigDict({    # CVPR-era BC1 (her2st) configuration
-        "emb_dim": 512, "depth_fusion": 1, "depth_global": 5, "depth_neighbor": 4,
-        "heads_fusion": 4, "heads_global": 8, "heads_neighbor": 4, "mlp_ratio_fusion": 4.0,
-        "mlp_ratio_global": 4.0, "mlp_ratio_neighbor": 4.0, "dropout_fusion": 0.4,
-        "dropout_global": 0.3, "dropout_neighbor": 0.3, "window": 5})
-
-    # ---- loss (paper eq. 7-9) ------------------------------------------------------------
-    c.loss = lo = ml_collections.ConfigDict()
+    a.loss = lo = ml_collections.ConfigDict()   # the hybrid loss, paper eq. 7-9
     lo.lambda_s = 0.75
     lo.lambda_r = 0.5
     lo.lambda_g = 0.5
@@ -197,11 +186,33 @@ def base_config() -> ml_collections.ConfigDict:
     lo.gamma_2 = 1.0
     lo.consistency_spots = "all" # all | labelled: spots used by the label-free L_c terms
     lo.spot_supervision = "both" # model (p_s) | final (p'_s) | both: what the spot MSE + PCC see
-    lo.egn_pcc = 0.5             # EGN: MSE + 0.5 (1 - PCC)
-    lo.bleep_temperature = 1.0   # BLEEP's contrastive temperature
-    lo.his2st_zinb = 0.25        # His2ST: MSE + 0.25 ZINB + 0.5 bake
-    lo.his2st_bake = 0.5
-    lo.triplex_alpha = 0.3       # TRIPLEX: fusion MSE + 3 x (0.7 supervised + 0.3 distillation)
+
+    # The paper's baselines (models/<name>.py). Sizes below are the originals' (baselines.md);
+    # configs/<dataset>.py shrink them for a CPU (cpu_baselines) and say so. Each has its loss
+    # weights in its own ``loss`` block.
+    m.stnet = ml_collections.ConfigDict({"dropout": 0.0, "loss": {}})
+    m.egn = ml_collections.ConfigDict({       # TRIPLEX-copy defaults; App. E: 8 exemplars
+        "dim": 1024, "depth": 16, "heads": 16, "head_dim": 64, "mlp_dim": 2048,
+        "bhead": 16, "bdim": 128, "bfre": 2, "player": 2, "n_exemplars": 8, "dropout": 0.0,
+        "loss": {"pcc": 0.5}})                 # MSE + 0.5 (1 - PCC)
+    m.histogene = ml_collections.ConfigDict({  # tutorial / paper runs: 8 layers
+        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 2048, "n_pos": 64,
+        "dropout": 0.1, "loss": {}})
+    m.bleep = ml_collections.ConfigDict({      # App. E: average of the top 50
+        "projection_dim": 256, "dropout": 0.1, "top_k": 50, "aggregate": "mean",
+        "temperature": 1.0,
+        "loss": {"temperature": 1.0}})         # the contrastive loss's temperature
+    m.his2st = ml_collections.ConfigDict({     # tag 5-7-2-8-4-16-32, dim 16*16*4 = 1024
+        "mixer_channels": 32, "mixer_depth": 2, "mixer_kernel": 5, "mixer_out": 4,
+        "dim": 1024, "depth": 8, "heads": 16, "head_dim": 64, "mlp_dim": 1024, "n_pos": 64,
+        "gnn_layers": 4, "grid_k": 4, "grid_max_dist": 2.0, "dropout": 0.2, "bake_passes": 5,
+        "loss": {"zinb": 0.25, "bake": 0.5}})  # MSE + 0.25 ZINB + 0.5 bake
+    m.triplex = ml_collections.ConfigDict({    # CVPR-era BC1 (her2st) configuration
+        "emb_dim": 512, "depth_fusion": 1, "depth_global": 5, "depth_neighbor": 4,
+        "heads_fusion": 4, "heads_global": 8, "heads_neighbor": 4, "mlp_ratio_fusion": 4.0,
+        "mlp_ratio_global": 4.0, "mlp_ratio_neighbor": 4.0, "dropout_fusion": 0.4,
+        "dropout_global": 0.3, "dropout_neighbor": 0.3, "window": 5,
+        "loss": {"alpha": 0.3}})               # fusion MSE + 3 x (0.7 supervised + 0.3 distill.)
 
     # ---- training ------------------------------------------------------------------------
     c.train = t = ml_collections.ConfigDict()
@@ -224,11 +235,6 @@ def base_config() -> ml_collections.ConfigDict:
     t.rotate_known_layer = False # evaluate every layer as the known one
     t.known_fraction = 0.2       # fraction of labelled spots marked known per training step
     t.known_mode = "fraction"    # fraction | layer (one whole labelled layer known per step)
-    t.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
-    t.skip_lr_multiplier = 0.0   # learning-rate factor of model.image_skip (0 = kept at its
-                                 # ridge initialisation)
-    t.skip_fit = "all"           # labels of that ridge fit: all usable ones | held_out (only the
-                                 # known layers of held-out samples: no other patient's levels)
     t.feature_norm = "sample"    # sample | none: per-sample z-scoring of the image features
     t.init_output_bias = True    # start each regression head's bias at the training label mean
     t.optimizer = "sgd"          # sgd | adam
@@ -241,7 +247,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.max_graph_nodes = 60000    # a sample with more spots trains (and is imputed) in spatial
                                  # tiles of at most this many spots (training/subgraph.py);
                                  # 0 = always the full graph
-    t.subgraph_halo = -1         # training tiles' halo in hops (-1 = model.gat_layers)
+    t.subgraph_halo = -1         # training tiles' halo in hops (-1 = model.asign.gat_layers)
     t.log_every = 50
     t.checkpoint_every = 200
     t.eval_genes = ("ERBB2",)    # genes drawn in the true-vs-predicted maps
@@ -264,6 +270,31 @@ def base_config() -> ml_collections.ConfigDict:
                                  # spots (App. E: 20 = 8 + 12, ASIGN's reference budget)
 
     return c
+
+
+ASIGN_ONE_LAYER = {
+    "blend": "validation",       # eq. 6 alpha per gene by least squares on the validation role
+    "cli_node_alpha": "fixed",   # alpha_j = 1: with one labelled layer per 3D sample nothing
+                                 # can teach the propagation a per-node trust
+    "spot_offset": "known",      # the network predicts deviations from the known spots' mean
+    "image_skip": True,          # ... plus a linear image path at a ridge fit
+    "skip_fit": "held_out",      # that ridge fit on the held-out sample's known layer alone
+    "cli_start": "known_mean",   # p_i is the parameter-free propagation; the network enters
+                                 # p'_s through the eq.-6 blend only
+}
+"""ASIGN's preset for a block with ONE labelled layer (HER2ST patient C; configs/her2st.py):
+the choices the training samples cannot teach, each read on HER2ST's validation blocks with
+experiments/sweep.py and graph_choice.py (docs/validation.md); ``model.asign.update(
+ASIGN_ONE_LAYER)``. The paper's defaults are ``base_config().model.asign``."""
+
+MODEL_BLOCKS = {"asign2d": "asign"}
+"""The config block a model reads when it is not ``model.<name>`` (ASIGN2D is ASIGN on a 2D
+graph, so it reads ASIGN's block)."""
+
+
+def block_name(model_name: str) -> str:
+    """The ``model.<block>`` that the model ``model_name`` reads (``models.factory``)."""
+    return MODEL_BLOCKS.get(model_name, model_name)
 
 
 def cpu_baselines(c: ml_collections.ConfigDict, dim: int, depth: int = 2, heads: int = 4
@@ -297,21 +328,21 @@ CHOICES = {
     "registration.robust": ("magsac", "ransac"),
     "registration.ants_transform": ("Affine", "Rigid", "SyN", "none"),
     "registration.ants_metric": ("mattes", "GC", "meansquares"),
-    "loss.consistency_spots": ("all", "labelled"),
-    "loss.spot_supervision": ("model", "final", "both"),
+    "model.asign.loss.consistency_spots": ("all", "labelled"),
+    "model.asign.loss.spot_supervision": ("model", "final", "both"),
     "train.known_mode": ("fraction", "layer"),
     "train.val_block_unit": ("px", "global_tile"),
     "train.val_block_edges": ("keep", "cut"),
     "train.feature_norm": ("sample", "none"),
     "train.optimizer": ("sgd", "adam"),
     "train.select": ("last", "pcc_gene", "mse"),
-    "train.skip_fit": ("all", "held_out"),
+    "model.asign.skip_fit": ("all", "held_out"),
     "graph.cross_mode": ("paper", "calibrated"),
-    "model.blend": ("learned", "validation"),
-    "model.cli_node_alpha": ("learned", "fixed"),
-    "model.cli_start": ("model", "known_mean"),
-    "model.spot_offset": ("none", "known"),
-    "model.backbone": ("cached", "train"),
+    "model.asign.blend": ("learned", "validation"),
+    "model.asign.cli_node_alpha": ("learned", "fixed"),
+    "model.asign.cli_start": ("model", "known_mean"),
+    "model.asign.spot_offset": ("none", "known"),
+    "model.backbone.mode": ("cached", "train"),
 }
 """Fields with a fixed set of values (``model.name`` is checked against the model factory)."""
 
@@ -327,8 +358,8 @@ POSITIVE = (
     "registration.reproj_threshold", "registration.max_keypoints",
     "graph.k_intra", "graph.spot_radius", "graph.cosine_all_max_nodes", "graph.cosine_radius",
     "graph.region_k_intra", "graph.global_k_intra",
-    "model.hidden", "model.heads", "model.transformer_mlp_ratio",
-    "train.learning_rate", "train.cli_lr_multiplier", "train.steps", "train.samples_per_step",
+    "model.asign.hidden", "model.asign.heads", "model.asign.transformer_mlp_ratio",
+    "train.learning_rate", "model.asign.cli_lr_multiplier", "train.steps", "train.samples_per_step",
     "train.log_every", "train.checkpoint_every",
 )
 """Fields that must be > 0."""
@@ -336,13 +367,13 @@ POSITIVE = (
 NON_NEGATIVE = (
     "synthetic.max_rotation_deg", "synthetic.max_translation_px", "synthetic.max_scale",
     "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
-    "features.patch_size_level0", "graph.global_k_cross", "model.gat_layers", "model.cli_iterations",
-    "loss.lambda_s", "loss.lambda_r", "loss.lambda_g", "loss.lambda_1", "loss.lambda_2",
-    "loss.gamma_1", "loss.gamma_2", "train.weight_decay", "data.slide_um_per_px",
+    "features.patch_size_level0", "graph.global_k_cross", "model.asign.gat_layers", "model.asign.cli_iterations",
+    "model.asign.loss.lambda_s", "model.asign.loss.lambda_r", "model.asign.loss.lambda_g", "model.asign.loss.lambda_1", "model.asign.loss.lambda_2",
+    "model.asign.loss.gamma_1", "model.asign.loss.gamma_2", "train.weight_decay", "data.slide_um_per_px",
 )
 """Fields that must be >= 0."""
 
-FRACTIONS = ("registration.ratio", "model.dropout", "train.known_fraction", "train.momentum",
+FRACTIONS = ("registration.ratio", "model.asign.dropout", "train.known_fraction", "train.momentum",
              "train.final_lr_fraction")
 """Fields that must lie in [0, 1]."""
 
@@ -352,16 +383,16 @@ FRACTIONS = ("registration.ratio", "model.dropout", "train.known_fraction", "tra
 POSITIVE += (
     "graph.cross_radius", "train.val_block_px", "evaluation.similarity_k",
     "synthetic.embedding_region_size", "synthetic.embedding_global_size",
-    "model.backbone_token_grid", "loss.bleep_temperature",
+    "model.backbone.token_grid", "model.bleep.loss.temperature",
 )
 NON_NEGATIVE += (
     "seed", "graph.sim_weight", "synthetic.n_val_samples", "synthetic.embedding_dim",
-    "train.inner_val", "train.val_every", "train.max_graph_nodes", "train.skip_lr_multiplier",
-    "model.backbone_init_seed", "data.spot_pitch_px", "loss.egn_pcc", "loss.his2st_zinb",
-    "loss.his2st_bake",
+    "train.inner_val", "train.val_every", "train.max_graph_nodes", "model.asign.skip_lr_multiplier",
+    "model.backbone.init_seed", "data.spot_pitch_px", "model.egn.loss.pcc", "model.his2st.loss.zinb",
+    "model.his2st.loss.bake",
 )
 FRACTIONS += ("graph.expand_min_sim", "train.val_known_fraction", "impute.min_dice",
-              "impute.max_spots_off_tissue", "loss.triplex_alpha")
+              "impute.max_spots_off_tissue", "model.triplex.loss.alpha")
 INTEGERS = (
     "seed", "data.n_genes", "data.spot_size", "data.region_size", "data.global_size",
     "data.min_section_spots", "synthetic.n_samples", "synthetic.n_val_samples",
@@ -370,8 +401,8 @@ INTEGERS = (
     "features.global_input", "features.token_grid", "features.batch_size",
     "registration.long_side", "registration.min_inliers", "registration.max_keypoints",
     "graph.k_intra", "graph.k_cross", "graph.cosine_all_max_nodes", "graph.region_k_intra",
-    "graph.region_k_cross", "graph.global_k_intra", "graph.global_k_cross", "model.hidden",
-    "model.heads", "model.gat_layers", "model.cli_iterations", "evaluation.similarity_k",
+    "graph.region_k_cross", "graph.global_k_intra", "graph.global_k_cross", "model.asign.hidden",
+    "model.asign.heads", "model.asign.gat_layers", "model.asign.cli_iterations", "evaluation.similarity_k",
     "train.inner_val", "train.val_every", "train.steps", "train.samples_per_step",
     "train.max_graph_nodes", "train.subgraph_halo", "train.log_every",
     "train.checkpoint_every",
@@ -386,7 +417,8 @@ def _baseline_sizes() -> None:
     number > 0 (dims, heads, k, windows, temperatures)."""
     global POSITIVE, NON_NEGATIVE, FRACTIONS
     for name, v in _fields(base_config().model, "model.").items():
-        if name.count(".") != 2 or isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
+        if name.split(".")[1] in ("asign", "backbone") or name.count(".") != 2 or isinstance(
+                v, (bool, str)) or not isinstance(v, (int, float)):
             continue
         leaf = name.rsplit(".", 1)[1]
         if "dropout" in leaf:
@@ -407,6 +439,26 @@ def _fields(c, prefix: str = "") -> dict:
         else:
             out[name] = v
     return out
+
+
+def get_field(config, name: str):
+    """The value of the dotted field ``name`` (ConfigError naming it if there is none)."""
+    node = config
+    for part in name.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            raise ConfigError(f"unknown config field {name!r}")
+        node = node[part]
+    return node
+
+
+def set_field(config, name: str, value) -> None:
+    """Sets the dotted field ``name`` of ``config`` in place, as given (``validate`` checks
+    it). Unknown fields are refused."""
+    *path, leaf = name.split(".")
+    node = get_field(config, ".".join(path)) if path else config
+    if not hasattr(node, "keys") or leaf not in node:
+        raise ConfigError(f"unknown config field {name!r}")
+    node[leaf] = value
 
 
 def fields(config) -> dict:
@@ -467,7 +519,7 @@ def validate(config) -> None:
             raise ConfigError(f"{name}={v!r}: must be a whole number")
     if have["train.subgraph_halo"] < -1:
         raise ConfigError(f"train.subgraph_halo={have['train.subgraph_halo']!r}: must be >= 0 "
-                          "(hops), or -1 for model.gat_layers")
+                          "(hops), or -1 for model.asign.gat_layers")
     if have["train.val_known_fraction"] >= 1:
         raise ConfigError(f"train.val_known_fraction={have['train.val_known_fraction']!r}: must "
                           "be < 1 (some of the known layer must stay known)")
@@ -483,9 +535,9 @@ def validate(config) -> None:
     if have["data.smooth"] and have["data.normalization"] != "triplex":
         raise ConfigError(f"data.smooth=True: only defined for data.normalization='triplex' "
                           f"(got {have['data.normalization']!r})")
-    if have["model.hidden"] % have["model.heads"]:
-        raise ConfigError(f"model.hidden={have['model.hidden']}: must be a multiple of "
-                          f"model.heads={have['model.heads']}")
+    if have["model.asign.hidden"] % have["model.asign.heads"]:
+        raise ConfigError(f"model.asign.hidden={have['model.asign.hidden']}: must be a multiple of "
+                          f"model.asign.heads={have['model.asign.heads']}")
     k = have["train.known_layer"]
     if isinstance(k, bool) or not isinstance(k, int):
         raise ConfigError(f"train.known_layer={k!r}: must be an integer layer index "

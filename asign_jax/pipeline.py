@@ -489,8 +489,8 @@ def kept_params(config, fold: Fold, workdir: Path, final_params) -> tuple[dict, 
     if found is None:
         return final_params, None
     params, record = found
-    logger.info("%s: scoring the params of step %d (train.select=%s, model.blend=%s)",
-                fold.name, record["step"], config.train.select, config.model.blend)
+    logger.info("%s: scoring the params of step %d (train.select=%s, model.asign.blend=%s)",
+                fold.name, record["step"], config.train.select, config.model.asign.blend)
     return params, _check_against_known_mean(fold, record)
 
 
@@ -583,8 +583,8 @@ def train_and_evaluate(config, workdir, *, overwrite: bool = False,
 def fold_files(config) -> list:
     """Input files a fold reads itself (the data reach it through the graph stage): the
     starting weights of a backbone trained end to end."""
-    w = str(config.model.backbone_weights or "")
-    return [Path(w).expanduser()] if config.model.backbone == "train" and w else []
+    w = str(config.model.backbone.weights or "")
+    return [Path(w).expanduser()] if config.model.backbone.mode == "train" and w else []
 
 
 def _finish_validation(workdir: Path, scores: list[dict]) -> dict:

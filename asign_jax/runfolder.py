@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from asign_jax import atomic, fingerprint
-from asign_jax.config import fields
+from asign_jax.config import block_name, fields
 from asign_jax.errors import RunFolderError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ DEPENDS = {
     "prepare": ("data.", "features."),
     "register": ("registration.", "seed"),
     "graph": ("graph.",),
-    "fold": ("model.", "loss.", "train.", "seed"),
+    "fold": ("model.", "train.", "seed"),     # model.*: only the chosen model's (model_fields)
     "reports": ("train.eval_genes",),
 }
 """Config fields (prefixes) each stage depends on; see ``IGNORED`` for the exceptions."""
@@ -98,6 +98,15 @@ def kind(stage: str) -> str:
     return "fold" if stage.startswith("fold_") else stage
 
 
+def model_field(name: str, allf: dict) -> bool:
+    """False for the ``model.<block>.*`` fields of a model other than ``model.name``'s: changing
+    ``model.triplex.depth`` does not invalidate an ASIGN fold."""
+    parts = name.split(".")
+    if parts[0] != "model" or len(parts) < 3 or parts[1] == "backbone":
+        return True
+    return parts[1] == block_name(str(allf["model.name"]))
+
+
 def stage_fields(stage: str, config, fold=None) -> dict:
     """{dotted field: value} of the config fields ``stage`` depends on (``DEPENDS``).
 
@@ -113,7 +122,7 @@ def stage_fields(stage: str, config, fold=None) -> dict:
     prefixes = DEPENDS[kind(stage)]
     if stage == "prepare" and allf["data.format"] == "synthetic":
         prefixes += ("synthetic.", "seed")
-    out = {k: v for k, v in allf.items() if k not in IGNORED
+    out = {k: v for k, v in allf.items() if k not in IGNORED and model_field(k, allf)
            and any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
     out[f"format.{kind(stage)}"] = FORMATS[kind(stage)]
     for k in PATH_FIELDS:

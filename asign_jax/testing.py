@@ -145,6 +145,6 @@ def tiny_sample_graph(seed: int, sample_id: str, n_genes: int, n_layers: int = 3
 
 def tiny_model(c):
     """``c`` with the 16-wide, one-layer ASIGN the unit tests train (fast on a CPU)."""
-    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
-    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 16, 2, 1
+    c.model.asign.cli_iterations, c.model.asign.transformer_mlp_ratio = 2, 1
     return c

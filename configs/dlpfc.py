@@ -21,5 +21,5 @@ def get_config():
     # role; the checkpoint and the eq.-6 blend are chosen there (README "Validation")
     c.train.inner_val = 1
     c.train.select = "pcc_gene"
-    c.model.blend = "validation"
+    c.model.asign.blend = "validation"
     return c

@@ -8,7 +8,7 @@ With the full public dataset, set data.sections="" and train.folds to the 4 pati
 e.g. (("A","E"),("B","F"),("C","G"),("D","H")).
 """
 
-from asign_jax.config import base_config, cpu_baselines
+from asign_jax.config import ASIGN_ONE_LAYER, base_config, cpu_baselines
 
 
 def get_config():
@@ -48,34 +48,24 @@ def get_config():
     # CPU budget: the paper's SGD (lr 1e-4, momentum 0.9) barely moves in the few hundred
     # steps a 2-core CPU allows (~2 s/step at patient-C size); Adam(W) converges there.
     # Paper setting: --config.train.optimizer=sgd --config.train.learning_rate=1e-4
-    c.model.hidden = 128
+    c.model.asign.hidden = 128
     c.train.optimizer = "adam"
-    c.model.dropout = 0.3
+    c.model.asign.dropout = 0.3
     c.train.weight_decay = 0.05
     c.train.learning_rate = 5e-4
     c.train.steps = 400
     c.train.log_every = 25
     c.train.checkpoint_every = 100
-    # selection and the parts no training sample can teach (README "Validation"): the step and
-    # the eq.-6 blend are read on the validation blocks; with one labelled layer per 3D sample
-    # the propagation is parameter-free (alpha_j = 1); the network predicts deviations from
-    # the known spots' mean, with a linear image path at a ridge fit
+    # selection and the parts no training sample can teach (docs/validation.md): the step and
+    # the eq.-6 blend are read on the validation blocks; ASIGN_ONE_LAYER (asign_jax/config.py)
+    # gathers the ASIGN choices, each read there with experiments/sweep.py: --mode each over
+    # skip_fit {held_out, all}, dropout {0.3, 0.5}, weight_decay {0.05, 0.5}, learning_rate
+    # {5e-4, 1e-4}, feature_norm {sample, none} picked skip_fit=held_out and feature_norm=none;
+    # then --grid model.asign.cli_start=model,known_mean picked known_mean
     c.train.val_every = 25
     c.train.select = "pcc_gene"
-    c.model.blend = "validation"
-    c.model.cli_node_alpha = "fixed"
-    c.model.spot_offset = "known"
-    c.model.image_skip = True
-    # experiments/sweep.py --mode each on those blocks (README "Validation"): skip_fit
-    # {held_out, all}, dropout {0.3, 0.5}, weight_decay {0.05, 0.5}, learning_rate {5e-4,
-    # 1e-4}, feature_norm {sample, none} picked feature_norm=none (skip_fit=held_out: the
-    # linear image path fit on C2 alone)
-    c.train.skip_fit = "held_out"
+    c.model.asign.update(ASIGN_ONE_LAYER)
     c.train.feature_norm = "none"
-    # then --grid model.cli_start=model,known_mean on top of that picked known_mean: the
-    # propagation starts from the known spots' mean, so p_i is the parameter-free propagation
-    # and the network enters p'_s through the eq.-6 blend only
-    c.model.cli_start = "known_mean"
     # the paper's baselines (--config.model.name=stnet|egn|...) at CPU sizes: 128 wide, 2 deep
     cpu_baselines(c, dim=128)
     c.model.his2st.mixer_out = 8        # token grid 4 x 4 x 8 = 128 = his2st dim

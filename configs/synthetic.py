@@ -28,10 +28,10 @@ def get_config():
     c.registration.long_side = 1024
     c.graph.region_k_cross = 4
     c.graph.global_k_cross = 2
-    c.model.hidden = 64
-    c.model.heads = 4
+    c.model.asign.hidden = 64
+    c.model.asign.heads = 4
     c.train.optimizer = "adam"      # the paper's SGD at 1e-4 needs far more steps than a demo
-    c.model.dropout = 0.3
+    c.model.asign.dropout = 0.3
     c.train.weight_decay = 0.05
     c.train.learning_rate = 3e-3
     c.train.steps = 200
@@ -44,9 +44,9 @@ def get_config():
     c.train.feature_norm = "none"
     c.train.val_every = 25
     c.train.select = "pcc_gene"
-    c.model.blend = "validation"
-    c.model.spot_offset = "known"
-    c.model.image_skip = True
+    c.model.asign.blend = "validation"
+    c.model.asign.spot_offset = "known"
+    c.model.asign.image_skip = True
     c.train.known_mode = "layer"
     c.graph.cross_mode = "calibrated"
     c.graph.cross_radius = 384.0

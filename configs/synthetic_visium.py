@@ -31,10 +31,10 @@ def get_config():
     c.registration.long_side = 1024
     c.registration.ants_transform = "none"   # keypoint/moments affine only (CPU budget)
     c.graph.spot_radius = 50.0             # half the spot pitch
-    c.model.hidden = 64
-    c.model.heads = 4
-    c.model.gat_layers = 2
-    c.model.dropout = 0.3
+    c.model.asign.hidden = 64
+    c.model.asign.heads = 4
+    c.model.asign.gat_layers = 2
+    c.model.asign.dropout = 0.3
     c.train.optimizer = "adam"
     c.train.weight_decay = 0.05
     c.train.learning_rate = 3e-3

@@ -23,10 +23,10 @@ def get_config():
     c.features.batch_size = 32
     c.registration.long_side = 512
     c.registration.ants_transform = "none"
-    c.model.hidden = 32
-    c.model.heads = 2
-    c.model.gat_layers = 2
-    c.model.cli_iterations = 4
+    c.model.asign.hidden = 32
+    c.model.asign.heads = 2
+    c.model.asign.gat_layers = 2
+    c.model.asign.cli_iterations = 4
     c.train.optimizer = "adam"
     c.train.learning_rate = 1e-3
     c.train.steps = 8

@@ -61,7 +61,7 @@ def cast(tree, dtype):
 def run_size(n: int, a) -> dict:
     c = base_config()
     c.train.max_graph_nodes = a.max_nodes
-    c.model.remat = bool(a.remat)
+    c.model.asign.remat = bool(a.remat)
     c.train.optimizer, c.train.learning_rate = "adam", 1e-3
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     row = {"spots_per_section": n, "sections": a.sections, "spots": n * a.sections}
@@ -168,7 +168,7 @@ if __name__ == "__main__":
                      din=(512, "Embedding dim D."), tokens=(4, "Tokens T per tile."),
                      max_nodes=(60000, "train.max_graph_nodes."),
                      no_train=(False, "Graph + imputation only."),
-                     remat=(False, "model.remat: recompute the graph layers in the backward "
+                     remat=(False, "model.asign.remat: recompute the graph layers in the backward "
                                    "pass (less memory per tile node)."),
                      dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
                      one=(0, "(internal) run one size in this process and print its row."))

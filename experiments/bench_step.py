@@ -90,7 +90,7 @@ def bench(name, shape, config, repeats):
 def main(args):
     config, source = (args.config, "--config") if args.config is not None else load_config()
     config.train.samples_per_step = args.samples_per_step
-    m = config.model
+    m = config.model.asign
     print(f"model config: {source} (hidden {m.hidden}, heads {m.heads}, gat_layers {m.gat_layers}, "
           f"cli_iterations {m.cli_iterations}); optimizer {config.train.optimizer}; "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")

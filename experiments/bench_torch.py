@@ -327,7 +327,7 @@ def build(spots: int, a) -> dict:
     jdt = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     tdt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
     cfg = base_config()
-    c, lc = cfg.model, cfg.loss
+    c, lc = cfg.model.asign, cfg.model.asign.loss
     c.hidden, c.heads = a.hidden, a.heads
     t0 = time.perf_counter()
     spot, region, glob, known = make_sample(spots, a)
@@ -525,7 +525,7 @@ FLAGS = dict(
     sizes=("1000,4000,15000,60000", "Spots per sample (comma-separated)."),
     sections=(4, "Sections."), din=(1024, "Feature dim D_in."),
     tokens=(16, "Tokens T."), genes=(250, "Genes G."),
-    hidden=(256, "model.hidden."), heads=(4, "model.heads."),
+    hidden=(256, "model.asign.hidden."), heads=(4, "model.asign.heads."),
     steps=(5, "Timed steps (median) after a warm-up."),
     dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
     torch_compile=(0, "1: also time the torch.compile'd PyTorch step (inductor)."),

@@ -6,7 +6,7 @@
 For every graph variant the spot graph of each sample is rebuilt in memory from the prepared
 data and the registration of ``--workdir``, and a parameter-free propagation is scored on the
 validation rows of every fold (``scoring.role_views(fold, graphs, "val")``): eq. 5 with
-alpha_j = 1 and the edge weights of the variant, ``model.cli_iterations`` iterations, unknown
+alpha_j = 1 and the edge weights of the variant, ``model.asign.cli_iterations`` iterations, unknown
 spots starting at the known spots' mean. No test row is read. The table (and
 ``<out>/results.json``, default ``--out runs/experiments/graph_choice``) gives validation
 MSE / pcc_gene per variant, with ``known_mean`` and ``overlap`` beside them.
@@ -58,7 +58,7 @@ def propagation_scores(config, graphs: dict, fold) -> list[dict]:
         refs, _ = references.predict_sample(spot, fold.known_layer[sid],
                                             float(config.graph.spot_radius),
                                             spot_graph=masked.spot,
-                                            n_iter=int(config.model.cli_iterations))
+                                            n_iter=int(config.model.asign.cli_iterations))
         preds = {"propagation": refs.pop("label_propagation"), **refs}
         layer = np.asarray(spot["layer"])
         rows_all = layer != fold.known_layer[sid] if scored is None else scored

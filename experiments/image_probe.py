@@ -8,9 +8,9 @@ to a parameter-free propagation (alpha_j = 1, unknown spots start at the known m
 
 * ``ridge within``: fit on the validation view's known spots (the ``ridge`` reference);
 * ``ridge pooled``: fit on every label training may use (training samples, known layers),
-  penalty by leave-one-sample-out CV (what ``model.image_skip`` starts from);
+  penalty by leave-one-sample-out CV (what ``model.asign.image_skip`` starts from);
 * ``ridge pooled, relative``: the same on labels minus each sample's mean profile, plus the
-  known spots' mean (``model.spot_offset="known"``);
+  known spots' mean (``model.asign.spot_offset="known"``);
 * the propagation, and propagation + the relative ridge blended per gene (eq. 6 with alpha
   fit on the same validation rows: an optimistic indication of the available gain).
 
@@ -63,7 +63,7 @@ def probe(config, workdir: Path) -> dict:
         start = np.broadcast_to(mean, lab.shape).astype(np.float32)
         sg = masked.spot
         prop = label_propagation(lab, knw, sg.senders, sg.receivers, sg.edges["weight"],
-                                 int(config.model.cli_iterations))
+                                 int(config.model.asign.cli_iterations))
         rel = (feat - mxr) @ wr + mean
         alpha = fit_blend(rel[scored], prop[scored], truth[scored])
         preds = {"known_mean": start, "ridge within": ridge(feat[knw], lab[knw], feat)[0],

@@ -68,12 +68,12 @@ ROWS = {
     "ridge": ("ridge", None),
     "label_propagation": ("label_propagation", None),
     ASIGN: ("ASIGN 3D", {}),
-    "no_gat_no_xattn": ("w.o GAT & Cross-atten", {"model.use_gat": False,
-                                                  "model.use_cross_attention": False}),
-    "no_xattn": ("w.o Cross-atten", {"model.use_cross_attention": False}),
-    "no_gat": ("w.o GAT", {"model.use_gat": False}),
+    "no_gat_no_xattn": ("w.o GAT & Cross-atten", {"model.asign.use_gat": False,
+                                                  "model.asign.use_cross_attention": False}),
+    "no_xattn": ("w.o Cross-atten", {"model.asign.use_cross_attention": False}),
+    "no_gat": ("w.o GAT", {"model.asign.use_gat": False}),
     # no CLI, so no eq.-6 blend either (the configs fit it on validation)
-    "no_cli": ("w. 0% (w.o CLI)", {"model.use_cli": False, "model.blend": "learned"}),
+    "no_cli": ("w. 0% (w.o CLI)", {"model.asign.use_cli": False, "model.asign.blend": "learned"}),
     "known_10": ("w. 10%", {"train.known_fraction": 0.1, "train.known_mode": "fraction"}),
     "known_20": ("w. 20% (ASIGN)", {"train.known_fraction": 0.2, "train.known_mode": "fraction"}),
     "known_30": ("w. 30%", {"train.known_fraction": 0.3, "train.known_mode": "fraction"}),
@@ -245,7 +245,7 @@ def encoder_label(config, row_id: str) -> str:
         return "cached (cosine)" if row_id == "similarity" else "-"
     if config.model.name in ("asign", "asign2d"):
         return "cached"
-    return "trained" if config.model.backbone == "train" else "cached"
+    return "trained" if config.model.backbone.mode == "train" else "cached"
 
 
 # ---- writing the tables ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A small sweep over named config fields, chosen on VALIDATION, then scored on test once.
 
     python experiments/sweep.py --config configs/synthetic.py --out runs/sweep \
-        --grid model.dropout=0.1,0.3 --grid train.weight_decay=1e-4,0.05 [--mode each]
+        --grid model.asign.dropout=0.1,0.3 --grid train.weight_decay=1e-4,0.05 [--mode each]
 
 Every candidate is trained with ``pipeline.train_and_evaluate(..., score_test=False)`` in
 ``<out>/cand_<i>/``: its test rows are never scored. The candidate with the best

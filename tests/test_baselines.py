@@ -77,7 +77,7 @@ def tiny_config(name="asign"):
     c = base_config()
     c.registration.enabled = False
     c.model.name = name
-    c.model.hidden, c.model.heads, c.model.gat_layers = 8, 2, 1
+    c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 8, 2, 1
     cpu_baselines(c, dim=8, depth=1, heads=2)
     c.model.egn.update(n_exemplars=3, depth=2)      # one exemplar bridge (every 2nd layer)
     c.model.bleep.update(projection_dim=8, top_k=4)
@@ -223,11 +223,12 @@ def test_parameter_counts_match_baselines_md():
 
 
 def test_backbone_train_mode_puts_a_trainable_resnet50_under_the_head():
-    """model.backbone="train": the model reads the spot patches and its parameters include the
+    """model.backbone.mode="train": the model reads the spot patches and its parameters include the
     ResNet-50 trunk (23.5M), starting from the features' fixed-seed initialisation (shapes only:
     the mode is for a GPU)."""
     cfg = base_config()
-    cfg.model.update(name="stnet", backbone="train")
+    cfg.model.name = "stnet"
+    cfg.model.backbone.mode = "train"
     model, _ = factory.build(cfg, 250)
     assert factory.model_inputs(model) == ("label_mean", "patches")
     n = 4
@@ -389,7 +390,7 @@ def test_two_row_table_end_to_end(tmp_path, monkeypatch):
     config = load_config("test")
     config.registration.enabled = False                # keep the data stage short
     # ASIGN's own options, as the shipped configs set them: a baseline row must ignore them
-    config.model.image_skip, config.model.spot_offset = True, "known"
+    config.model.asign.image_skip, config.model.asign.spot_offset = True, "known"
     out = tables.make_tables(config, tmp_path, [1], only_rows=["stnet", "bleep"])[1]
     assert set(out) == {"stnet", "bleep"}
     md = (tmp_path / "tables" / "table1.md").read_text()

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from asign_jax import pipeline
-from asign_jax.config import base_config, validate
+from asign_jax.config import base_config, block_name, set_field, validate
+from asign_jax.models import factory
 from asign_jax.errors import ConfigError
 from conftest import load_config
 
@@ -23,18 +24,18 @@ def test_shipped_configs_are_valid(path):
     ("train.steps", 0, "train.steps=0: must be > 0"),
     ("train.log_every", 0, "train.log_every=0: must be > 0"),
     ("train.known_fraction", 1.5, "train.known_fraction=1.5: must be in [0, 1]"),
-    ("model.dropout", -0.1, "model.dropout=-0.1: must be in [0, 1]"),
+    ("model.asign.dropout", -0.1, "model.asign.dropout=-0.1: must be in [0, 1]"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan: must be finite"),
     ("data.n_genes", 0, "data.n_genes=0: must be > 0"),
     ("data.region_size", 300, "data.global_size=1024: must be a multiple of "
                               "data.region_size=300"),
-    ("model.heads", 3, "model.hidden=256: must be a multiple of model.heads=3"),
-    ("loss.lambda_s", -1.0, "loss.lambda_s=-1.0: must be >= 0"),
+    ("model.asign.heads", 3, "model.asign.hidden=256: must be a multiple of model.asign.heads=3"),
+    ("model.asign.loss.lambda_s", -1.0, "model.asign.loss.lambda_s=-1.0: must be >= 0"),
     ("graph.k_intra", 0, "graph.k_intra=0: must be > 0"),
     ("train.optimizer", "rmsprop", "train.optimizer='rmsprop': expected one of sgd, adam"),
     ("data.format", "csv", "data.format='csv': expected one of her2st, stnet, visium, synthetic"),
     ("train.select", "loss", "train.select='loss': expected one of last, pcc_gene, mse"),
-    ("model.spot_offset", "mean", "model.spot_offset='mean': expected one of none, known"),
+    ("model.asign.spot_offset", "mean", "model.asign.spot_offset='mean': expected one of none, known"),
     ("graph.cross_mode", "radius", "graph.cross_mode='radius': expected one of paper, calibrated"),
     ("train.folds", ("A",), "train.folds=('A',): must be a tuple of non-empty tuples"),
     ("data.smooth", True, "data.smooth=True: only defined for data.normalization='triplex'"),
@@ -53,8 +54,7 @@ def test_shipped_configs_are_valid(path):
 ])
 def test_each_bad_value_names_its_field(field, value, message):
     c = base_config()
-    section, key = field.split(".")
-    c[section][key] = value
+    set_field(c, field, value)
     with pytest.raises(ConfigError) as e:
         validate(c)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
@@ -108,3 +108,18 @@ def test_baseline_sizes_and_whole_numbers_are_checked():
     import ml_collections
     with pytest.raises(ConfigError, match=r"^graph.k_intra=2.5: must be a whole number$"):
         validate(ml_collections.ConfigDict(c))
+
+
+@pytest.mark.parametrize("name", sorted(factory.MODELS))
+def test_a_model_is_built_from_its_own_block_only(name):
+    c = base_config()
+    c.model.name = name
+    block = block_name(name)
+    model, _ = factory.build(c, n_genes=5)
+    assert set(model.cfg) == set(c.model[block]) | {"backbone"}
+    other = c.copy_and_resolve_references()
+    for b in set(factory.MODELS) - {block}:
+        if b in other.model and b != block:
+            other.model[b].dropout = 0.77              # every other model's block changed
+    assert factory.build(other, n_genes=5)[0] == model  # an equal module: no recompile, same fold
+    assert factory.model_config(other).loss == factory.model_config(c).loss

@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.testing import random_sample_graph
 
     c = base_config()
-    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
-    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 16, 2, 1
+    c.model.asign.cli_iterations, c.model.asign.transformer_mlp_ratio = 2, 1
     c.train.samples_per_step, c.train.steps, c.train.optimizer = 2, 3, "sgd"
     c.train.learning_rate, c.train.log_every, c.train.checkpoint_every = 0.05, 1, 100
     graphs = {s: random_sample_graph(i, n_layers=2, spots_per_layer=8, n_region=8, n_global=6,

@@ -225,7 +225,7 @@ def test_cli_module_init_and_alpha():
 
 
 def test_known_mean_start_takes_the_network_out_of_the_propagation():
-    """model.cli_start="known_mean": the propagation starts every unknown node at the known
+    """model.asign.cli_start="known_mean": the propagation starts every unknown node at the known
     spots' mean, so p_i does not depend on p_s at all (p_s reaches p'_s through eq. 6 only);
     "model" (the paper) starts at p_s. NaN labels outside the known set never enter."""
     pred, labels, known, s, r, w, _ = _random_graph(np.random.default_rng(5))
@@ -245,7 +245,7 @@ def test_known_mean_start_takes_the_network_out_of_the_propagation():
     paper = CrossLayerImputation(n_iter=3, node_alpha="fixed")
     c = paper.apply(params, h, pred + 5.0, labels, known, *tail)
     assert not np.allclose(c["imputed"], b["imputed"])
-    with pytest.raises(ValueError, match="model.cli_start"):
+    with pytest.raises(ValueError, match="model.asign.cli_start"):
         imputation.start_value(pred, labels, known, "zeros")
 
 

@@ -268,8 +268,8 @@ def tiny_config():
     c.data.n_genes = 12
     c.registration.long_side = 384
     c.registration.ants_transform = "none"
-    c.model.hidden, c.model.heads, c.model.gat_layers = 8, 2, 1
-    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 8, 2, 1
+    c.model.asign.cli_iterations, c.model.asign.transformer_mlp_ratio = 2, 1
     c.train.optimizer, c.train.learning_rate = "adam", 1e-2
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 2, 1, 2
     c.train.eval_genes = ("G000",)
@@ -381,7 +381,7 @@ def test_checkpoint_is_loaded_and_fine_tuned(block):
     assert not np.allclose(third.X[moved], first.X[moved])
     np.testing.assert_array_equal(third.X[~moved], first.X[~moved])   # measured: unchanged
     wrong = block["config"].copy_and_resolve_references()
-    wrong.model.hidden = 12
+    wrong.model.asign.hidden = 12
     with pytest.raises(ConfigError, match="does not fit the model of the config"):
         impute_block(block["manifest"], block["root"] / "wrong", wrong,
                      checkpoint=str(ckpt.fold_dir), extractor=ColourFeatures(), progress=False)

@@ -89,7 +89,7 @@ def test_asign_loss_combines_terms():
     rng = np.random.default_rng(3)
     out, spot, region, glob, (ms, mr, mg) = _sample(rng)
     out["spot_model"] = rng.normal(size=out["spot"].shape).astype(np.float32)
-    cfg = base_config().loss
+    cfg = base_config().model.asign.loss
     cfg.gamma_1, cfg.gamma_2 = 0.7, 1.3
     ys = spot.nodes["label"]
     real = np.arange(26) < 24
@@ -130,7 +130,7 @@ def test_asign_loss_combines_terms():
 def test_asign_loss_ignores_labels_outside_masks():
     rng = np.random.default_rng(4)
     out, spot, region, glob, (ms, mr, mg) = _sample(rng)
-    cfg = base_config().loss
+    cfg = base_config().model.asign.loss
 
     def loss_and_grad(sp, rg, gl):
         f = lambda o: asign_loss(o, sp, rg, gl, ms, mr, mg, cfg)[0]

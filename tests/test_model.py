@@ -89,7 +89,7 @@ def _hops(source, max_hops):
 
 
 def _cfg(**kw):
-    cfg = base_config().model
+    cfg = base_config().model.asign
     cfg.hidden, cfg.heads = 32, 2
     cfg.update(kw)
     return cfg
@@ -202,7 +202,7 @@ def test_padding_garbage_does_not_change_real_outputs(setup):
 
 def test_training_gradients_reach_every_part(setup):
     model, params, _, (spot, region, glob, known) = setup
-    loss_cfg = base_config().loss
+    loss_cfg = base_config().model.asign.loss
     label_mask = spot.nodes["label_mask"]
 
     def step(params, key):
@@ -227,10 +227,10 @@ def test_training_gradients_reach_every_part(setup):
 
 
 def test_remat_gives_the_same_loss_and_gradients(setup):
-    """model.remat recomputes the graph layers in the backward pass: same parameters (tree
+    """model.asign.remat recomputes the graph layers in the backward pass: same parameters (tree
     and values), same loss and gradients, dropout included."""
     model, params, _, (spot, region, glob, known) = setup
-    loss_cfg = base_config().loss
+    loss_cfg = base_config().model.asign.loss
     label_mask = spot.nodes["label_mask"]
     remat = ASIGN(_cfg(remat=True), GENES)
     assert jax.tree.structure(jax.eval_shape(lambda: remat.init(

@@ -21,6 +21,7 @@ import pytest
 from asign_jax import pipeline, runfolder
 from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.models import factory
+from asign_jax.config import set_field
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
 from asign_jax.training import step
 from asign_jax.training.folds import Fold
@@ -126,6 +127,8 @@ def test_relaunch_reuses_every_stage(trained, monkeypatch):
     monkeypatch.setattr(pipeline.graph_io, "build_sample", no_work)
     config = config.copy_and_resolve_references()
     config.train.log_every = 2                        # how, not what: never invalidates
+    config.model.triplex.depth_global = 7             # another model's block: not this fold's
+    config.model.egn.loss.pcc = 0.9
     config.train.eval_genes = ("G001",)
     again = pipeline.train_and_evaluate(config, workdir, progress=False)
     assert again["asign"]["mean"] == agg["asign"]["mean"]
@@ -141,15 +144,14 @@ def test_relaunch_reuses_every_stage(trained, monkeypatch):
     ("registration.ants_transform", "Rigid", "registration/",
      "was made with registration.ants_transform='none'; you asked for 'Rigid'"),
     ("graph.k_intra", 4, "graphs/", "was made with graph.k_intra=8; you asked for 4"),
-    ("model.hidden", 64, "checkpoints/fold_0/", "was made with model.hidden=32; you asked for 64"),
+    ("model.asign.hidden", 64, "checkpoints/fold_0/", "was made with model.asign.hidden=32; you asked for 64"),
     ("train.steps", 16, "checkpoints/fold_0/", "was made with train.steps=8; you asked for 16"),
 ])
 def test_stale_config_is_refused_in_one_line(trained, field, value, where, message):
     config, workdir, _ = trained
     before = (workdir / "metrics.json").read_bytes(), builds(workdir)
     config = config.copy_and_resolve_references()
-    section, key = field.split(".")
-    config[section][key] = value
+    set_field(config, field, value)
     with pytest.raises(RunFolderError) as e:
         pipeline.train_and_evaluate(config, workdir, progress=False)
     assert str(e.value) == (f"run folder {workdir} ({where}) {message}: use a new --workdir or "
@@ -173,8 +175,8 @@ def test_evaluate_rescores_from_checkpoints(trained):
     assert fold_results == [json.loads((workdir / "checkpoints" / f"fold_{k}" / "done.json")
                                        .read_text()) for k in range(2)]     # left alone
     other = config.copy_and_resolve_references()
-    other.model.hidden = 64
-    with pytest.raises(RunFolderError, match="model.hidden=32; you asked for 64: evaluate with "
+    other.model.asign.hidden = 64
+    with pytest.raises(RunFolderError, match="model.asign.hidden=32; you asked for 64: evaluate with "
                                              "the config the run was trained with"):
         pipeline.evaluate_all(other, workdir)
 
@@ -253,8 +255,8 @@ def test_stage_fields_decide_what_invalidates_what():
     prep, fold_f = stage_fields("prepare", config), stage_fields("fold_0", config, fold=fold)
     assert prep["data.n_genes"] == 40 and prep["synthetic.n_genes"] == 60 and "seed" in prep
     assert prep["data.root"] == "<workdir>/synthetic_data"
-    assert "features.batch_size" not in prep and "model.hidden" not in prep
-    assert fold_f["model.hidden"] == 32 and fold_f["train.steps"] == 8
+    assert "features.batch_size" not in prep and "model.asign.hidden" not in prep
+    assert fold_f["model.asign.hidden"] == 32 and fold_f["train.steps"] == 8
     assert fold_f["fold.known_layer"] == {"A": 0} and fold_f["fold.train_samples"] == ["B"]
     for ignored in ("train.log_every", "train.checkpoint_every", "train.eval_genes",
                     "train.known_layer", "train.folds"):
@@ -265,6 +267,24 @@ def test_stage_fields_decide_what_invalidates_what():
     real = config.copy_and_resolve_references()
     real.data.format, real.data.root = "her2st", ""
     assert stage_fields("prepare", real)["data.root"] is None          # "" = as prepared
+
+
+def test_a_fold_depends_on_its_own_model_block_only():
+    config = load_test_config()
+    fold = Fold(index=0, test_samples=("A",), train_samples=("B",), known_layer={"A": 0})
+    blocks = lambda f: {k.split(".")[1] for k in f if k.startswith("model.") and k.count(".") > 1}
+    asign = stage_fields("fold_0", config, fold=fold)
+    assert blocks(asign) == {"asign", "backbone"} and asign["model.asign.loss.lambda_s"] == 0.75
+    other = config.copy_and_resolve_references()
+    other.model.triplex.depth_global, other.model.egn.loss.pcc = 7, 0.9
+    assert stage_fields("fold_0", other, fold=fold) == asign
+    other.model.name = "asign2d"                      # ASIGN on a 2D graph reads ASIGN's block
+    assert blocks(stage_fields("fold_0", other, fold=fold)) == {"asign", "backbone"}
+    other.model.name = "triplex"
+    tri = stage_fields("fold_0", other, fold=fold)
+    assert blocks(tri) == {"triplex", "backbone"} and tri["model.triplex.depth_global"] == 7
+    other.model.asign.hidden = 512                    # ASIGN's block is not TRIPLEX's input
+    assert stage_fields("fold_0", other, fold=fold) == tri
 
 
 def _fake_stage(rf, stage, config, inputs, files=()):

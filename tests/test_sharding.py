@@ -24,8 +24,8 @@ SCRIPT = textwrap.dedent("""
 
     assert jax.device_count() == 4, jax.devices()
     c = base_config()
-    c.model.hidden, c.model.heads, c.model.gat_layers = 16, 2, 1
-    c.model.cli_iterations, c.model.transformer_mlp_ratio = 2, 1
+    c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 16, 2, 1
+    c.model.asign.cli_iterations, c.model.asign.transformer_mlp_ratio = 2, 1
     c.train.samples_per_step = 4
     c.train.learning_rate = 1e-2
     G = 8

@@ -26,9 +26,9 @@ def test_tiled_imputation_equals_full_graph(whole_graph_cli, start):
     """Both tiled paths give the full graph's outputs: exact tiles (halo gat_layers +
     cli_iterations, every model) and ASIGN's network tiles (halo gat_layers) + one propagation
     over the whole graph (``tiled_eval``'s choice for ASIGN), with either start of the
-    propagation (``model.cli_start``)."""
+    propagation (``model.asign.cli_start``)."""
     c = _config()
-    c.model.cli_start = start
+    c.model.asign.cli_start = start
     g = spatial_sample_graph(0, side=10, sample_id="S")            # 3 x 100 spots
     masked = batches.mask_sample(g, "test", known_layer=1)
     model = factory.build(c, 6)[0]

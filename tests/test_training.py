@@ -219,17 +219,22 @@ def test_optimizer_matches_paper_schedule_and_weight_decay():
 
 
 def test_cli_parameters_get_the_learning_rate_multiplier():
-    c = base_config().train
-    c.optimizer, c.learning_rate, c.cli_lr_multiplier = "adam", 1e-3, 10.0
-    params = {"cli": {"theta": jnp.zeros(3)}, "spot_head": {"out": {"bias": jnp.zeros(3)}}}
-    tx = state_lib.make_optimizer(c)
+    c = base_config()
+    c.train.optimizer, c.train.learning_rate, c.model.asign.cli_lr_multiplier = "adam", 1e-3, 10.0
+    params = {"cli": {"theta": jnp.zeros(3)}, "spot_head": {"out": {"bias": jnp.zeros(3)}},
+              "image_skip": {"kernel": jnp.zeros(3)}}
+    model, _ = factory.build(c, n_genes=3)
+    tx = state_lib.make_optimizer(c.train, model.lr_multipliers())
     u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     np.testing.assert_allclose(u["spot_head"]["out"]["bias"], -1e-3, rtol=1e-3)
     np.testing.assert_allclose(u["cli"]["theta"], -1e-2, rtol=1e-3)
-    c.cli_lr_multiplier = 1.0
-    tx = state_lib.make_optimizer(c)
+    np.testing.assert_allclose(u["image_skip"]["kernel"], 0.0)     # skip_lr_multiplier 0
+    c.model.asign.cli_lr_multiplier, c.model.asign.skip_lr_multiplier = 1.0, 0.5
+    model, _ = factory.build(c, n_genes=3)
+    tx = state_lib.make_optimizer(c.train, model.lr_multipliers())
     u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     np.testing.assert_allclose(u["cli"]["theta"], -1e-3, rtol=1e-3)
+    np.testing.assert_allclose(u["image_skip"]["kernel"], -5e-4, rtol=1e-3)
 
 
 # ---- training: leakage and resume -----------------------------------------------------------
@@ -324,7 +329,7 @@ def test_resume_with_another_model_or_optimiser_is_refused(graphs, model, tmp_pa
     assert loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path, None, stop_after=4,
                            progress=False) is None
     wider = tiny_config()
-    wider.model.hidden = 32
+    wider.model.asign.hidden = 32
     other, _ = factory.build(wider, G)
     with pytest.raises(ConfigError) as e:
         loop.train_fold(wider, other, asign_loss, pool, 0, tmp_path, None, progress=False)

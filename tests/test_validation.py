@@ -30,7 +30,7 @@ G = 8
 
 def tiny_config(**train):
     c = tiny_model(base_config())
-    c.model.blend = "validation"
+    c.model.asign.blend = "validation"
     c.train.optimizer = "adam"
     c.train.learning_rate = 1e-2
     c.train.steps = 12
@@ -313,7 +313,7 @@ def test_long_training_divergence_is_noticed(graphs, tmp_path, caplog):
     genes = [f"g{i}" for i in range(G)]
     cfg = tiny_config(learning_rate=5e-2, steps=60, val_every=10, log_every=10,
                       checkpoint_every=30, select="last")
-    cfg.model.blend = "learned"
+    cfg.model.asign.blend = "learned"
     with caplog.at_level(logging.WARNING):
         pipeline.train_and_evaluate(cfg, tmp_path / "last", inputs=(genes, graphs, None),
                                     progress=False)

@@ -115,8 +115,8 @@ def restore(config, model, pool, fold_dir: Path) -> tuple[dict, int]:
     """(params, step) of the latest checkpoint in ``fold_dir`` for ``model``."""
     state = create_train_state(model, config.train, pool.example(), jax.random.PRNGKey(0))
     misfit = (f"--checkpoint {fold_dir}: does not fit the model of the config "
-              f"(model.hidden={config.model.hidden}, heads={config.model.heads}, "
-              f"gat_layers={config.model.gat_layers}); pass the config it was trained with")
+              f"(model.asign.hidden={config.model.asign.hidden}, heads={config.model.asign.heads}, "
+              f"gat_layers={config.model.asign.gat_layers}); pass the config it was trained with")
     try:
         return checkpoint.restore_params(state, fold_dir)
     except FileNotFoundError as e:

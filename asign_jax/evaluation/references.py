@@ -23,7 +23,7 @@ ridge:      a ridge regression from the spot's image feature (the model's input 
             chosen by 5-fold CV inside the known layer. It shows how much of the expression the
             image features carry for this sample, with no other sample's expression levels.
 label_propagation: the parameter-free label propagation through the sample's own 3D spot
-            graph (eq. 5 with every alpha_j = 1, ``model.cli_iterations`` iterations, unknown
+            graph (eq. 5 with every alpha_j = 1, ``model.asign.cli_iterations`` iterations, unknown
             spots starting at the known layer's mean; ``models.cli.propagate``): what ASIGN's
             propagation half does with nothing learned. Scored on the view the model sees (a
             validation view with cut edges propagates through the cut graph).
@@ -220,7 +220,7 @@ def predict_sample(spot_nodes: dict, known_layer: int, radius: float,
       similarity_k: neighbours of the similarity reference (``evaluation.similarity_k``).
       spot_graph: the masked sample's unpadded spot ``GraphsTuple`` (senders, receivers,
         edges["weight"]); None leaves out ``label_propagation``.
-      n_iter: iterations of ``label_propagation`` (``model.cli_iterations``).
+      n_iter: iterations of ``label_propagation`` (``model.asign.cli_iterations``).
 
     Returns:
       ({method: (N, G) float32}, {"overlap_fallback": (N,) bool, spots that had no overlapping

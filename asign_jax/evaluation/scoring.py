@@ -107,7 +107,7 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=N
                                               known_layer, float(config.graph.spot_radius),
                                               int(config.evaluation.similarity_k),
                                               spot_graph=_unpadded_spot_graph(masked),
-                                              n_iter=int(config.model.cli_iterations))
+                                              n_iter=int(config.model.asign.cli_iterations))
         preds.update(base)
     noise = None
     if isinstance(oracle, dict):        # real data: raw counts for the noise ceiling

@@ -4,7 +4,7 @@
 validation role (``scoring.role_views(fold, graphs, "val")``: hidden layers of validation
 samples, validation blocks of a known layer; never a test layer) and returns a
 ``Validation``: the params to keep (with the eq.-6 blend refit on the validation spots when
-``model.blend == "validation"``), the metrics logged to metrics.jsonl, and the selection score
+``model.asign.blend == "validation"``), the metrics logged to metrics.jsonl, and the selection score
 of ``train.select``. The training loop calls it every ``train.val_every`` steps and keeps the
 best-scoring step (``training.loop``); the pipeline scores that step's params on test, once.
 
@@ -35,7 +35,7 @@ from asign_jax.training.step import make_eval_fn
 logger = logging.getLogger(__name__)
 
 SELECT = CHOICES["train.select"]
-BLENDS = CHOICES["model.blend"]
+BLENDS = CHOICES["model.asign.blend"]
 
 
 @dataclasses.dataclass
@@ -51,17 +51,17 @@ class Validation:
 
 def check_config(config, has_validation: bool) -> None:
     """Fails early on selection settings the folds cannot serve."""
-    select, blend = str(config.train.select), str(config.model.blend)
+    select, blend = str(config.train.select), str(config.model.asign.blend)
     if select not in SELECT:
         raise ConfigError(f"train.select={select!r}: expected one of {SELECT}")
     if blend not in BLENDS:
-        raise ConfigError(f"model.blend={blend!r}: expected one of {BLENDS}")
+        raise ConfigError(f"model.asign.blend={blend!r}: expected one of {BLENDS}")
     if not has_validation and (select != "last" or blend != "learned"):
-        raise ConfigError(f"train.select={select!r} / model.blend={blend!r} read a validation "
+        raise ConfigError(f"train.select={select!r} / model.asign.blend={blend!r} read a validation "
                           "role, but the folds have none: set train.val_samples, "
                           "train.inner_val or train.val_known_fraction")
-    if blend == "validation" and not config.model.use_cli:
-        raise ConfigError("model.blend='validation' needs model.use_cli=True")
+    if blend == "validation" and not config.model.asign.use_cli:
+        raise ConfigError("model.asign.blend='validation' needs model.asign.use_cli=True")
 
 
 def with_blend(params: dict, alpha: np.ndarray) -> dict:
@@ -89,7 +89,7 @@ class Validator:
         self.method = str(config.model.name)
         self.outputs = scoring.model_outputs(self.method)     # ASIGN: the final and its halves
         # the eq.-6 blend exists only in ASIGN (a baseline's config may still say "validation")
-        self.refit = str(config.model.blend) == "validation" and "asign_model" in self.outputs
+        self.refit = str(config.model.asign.blend) == "validation" and "asign_model" in self.outputs
         self.select = str(config.train.select)
         self._references: Optional[dict] = None
 

@@ -149,11 +149,20 @@ class ASIGN(nn.Module):
       reached (N_s,) bool (spots the propagation reached; without CLI, the known spots),
       node_alpha (N_s,) the CLI's per-sender trust alpha_j (ones without CLI).
     No Python control flow on array values, so it can be vmapped over samples. Dropout rng:
-    "dropout". ``cfg`` is ``config.model``.
+    "dropout". ``cfg`` is ``config.model.asign`` (``factory.model_config``).
     """
 
     cfg: ml_collections.ConfigDict
     n_genes: int
+
+    def lr_multipliers(self) -> tuple:
+        """(module, learning-rate factor) pairs for ``training.state.make_optimizer``. The CLI
+        has a handful of scalars per gene / a Dense(1): with Adam each moves at most ~lr a step,
+        far too slow for a blend weight that must travel several logits. The linear image path
+        starts at a ridge fit (``training.loop.init_image_skip``); at the network's rate Adam
+        would move each of its D x G weights by ~lr a step."""
+        return (("cli", float(self.cfg.cli_lr_multiplier)),
+                ("image_skip", float(self.cfg.skip_lr_multiplier)))
 
     @nn.compact
     def __call__(self, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
@@ -201,7 +210,7 @@ class ASIGN(nn.Module):
         if c.spot_offset == "known":
             p_s = p_s + known_mean(spot.nodes["label"], known)[None]
         elif c.spot_offset != "none":
-            raise ValueError(f"model.spot_offset must be 'none' or 'known', got {c.spot_offset!r}")
+            raise ValueError(f"model.asign.spot_offset must be 'none' or 'known', got {c.spot_offset!r}")
         p_r = RegressionHead(self.n_genes, name="region_head")(h_r)           # (N_r, G)
         p_g = RegressionHead(self.n_genes, name="global_head")(h_g)           # (N_q, G)
 

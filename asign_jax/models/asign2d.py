@@ -2,9 +2,9 @@
 without the CLI.
 
 The same MSAGNet (multi-level cross-attention + GAT/transformer blocks, three heads, the same
-loss) with every cross-layer edge of the stored 3D graph masked out (``model.cross_layer_edges
+loss) with every cross-layer edge of the stored 3D graph masked out (``model.asign.cross_layer_edges
 = False``; what is left is each section's intra-layer kNN graph, paper App. F) and no
-cross-layer imputation (``model.use_cli = False``): each section is predicted from its own
+cross-layer imputation (``model.asign.use_cli = False``): each section is predicted from its own
 images and its own 2D graph, like the other 2D methods. Masking the edges rather than
 rebuilding the graph lets every row of the paper's tables share one set of graphs.
 """

@@ -86,7 +86,7 @@ class BLEEP(nn.Module):
     @nn.compact
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
-        c = self.cfg.bleep
+        c = self.cfg
         feat, _ = spot_encoder(self.cfg)(spot, extra, need_tokens=False, train=train)
         label_mean, bank = extra["label_mean"], extra["bank"]
         image_proj = ProjectionHead(int(c.projection_dim), c.dropout, name="image_projection")
@@ -103,7 +103,7 @@ class BLEEP(nn.Module):
 def bleep_loss(out, spot, region, glob, spot_mask, region_mask, global_mask, cfg):
     """BLEEP's symmetric soft-target CLIP loss over the labelled spots of the sample."""
     del region, glob, spot_mask, region_mask, global_mask
-    tau = cfg.bleep_temperature
+    tau = cfg.temperature
     mask = labelled(spot)
     img, expr = out["image_embedding"], out["spot_embedding"]
     pair = mask[:, None] & mask[None, :]

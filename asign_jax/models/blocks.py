@@ -16,7 +16,7 @@ fold's labelled training spots: the same start as ST-Net's "bias = mean training
 (and the ASIGN heads' ``train.init_output_bias``) for every head of every method, so no
 head spends its first hundred steps walking a zero bias to the label level (about -5.5).
 
-Encoders (``config.model.backbone``): "cached" (default) reads the frozen cached ResNet-50
+Encoders (``config.model.backbone.mode``): "cached" (default) reads the frozen cached ResNet-50
 features of the spot patch (pooled (N, D) and its token grid (N, T, D)), the inputs ASIGN
 reads too; "train" runs the project's Flax ResNet-50 (``features/resnet.py``) on the spot
 patches inside the model and trains it end to end with the rest (eval-mode batch statistics,
@@ -181,7 +181,7 @@ class SpotEncoder(nn.Module):
             return spot.nodes["feat"], (extra["spot_tokens"].astype(jnp.float32)
                                         if need_tokens else None)
         if self.backbone != "train":
-            raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+            raise ValueError(f"model.backbone.mode must be one of {BACKBONES}, got {self.backbone!r}")
         params = self.param("resnet50", lambda _: jax.tree.map(
             jnp.asarray, backbone_variables(self.weights, self.init_seed)["params"]))
         variables = {"params": params, "batch_stats": extra["backbone_stats"]}
@@ -196,15 +196,15 @@ class SpotEncoder(nn.Module):
 
 def encoder_inputs(cfg, tokens: bool) -> tuple:
     """The ``extra`` inputs the ``SpotEncoder`` of ``config.model`` reads (see ``inputs()``)."""
-    if cfg.backbone == "train":
+    if cfg.backbone.mode == "train":
         return ("patches",)
     return ("spot_tokens",) if tokens else ()
 
 
 def spot_encoder(cfg) -> SpotEncoder:
     """The ``SpotEncoder`` of ``config.model`` (backbone, backbone_weights, ...)."""
-    return SpotEncoder(str(cfg.backbone), int(cfg.backbone_token_grid),
-                       str(cfg.backbone_weights), int(cfg.backbone_init_seed),
+    return SpotEncoder(str(cfg.backbone.mode), int(cfg.backbone.token_grid),
+                       str(cfg.backbone.weights), int(cfg.backbone.init_seed),
                        name="spot_encoder")
 
 

@@ -177,7 +177,7 @@ NODE_ALPHA = ("learned", "fixed")
 
 
 STARTS = ("model", "known_mean")
-"""``model.cli_start``: what an unknown node holds before the first propagation step."""
+"""``model.asign.cli_start``: what an unknown node holds before the first propagation step."""
 
 
 def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
@@ -197,7 +197,7 @@ def start_value(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
         return pred
     if start == "known_mean":
         return jnp.broadcast_to(known_mean(labels, known).astype(pred.dtype), pred.shape)
-    raise ValueError(f"model.cli_start must be one of {STARTS}, got {start!r}")
+    raise ValueError(f"model.asign.cli_start must be one of {STARTS}, got {start!r}")
 
 
 class CrossLayerImputation(nn.Module):
@@ -211,7 +211,7 @@ class CrossLayerImputation(nn.Module):
     where no training sample can teach cross-layer trust (one labelled layer per 3D sample).
     ``start``: what unknown nodes hold before the first step (``start_value``).
     theta (G,) starts at 0 (alpha = 0.5: equal trust in model and propagation); with
-    ``model.blend = "validation"`` it is replaced after training by ``blend_logit(fit_blend(
+    ``model.asign.blend = "validation"`` it is replaced after training by ``blend_logit(fit_blend(
     ...))`` on the validation role (``evaluation.selection``).
 
     Shapes: h (N, H), pred (N, G), labels (N, G), known (N,) bool, graph arrays as in
@@ -233,7 +233,7 @@ class CrossLayerImputation(nn.Module):
         elif self.node_alpha == "fixed":
             node_alpha = jnp.ones(h.shape[:1], pred.dtype)
         else:
-            raise ValueError(f"model.cli_node_alpha must be one of {NODE_ALPHA}, "
+            raise ValueError(f"model.asign.cli_node_alpha must be one of {NODE_ALPHA}, "
                              f"got {self.node_alpha!r}")
         imputed, reached = propagate(start_value(pred, labels, known, self.start), labels,
                                      known, senders, receivers, edge_weight, node_alpha,

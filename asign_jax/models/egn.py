@@ -101,7 +101,7 @@ class EGN(nn.Module):
     @nn.compact
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
-        c = self.cfg.egn
+        c = self.cfg
         d = int(c.dim)
         if int(c.depth) < int(c.bfre):
             raise ValueError(f"model.egn.depth={c.depth} < bfre={c.bfre}: no exemplar bridge "
@@ -142,10 +142,10 @@ class EGN(nn.Module):
 
 
 def egn_loss(out, spot, region, glob, spot_mask, region_mask, global_mask, cfg):
-    """MSE + ``loss.egn_pcc`` (0.5) x (1 - mean per-gene PCC) over the labelled spots."""
+    """MSE + ``model.egn.loss.pcc`` (0.5) x (1 - mean per-gene PCC) over the labelled spots."""
     del region, glob, spot_mask, region_mask, global_mask
     mask, y = labelled(spot), spot.nodes["label"]
     mse = masked_mse(out["spot"], y, mask)
     pcc = pcc_loss(out["spot"], y, mask)
-    loss = mse + cfg.egn_pcc * pcc
+    loss = mse + cfg.pcc * pcc
     return loss, {"mse": mse, "pcc_spot": pcc, "loss": loss}

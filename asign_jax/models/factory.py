@@ -19,6 +19,7 @@ from typing import Callable
 
 import ml_collections
 
+from asign_jax.config import block_name
 from asign_jax.errors import ConfigError
 from asign_jax.models.asign import ASIGN
 from asign_jax.models.asign2d import ASIGN2D
@@ -42,6 +43,19 @@ MODELS = {
     "triplex": (Triplex, triplex_loss),
 }
 
+def model_config(config) -> ml_collections.ConfigDict:
+    """The one block a model reads: ``config.model.<block>`` with the shared spot encoder
+    ``backbone`` beside it (its loss weights are its ``loss`` sub-block)."""
+    name = str(config.model.name)
+    if name not in MODELS:
+        raise ConfigError(f"model.name={name!r}: expected one of {sorted(MODELS)}")
+    model = config.model
+    if isinstance(model, ml_collections.ConfigDict):
+        model = model.copy_and_resolve_references()
+    own = ml_collections.ConfigDict(model[block_name(name)].to_dict())
+    own.backbone = ml_collections.ConfigDict(model.backbone.to_dict())
+    return own
+
 
 def model_inputs(model) -> tuple:
     """The ``extra`` inputs ``model`` reads (``training.model_inputs``); () for ASIGN."""
@@ -50,9 +64,8 @@ def model_inputs(model) -> tuple:
 
 
 def build(config, n_genes: int) -> tuple[object, Callable]:
-    """(module, loss function) of the model named by ``config.model.name``, ``n_genes`` outputs."""
-    name = str(config.model.name)
-    if name not in MODELS:
-        raise ConfigError(f"model.name={name!r}: expected one of {sorted(MODELS)}")
-    module, loss = MODELS[name]
-    return module(cfg=ml_collections.FrozenConfigDict(config.model), n_genes=int(n_genes)), loss
+    """(module, loss function) of the model named by ``config.model.name``, ``n_genes`` outputs;
+    the module is built from ``model_config(config)`` only."""
+    cfg = model_config(config)            # checks model.name
+    module, loss = MODELS[str(config.model.name)]
+    return module(cfg=ml_collections.FrozenConfigDict(cfg), n_genes=int(n_genes)), loss

@@ -157,7 +157,7 @@ class His2ST(nn.Module):
     @nn.compact
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
-        c = self.cfg.his2st
+        c = self.cfg
         _, tokens = spot_encoder(self.cfg)(spot, extra, need_tokens=True, train=train)
         label_mean = extra["label_mean"]
         mask = same_layer_mask(spot.nodes["layer"], node_mask(spot))
@@ -201,12 +201,12 @@ def zinb_nll(x, mu, theta, pi, size_factor, mask):
 
 
 def his2st_loss(out, spot, region, glob, spot_mask, region_mask, global_mask, cfg):
-    """MSE + ``loss.his2st_zinb`` ZINB + ``loss.his2st_bake`` bake over the labelled spots."""
+    """MSE + ``model.his2st.loss.zinb`` ZINB + ``model.his2st.loss.bake`` bake over the labelled spots."""
     del region, glob, spot_mask, region_mask, global_mask
     mask = labelled(spot)
     t = {"mse": masked_mse(out["spot"], spot.nodes["label"], mask)}
     t["zinb"] = zinb_nll(out["counts"], *out["zinb"], out["size_factor"], mask)
     t["bake"] = (masked_mse(out["bake_spot"], out["spot"], mask) if "bake_spot" in out
                  else jnp.zeros(()))
-    t["loss"] = t["mse"] + cfg.his2st_zinb * t["zinb"] + cfg.his2st_bake * t["bake"]
+    t["loss"] = t["mse"] + cfg.zinb * t["zinb"] + cfg.bake * t["bake"]
     return t["loss"], t

@@ -41,7 +41,7 @@ class HisToGene(nn.Module):
     @nn.compact
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
-        c = self.cfg.histogene
+        c = self.cfg
         feat, _ = spot_encoder(self.cfg)(spot, extra, need_tokens=False, train=train)
         x = nn.Dense(int(c.dim), name="patch_embedding")(feat)
         x = x + position_embedding(extra["array_xy"], int(c.n_pos), int(c.dim))

@@ -4,7 +4,7 @@ Original: DenseNet-121 (ImageNet) on the 224 px spot patch, classifier replaced 
 Linear(1024 -> G) whose weight starts at 0 and bias at the mean training expression; loss
 = squared error over genes. Here the CNN is the spot encoder of ``blocks.SpotEncoder`` (the
 cached frozen ResNet-50 feature by default, so the trainable part is the linear head: a
-linear probe of the same features ASIGN reads; ``model.backbone="train"`` trains the
+linear probe of the same features ASIGN reads; ``model.backbone.mode="train"`` trains the
 ResNet-50 under it end to end). The head is zero-initialised and offset by the mean training
 label, exactly ST-Net's start. 2D: every spot is predicted from its own patch only.
 """
@@ -30,7 +30,7 @@ class STNet(nn.Module):
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
         feat, _ = spot_encoder(self.cfg)(spot, extra, need_tokens=False, train=train)
-        feat = nn.Dropout(self.cfg.stnet.dropout)(feat, deterministic=not train)
+        feat = nn.Dropout(self.cfg.dropout)(feat, deterministic=not train)
         return {"spot": Head(self.n_genes, zero_init=True, name="head")(feat,
                                                                         extra["label_mean"])}
 

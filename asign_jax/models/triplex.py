@@ -4,7 +4,7 @@ encoders at three scales, fused by cross-attention, trained with a distillation 
 N spots, T target tokens, W = window^2 (25) neighbour tiles, emb e, G genes:
   target (TEM)    the spot patch's token grid -> Dense(e)  (N, T, e); head fc_target on the
                   token mean. (Original: a fine-tuned ResNet18's 7 x 7 x 512 map; here the
-                  spot encoder's tokens: cached by default, ``model.backbone="train"`` trains.)
+                  spot encoder's tokens: cached by default, ``model.backbone.mode="train"`` trains.)
   neighbour (NEM) frozen features of the 5 x 5 grid of spot-size tiles centred on the spot
                   (``training.model_inputs``: the section's spot nearest each tile centre,
                   masked where none lies within half a tile; TRIPLEX cuts these tiles from the
@@ -18,7 +18,7 @@ N spots, T target tokens, W = window^2 (25) neighbour tiles, emb e, G genes:
   fusion          ONE cross-encoder (shared weights) applied twice with the global token as
                   query: over the target tokens and over the neighbour tokens (masked);
                   LN(fus1 + fus2) -> fc.
-Loss (alpha = ``loss.triplex_alpha`` = 0.3): MSE(y_f, y) + sum_{m in t, n, g}[(1 - alpha)
+Loss (alpha = ``model.triplex.loss.alpha`` = 0.3): MSE(y_f, y) + sum_{m in t, n, g}[(1 - alpha)
 MSE(y_m, y) + alpha MSE(y_f, y_m)], no stop-gradient. The frozen inputs are 2048-d ResNet-50
 features (TRIPLEX: 512-d ResNet18), so NEM and GEM get a Dense(e) input projection. 2D: the
 window, the PEG grid and the global attention all stay in the spot's section.
@@ -88,7 +88,7 @@ class Triplex(nn.Module):
     @nn.compact
     def __call__(self, spot, region, glob, known, extra, *, train: bool) -> dict:
         del region, glob, known
-        c = self.cfg.triplex
+        c = self.cfg
         e = int(c.emb_dim)
         feat, tokens = spot_encoder(self.cfg)(spot, extra, need_tokens=True, train=train)
         label_mean = extra["label_mean"]
@@ -146,7 +146,7 @@ BRANCHES = ("spot_target", "spot_neighbor", "spot_global")
 def triplex_loss(out, spot, region, glob, spot_mask, region_mask, global_mask, cfg):
     """TRIPLEX's fusion + distillation loss over the labelled spots."""
     del region, glob, spot_mask, region_mask, global_mask
-    a = cfg.triplex_alpha
+    a = cfg.alpha
     mask, y, fused = labelled(spot), spot.nodes["label"], out["spot"]
     t = {"mse": masked_mse(fused, y, mask)}
     loss = t["mse"]

@@ -2,7 +2,7 @@
 
 ``state`` holds params, optimiser state and step; ``meta`` the shape fingerprint of params and
 optimiser state (every leaf's path, shape and dtype). Restoring checks the fingerprint first,
-so a checkpoint of another model or optimiser (e.g. another ``model.hidden``) is refused in
+so a checkpoint of another model or optimiser (e.g. another ``model.asign.hidden``) is refused in
 one line instead of failing deep in Flax. A checkpoint that cannot be read (a damaged latest
 step) is reported in one warning line, set aside as ``damaged_<step>``, and the previous step
 is used.

@@ -73,7 +73,7 @@ def init_output_bias(state: TrainState, pool, skip: tuple = ()) -> TrainState:
     the first steps spend the whole network on the constant offset (MSE ~20 at init); starting
     at the mean leaves the network the spatial variation. Optimiser moments start at zero
     whatever the parameter values, so ``opt_state`` stays valid. Scales in ``skip`` keep their
-    zero bias (the spot head with ``model.spot_offset="known"`` predicts a deviation).
+    zero bias (the spot head with ``model.asign.spot_offset="known"`` predicts a deviation).
     """
     params = dict(state.params)
     means = label_means(pool)
@@ -88,12 +88,12 @@ def init_output_bias(state: TrainState, pool, skip: tuple = ()) -> TrainState:
 
 def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
                     ) -> tuple[TrainState, float]:
-    """``state`` with the linear image path (``model.image_skip``) at the ridge fit of the
+    """``state`` with the linear image path (``model.asign.image_skip``) at the ridge fit of the
     pool's usable spot labels (``label_mask``: never a test layer) on their features.
-    ``fit="held_out"`` (``train.skip_fit``) uses only the held-out samples' known layers.
+    ``fit="held_out"`` (``model.asign.skip_fit``) uses only the held-out samples' known layers.
 
     The targets are the labels minus each sample's mean labelled profile when ``relative``
-    (``model.spot_offset="known"``: the model adds the known spots' mean itself), else the
+    (``model.asign.spot_offset="known"``: the model adds the known spots' mean itself), else the
     labels minus their pooled mean (the spot head's bias holds it). The penalty is chosen by
     leave-one-sample-out CV (``references.ridge_fit``). Returns (state, relative penalty).
     """
@@ -103,7 +103,7 @@ def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
     labels = np.asarray(g.nodes["label"], np.float64)
     xs, ys, groups = [], [], []
     if fit not in ("all", "held_out"):
-        raise ValueError(f"train.skip_fit must be 'all' or 'held_out', got {fit!r}")
+        raise ValueError(f"model.asign.skip_fit must be 'all' or 'held_out', got {fit!r}")
     for i in range(len(pool)):
         m = mask[i]
         if not m.any() or (fit == "held_out" and pool.roles[i] == "train"):
@@ -113,7 +113,7 @@ def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
         ys.append(y - y.mean(0) if relative else y)
         groups.append(np.full(int(m.sum()), i))
     if not xs:
-        raise ConfigError(f"train.skip_fit={fit!r}: no labelled spot to fit the linear image "
+        raise ConfigError(f"model.asign.skip_fit={fit!r}: no labelled spot to fit the linear image "
                           "path on (held_out needs a held-out sample with a known layer; "
                           "use 'all')")
     w, mx, _, penalty = references.ridge_fit(np.concatenate(xs), np.concatenate(ys),
@@ -189,11 +189,11 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
         # spot_offset / image_skip are ASIGN's (asign, asign2d); a baseline trained with the same
         # dataset config keeps its plain head bias at the mean training label
         is_asign = isinstance(model, ASIGN)
-        relative = is_asign and config.model.spot_offset == "known"
+        relative = is_asign and config.model.asign.spot_offset == "known"
         if tc.init_output_bias:
             state = init_output_bias(state, pool, ("spot",) if relative else ())
-        if is_asign and config.model.image_skip:
-            state, penalty = init_image_skip(state, pool, relative, str(tc.skip_fit))
+        if is_asign and config.model.asign.image_skip:
+            state, penalty = init_image_skip(state, pool, relative, str(config.model.asign.skip_fit))
             logger.info("fold %d: linear image path at the ridge fit of the training labels "
                         "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
     if log_path is not None:

@@ -89,10 +89,10 @@ def asign_loss(out: dict, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
     global_mask = global_mask & node_mask(glob)
     which = cfg.get("consistency_spots", "all")
     if which not in ("all", "labelled"):
-        raise ValueError(f"loss.consistency_spots must be 'all' or 'labelled', got {which!r}")
+        raise ValueError(f"model.asign.loss.consistency_spots must be 'all' or 'labelled', got {which!r}")
     supervise = cfg.get("spot_supervision", "both")
     if supervise not in ("final", "model", "both"):
-        raise ValueError(f"loss.spot_supervision must be 'final', 'model' or 'both', "
+        raise ValueError(f"model.asign.loss.spot_supervision must be 'final', 'model' or 'both', "
                          f"got {supervise!r}")
     cons_mask = real if which == "all" else spot_mask
 

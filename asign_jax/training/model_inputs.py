@@ -27,7 +27,7 @@ and eval steps pass them to the model as ``extra=``. Inputs (N = padded spots of
                LABELLED spots (zeros elsewhere) and n_counts / median over the section's
                labelled spots (His2ST's ZINB)
   patches      (N, S, S, 3) uint8 + backbone_stats: the spot patches at features.spot_input
-               for ``model.backbone="train"`` and the ResNet-50 batch statistics
+               for ``model.backbone.mode="train"`` and the ResNet-50 batch statistics
 
 Label hygiene: labels enter ONLY through the pool's masked spot arrays ("label",
 "label_mask"; ``batches.mask_sample`` zeroed every test layer) and, for ``counts``, through
@@ -205,7 +205,7 @@ def _patches(fields: list[dict], size: int, out_size: int) -> np.ndarray:
     for f in fields:
         if not f["image_path"]:
             raise DataError(f"section {f['name']}: no image path in the prepared data; "
-                            "model.backbone='train' needs the images")
+                            "model.backbone.mode='train' needs the images")
         p = crop_patches(open_working(Path(f["image_path"]), f.get("image_scale", 1.0)),
                          f["pixel_xy"], size)
         parts.append(np.stack([cv2.resize(x, (out_size, out_size), interpolation=cv2.INTER_AREA)

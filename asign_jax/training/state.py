@@ -34,8 +34,10 @@ def _schedule(learning_rate: float, steps: int, final_lr_fraction: float) -> opt
                                        alpha=final_lr_fraction)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """SGD(momentum) with L2 weight decay added to the gradient (``add_decayed_weights``), or AdamW.
+def make_optimizer(train_cfg, multipliers: tuple = ()) -> optax.GradientTransformation:
+    """SGD(momentum) with L2 weight decay added to the gradient (``add_decayed_weights``), or AdamW,
+    then the learning-rate factor of each ``(module name, factor)`` of ``multipliers`` (a
+    model's ``lr_multipliers()``, e.g. ASIGN's CLI and linear image path).
 
     Memoised on the settings: the optimizer is a static field of the TrainState, so the same
     object keeps a jitted step from recompiling across folds and relaunches.
@@ -43,7 +45,7 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     return _optimizer(str(train_cfg.optimizer), float(train_cfg.learning_rate),
                       float(train_cfg.momentum), float(train_cfg.weight_decay),
                       float(train_cfg.final_lr_fraction), int(train_cfg.steps),
-                      float(train_cfg.cli_lr_multiplier), float(train_cfg.skip_lr_multiplier))
+                      tuple((str(n), float(f)) for n, f in multipliers))
 
 
 def _is_module(name):
@@ -51,13 +53,10 @@ def _is_module(name):
     return lambda params: {k: jax.tree.map(lambda _: k == name, v) for k, v in params.items()}
 
 
-_is_cli = _is_module("cli")
-
-
 @functools.lru_cache(maxsize=None)
 def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: float,
-               final_lr_fraction: float, steps: int, cli_lr_multiplier: float,
-               skip_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
+               final_lr_fraction: float, steps: int,
+               multipliers: tuple) -> optax.GradientTransformation:
     schedule = _schedule(learning_rate, steps, final_lr_fraction)
     if name == "sgd":
         tx = optax.chain(optax.add_decayed_weights(weight_decay),
@@ -66,15 +65,9 @@ def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: f
         tx = optax.adamw(schedule, weight_decay=weight_decay)
     else:
         raise ConfigError(f"train.optimizer={name!r}: expected 'sgd' or 'adam'")
-    if cli_lr_multiplier != 1.0:
-        # the CLI has a handful of scalars per gene / a Dense(1); with Adam each moves at most
-        # ~lr a step, far too slow for a blend weight that must travel several logits
-        tx = optax.chain(tx, optax.masked(optax.scale(cli_lr_multiplier), _is_cli))
-    if skip_lr_multiplier != 1.0:
-        # the linear image path starts at a ridge fit (training.loop.init_image_skip); at the
-        # network's learning rate Adam would move each of its D x G weights by ~lr a step
-        tx = optax.chain(tx, optax.masked(optax.scale(skip_lr_multiplier),
-                                          _is_module("image_skip")))
+    for module, factor in multipliers:
+        if factor != 1.0:
+            tx = optax.chain(tx, optax.masked(optax.scale(factor), _is_module(module)))
     return tx
 
 
@@ -104,8 +97,9 @@ def create_train_state(model, train_cfg, example: dict, rng: jax.Array) -> Train
                           "the training loop only carries 'params'")
     # apply_fn=None: a bound method compares its module by identity (Python >= 3.8), so every
     # new (equal) model would change the state's static fields and recompile the jitted step
+    multipliers = getattr(model, "lr_multipliers", None)
     state = TrainState.create(apply_fn=None, params=variables["params"],
-                              tx=make_optimizer(train_cfg))
+                              tx=make_optimizer(train_cfg, multipliers() if multipliers else ()))
     # a strongly typed int32 step: the same signature fresh, stepped and restored (no recompiles)
     return state.replace(step=jnp.zeros((), jnp.int32))
 

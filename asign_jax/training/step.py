@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from asign_jax.models import factory
 from asign_jax.training import known as known_lib
 from asign_jax.training import sharding
 from asign_jax.training.batches import model_extra
@@ -86,7 +87,7 @@ def eval_step(params, sample: dict, *, model) -> dict:
 
 def step_options(config) -> dict:
     """The static, hashable keyword arguments of ``train_step`` that come from the config."""
-    return {"loss_cfg": ml_collections.FrozenConfigDict(config.loss),
+    return {"loss_cfg": ml_collections.FrozenConfigDict(factory.model_config(config).loss),
             "known_fraction": float(config.train.known_fraction),
             "known_mode": str(config.train.known_mode)}
 

@@ -260,8 +260,8 @@ def impute_tiled(eval_fn: Callable, sample: SampleGraph, max_nodes: int, halo: i
         cli_iterations, a CSR product linear in edges) and the eq.-6 blend (the tiles' "alpha")
         run once on the whole spot graph. Same result, far smaller halos: a 13-hop halo
         (3 GAT layers + 10 CLI iterations) made each tile mostly halo.
-      cli_cross_layer: ``model.cross_layer_edges`` (False: the CLI ignores cross-layer edges).
-      cli_start: ``model.cli_start`` (``models.cli.start_value``).
+      cli_cross_layer: ``model.asign.cross_layer_edges`` (False: the CLI ignores cross-layer edges).
+      cli_start: ``model.asign.cli_start`` (``models.cli.start_value``).
 
     Tiles are cut twice (sizes for one shared padding budget = one compilation, then one at a
     time for the model), so only one tile is in memory beside the sample. Returns the model's
@@ -355,7 +355,7 @@ def pool_options(config) -> dict:
     tile) and the training halo ``train.subgraph_halo`` (< 0 = ``gat_layers``)."""
     halo = int(config.train.subgraph_halo)
     return {"max_nodes": int(config.train.max_graph_nodes),
-            "halo": halo_for(config.model, exact=False) if halo < 0 else halo}
+            "halo": halo_for(config.model.asign, exact=False) if halo < 0 else halo}
 
 
 def tiled_eval(eval_fn: Callable, config) -> Callable:
@@ -366,11 +366,11 @@ def tiled_eval(eval_fn: Callable, config) -> Callable:
     For ``scoring.evaluate_fold`` with ``pad_fn`` = identity.
     """
     max_nodes = int(config.train.max_graph_nodes) or 1 << 62
-    if config.model.name == "asign" and config.model.use_cli:
-        halo = halo_for(config.model, exact=False)
+    if config.model.name == "asign" and config.model.asign.use_cli:
+        halo = halo_for(config.model.asign, exact=False)
         return lambda sample: impute_tiled(
-            eval_fn, sample, max_nodes, halo, cli_iterations=int(config.model.cli_iterations),
-            cli_cross_layer=bool(config.model.cross_layer_edges),
-            cli_start=str(config.model.cli_start))
-    halo = halo_for(config.model, exact=True)
+            eval_fn, sample, max_nodes, halo, cli_iterations=int(config.model.asign.cli_iterations),
+            cli_cross_layer=bool(config.model.asign.cross_layer_edges),
+            cli_start=str(config.model.asign.cli_start))
+    halo = halo_for(config.model.asign, exact=True)
     return lambda sample: impute_tiled(eval_fn, sample, max_nodes, halo)
