@@ -343,8 +343,18 @@ CHOICES = {
     "model.asign.cli_start": ("model", "known_mean"),
     "model.asign.spot_offset": ("none", "known"),
     "model.backbone.mode": ("cached", "train"),
+    "model.bleep.aggregate": ("mean", "weighted"),
 }
 """Fields with a fixed set of values (``model.name`` is checked against the model factory)."""
+
+def check_choice(name: str, value):
+    """``value`` if it is one of ``CHOICES[name]``, else ConfigError naming the field: the one
+    check of a fixed set of values, used by ``validate`` and by the functions that branch on
+    one (a direct caller gets the same line)."""
+    if value not in CHOICES[name]:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(CHOICES[name])}")
+    return value
+
 
 POSITIVE = (
     "data.n_genes", "data.spot_size", "data.region_size", "data.global_size", "data.um_per_px",
@@ -501,9 +511,8 @@ def validate(config) -> None:
     if missing:
         raise ConfigError(f"config field(s) {_names(missing)} missing: start the config from "
                           "asign_jax.config.base_config()")
-    for name, choices in CHOICES.items():
-        if have[name] not in choices:
-            raise ConfigError(f"{name}={have[name]!r}: expected one of {', '.join(choices)}")
+    for name in CHOICES:
+        check_choice(name, have[name])
     for name in POSITIVE:
         if _number(name, have[name]) <= 0:
             raise ConfigError(f"{name}={have[name]!r}: must be > 0")

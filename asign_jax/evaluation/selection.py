@@ -25,7 +25,7 @@ import numpy as np
 from flax import serialization
 
 from asign_jax import atomic
-from asign_jax.config import CHOICES
+from asign_jax.config import check_choice
 from asign_jax.errors import ConfigError
 from asign_jax.evaluation import scoring
 from asign_jax.evaluation.metrics import fold_means
@@ -34,8 +34,6 @@ from asign_jax.training.step import make_eval_fn
 
 logger = logging.getLogger(__name__)
 
-SELECT = CHOICES["train.select"]
-BLENDS = CHOICES["model.asign.blend"]
 
 
 @dataclasses.dataclass
@@ -52,10 +50,8 @@ class Validation:
 def check_config(config, has_validation: bool) -> None:
     """Fails early on selection settings the folds cannot serve."""
     select, blend = str(config.train.select), str(config.model.asign.blend)
-    if select not in SELECT:
-        raise ConfigError(f"train.select={select!r}: expected one of {SELECT}")
-    if blend not in BLENDS:
-        raise ConfigError(f"model.asign.blend={blend!r}: expected one of {BLENDS}")
+    check_choice("train.select", select)
+    check_choice("model.asign.blend", blend)
     if not has_validation and (select != "last" or blend != "learned"):
         raise ConfigError(f"train.select={select!r} / model.asign.blend={blend!r} read a validation "
                           "role, but the folds have none: set train.val_samples, "

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
+from asign_jax.config import check_choice
 from asign_jax.graph.contract import EDGE_CROSS, edge_mask, node_mask
 from asign_jax.models.cli import CrossLayerImputation, known_mean
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
@@ -209,8 +210,8 @@ class ASIGN(nn.Module):
                                  name="image_skip")(spot.nodes["feat"])
         if c.spot_offset == "known":
             p_s = p_s + known_mean(spot.nodes["label"], known)[None]
-        elif c.spot_offset != "none":
-            raise ValueError(f"model.asign.spot_offset must be 'none' or 'known', got {c.spot_offset!r}")
+        else:
+            check_choice("model.asign.spot_offset", c.spot_offset)
         p_r = RegressionHead(self.n_genes, name="region_head")(h_r)           # (N_r, G)
         p_g = RegressionHead(self.n_genes, name="global_head")(h_g)           # (N_q, G)
 

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from asign_jax.config import CHOICES, check_choice
 from asign_jax.models.blocks import NEG, encoder_inputs, gelu, labelled, spot_encoder
 
-AGGREGATES = ("mean", "weighted")
+AGGREGATES = CHOICES["model.bleep.aggregate"]
 
 
 class ProjectionHead(nn.Module):
@@ -63,7 +64,7 @@ def retrieve(query_emb, bank_emb, bank_label, allowed, top_k: int, aggregate: st
     elif aggregate == "weighted":
         w = jnp.where(ok, jnp.exp((top - top[:, :1]) / temperature), 0.0)
     else:
-        raise ValueError(f"model.bleep.aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        check_choice("model.bleep.aggregate", aggregate)
     return jnp.einsum("nk,nkg->ng", w, bank_label[idx]) / jnp.maximum(w.sum(1, keepdims=True),
                                                                      1e-12)
 

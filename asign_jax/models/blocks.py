@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from asign_jax.config import CHOICES, check_choice
 from asign_jax.features.augment import imagenet_normalize
 from asign_jax.features.extract import adaptive_avg_pool
 from asign_jax.features.resnet import ResNet50, fixed_seed_variables
@@ -40,7 +41,7 @@ from asign_jax.training.losses import masked_mse
 
 NEG = -1e9
 """Logit of a masked key (finite: a fully masked row gives a uniform, finite softmax)."""
-BACKBONES = ("cached", "train")
+BACKBONES = CHOICES["model.backbone.mode"]
 
 
 def gelu(x):
@@ -180,8 +181,7 @@ class SpotEncoder(nn.Module):
         if self.backbone == "cached":
             return spot.nodes["feat"], (extra["spot_tokens"].astype(jnp.float32)
                                         if need_tokens else None)
-        if self.backbone != "train":
-            raise ValueError(f"model.backbone.mode must be one of {BACKBONES}, got {self.backbone!r}")
+        check_choice("model.backbone.mode", self.backbone)
         params = self.param("resnet50", lambda _: jax.tree.map(
             jnp.asarray, backbone_variables(self.weights, self.init_seed)["params"]))
         variables = {"params": params, "batch_stats": extra["backbone_stats"]}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asign_jax.config import CHOICES, check_choice
 from asign_jax.models import sparse
 
 MIN_TRUST = 1e-12
@@ -173,10 +174,10 @@ def blend_logit(alpha: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     return np.log(a / (1.0 - a)).astype(np.float32)
 
 
-NODE_ALPHA = ("learned", "fixed")
+NODE_ALPHA = CHOICES["model.asign.cli_node_alpha"]
 
 
-STARTS = ("model", "known_mean")
+STARTS = CHOICES["model.asign.cli_start"]
 """``model.asign.cli_start``: what an unknown node holds before the first propagation step."""
 
 
@@ -197,7 +198,8 @@ def start_value(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
         return pred
     if start == "known_mean":
         return jnp.broadcast_to(known_mean(labels, known).astype(pred.dtype), pred.shape)
-    raise ValueError(f"model.asign.cli_start must be one of {STARTS}, got {start!r}")
+    check_choice("model.asign.cli_start", start)
+    raise AssertionError(start)
 
 
 class CrossLayerImputation(nn.Module):
@@ -233,8 +235,7 @@ class CrossLayerImputation(nn.Module):
         elif self.node_alpha == "fixed":
             node_alpha = jnp.ones(h.shape[:1], pred.dtype)
         else:
-            raise ValueError(f"model.asign.cli_node_alpha must be one of {NODE_ALPHA}, "
-                             f"got {self.node_alpha!r}")
+            check_choice("model.asign.cli_node_alpha", self.node_alpha)
         imputed, reached = propagate(start_value(pred, labels, known, self.start), labels,
                                      known, senders, receivers, edge_weight, node_alpha,
                                      edge_mask, node_mask, self.n_iter)

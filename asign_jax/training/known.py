@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from asign_jax.config import CHOICES, check_choice
 
-KNOWN_MODES = ("fraction", "layer")
+KNOWN_MODES = CHOICES["train.known_mode"]
 
 
 def draw_known(rng: jax.Array, label_mask: jax.Array, fraction: float) -> jax.Array:
@@ -47,4 +48,5 @@ def draw(rng: jax.Array, label_mask: jax.Array, layer: jax.Array, fraction: floa
         return draw_known_layer(rng, label_mask, layer, fraction)
     if mode == "fraction":
         return draw_known(rng, label_mask, fraction)
-    raise ValueError(f"train.known_mode must be one of {KNOWN_MODES}, got {mode!r}")
+    check_choice("train.known_mode", mode)
+    raise AssertionError(mode)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from asign_jax.config import check_choice
 from asign_jax import atomic
 from asign_jax.errors import ConfigError, TrainingError
 from asign_jax.evaluation import references, selection
@@ -102,8 +103,7 @@ def init_image_skip(state: TrainState, pool, relative: bool, fit: str = "all"
     feats = np.asarray(g.nodes["feat"], np.float64)
     labels = np.asarray(g.nodes["label"], np.float64)
     xs, ys, groups = [], [], []
-    if fit not in ("all", "held_out"):
-        raise ValueError(f"model.asign.skip_fit must be 'all' or 'held_out', got {fit!r}")
+    check_choice("model.asign.skip_fit", fit)
     for i in range(len(pool)):
         m = mask[i]
         if not m.any() or (fit == "held_out" and pool.roles[i] == "train"):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jraph
 import ml_collections
 
+from asign_jax.config import check_choice
 from asign_jax.graph.contract import node_mask
 
 PCC_EPS = 1e-6
@@ -87,13 +88,9 @@ def asign_loss(out: dict, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
     spot_mask = spot_mask & real
     region_mask = region_mask & node_mask(region)
     global_mask = global_mask & node_mask(glob)
-    which = cfg.get("consistency_spots", "all")
-    if which not in ("all", "labelled"):
-        raise ValueError(f"model.asign.loss.consistency_spots must be 'all' or 'labelled', got {which!r}")
-    supervise = cfg.get("spot_supervision", "both")
-    if supervise not in ("final", "model", "both"):
-        raise ValueError(f"model.asign.loss.spot_supervision must be 'final', 'model' or 'both', "
-                         f"got {supervise!r}")
+    which = check_choice("model.asign.loss.consistency_spots", cfg.get("consistency_spots", "all"))
+    supervise = check_choice("model.asign.loss.spot_supervision",
+                             cfg.get("spot_supervision", "both"))
     cons_mask = real if which == "all" else spot_mask
 
     t = {}
