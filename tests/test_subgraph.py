@@ -45,9 +45,9 @@ def test_tiled_imputation_equals_full_graph(whole_graph_cli, start):
     ref = {k: np.asarray(v) for k, v in eval_fn(full).items()}
     assert np.ptp(ref["node_alpha"][:300]) > 0.01
 
-    exact = subgraph.halo_for(c.model, exact=True)
+    exact = subgraph.halo_for(c.model.asign, exact=True)
     assert exact == 3                                              # 1 GAT layer + 2 CLI hops
-    halo = subgraph.halo_for(c.model, exact=False) if whole_graph_cli else exact
+    halo = subgraph.halo_for(c.model.asign, exact=False) if whole_graph_cli else exact
     tiles = subgraph.tiles_of(masked, 150, halo, hide_halo_labels=False)
     assert len(tiles) > 1 and max(len(t.nodes["spot"]) for t in tiles) <= 150
     cores = np.concatenate([t.nodes["spot"][t.core["spot"]] for t in tiles])
