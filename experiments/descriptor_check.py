@@ -21,7 +21,7 @@ from ml_collections import config_flags
 ROOT = Path(__file__).resolve().parents[1]
 
 from asign_jax.data.synthetic import load_ground_truth  # noqa: E402
-from asign_jax.features.histology import DESCRIPTOR_NAMES  # noqa: E402
+from asign_jax.features.histology_cells import DESCRIPTOR_NAMES  # noqa: E402
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared  # noqa: E402
 
 

@@ -290,7 +290,7 @@ class FeatureExtractor:
 
 class ConcatExtractor:
     """``features.encoder = "resnet50+histology"``: the ResNet-50 features and the histology
-    descriptors side by side (D = 2048 + HISTOLOGY_DIM); the histology token grid follows the
+    descriptors side by side (D = 2048 + histology_cells.HISTOLOGY_DIM); the histology token grid follows the
     ResNet's at each scale so the token rows line up. Each part is cached by its own key."""
 
     def __init__(self, features_cfg):
