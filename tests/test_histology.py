@@ -9,7 +9,7 @@ import pytest
 from asign_jax.config import base_config
 from asign_jax.data.section import Section
 from asign_jax.features import histology_cells, histology_pixels
-from asign_jax.features.extract import make_extractor
+from asign_jax.features.encoders import make_extractor
 from asign_jax.preprocess.prepare import prepare_section
 
 H_OD = np.array([0.60, 0.72, 0.35])
