@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
-from asign_jax import atomic, fingerprint
+from asign_jax import atomic, fingerprint, manifest_diff
 from asign_jax.config import block_name, fields
 from asign_jax.errors import RunFolderError
 
@@ -166,25 +166,6 @@ def capturing_warnings():
         log.removeHandler(handler)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, list) and len(v) > 6:
-        return f"<{len(v)} items: {', '.join(map(str, v[:3]))}, ...>"
-    return "<absent>" if v is _ABSENT else repr(v)
-
-
-def _list_change(was, now) -> str:
-    """`` (15 shared; only before: a, b; only now: c)`` for two long lists, else ''."""
-    if not (isinstance(was, list) and isinstance(now, list)) or len(was) + len(now) <= 12:
-        return ""
-    a, b = [str(x) for x in was], [str(x) for x in now]
-    gone, new = [x for x in a if x not in set(b)], [x for x in b if x not in set(a)]
-    return (f" ({len(set(a) & set(b))} shared; only before: {', '.join(gone[:5]) or '-'}; "
-            f"only now: {', '.join(new[:5]) or '-'})")
-
-
-_ABSENT = object()
-
-
 class RunFolder:
     """The manifests of one run folder (see the module doc).
 
@@ -263,46 +244,15 @@ class RunFolder:
     # ---- deciding ----------------------------------------------------------------------------
 
     def _difference(self, m: dict, config: dict, inputs: dict) -> Optional[str]:
-        """Why manifest ``m`` does not match, or None."""
-        keys = [k for k in sorted(set(m["config"]) | set(config))
-                if config.get(k, _ABSENT) is not None
-                and m["config"].get(k, _ABSENT) != config.get(k, _ABSENT)]
-        fmt = [k for k in keys if k.startswith("format.")]
-        if fmt:
-            k = fmt[0]
-            made = m["config"].get(k, "none recorded")
-            return (f"was written by another version of asign_jax ({k[7:]} format {made}; this "
-                    f"one reads and writes format {config.get(k)})")
-        if keys:
-            was = ", ".join(f"{k}={_fmt(m['config'].get(k, _ABSENT))}" for k in keys)
-            now = (_fmt(config.get(keys[0], _ABSENT)) if len(keys) == 1 else
-                   ", ".join(f"{k}={_fmt(config.get(k, _ABSENT))}" for k in keys))
-            if len(keys) == 1:
-                now += _list_change(m["config"].get(keys[0]), config.get(keys[0]))
-            return f"was made with {was}; you asked for {now}"
-        for up in sorted(set(m["inputs"]) | set(inputs)):
-            if m["inputs"].get(up) != inputs.get(up):
-                return f"was made from an earlier {up!r} stage (rebuilt since)"
-        refreshed = {}
-        for path, recorded in m["files"].items():
-            p = self.workdir / path                    # an absolute path stays as it is
-            if not p.is_file():
-                return f"was made from {p}, which no longer exists"
-            if len(recorded) < 3:                      # before content fingerprints: stat only
-                st = p.stat()
-                if [st.st_size, st.st_mtime_ns] != list(recorded[:2]):
-                    return (f"was made from {p} ({recorded[0]} bytes), which has changed since "
-                            f"({st.st_size} bytes now)")
-                continue
-            same, now = self.cache.unchanged(p, recorded)
-            if not same:
-                change = (f"{now[0]} bytes now" if now[0] != recorded[0]
-                          else f"same size, blake2b {now[2].split(':', 1)[-1][:8]} now")
-                return (f"was made from {p} ({fingerprint.short(recorded)}), whose content "
-                        f"has changed since ({change})")
-            if now[1] != recorded[1]:
-                refreshed[path] = now                  # touched or racy: content unchanged
-        self.cache.save()
+        """Why manifest ``m`` does not match, or None (``manifest_diff``). Input files touched
+        since with unchanged content get their new stat recorded."""
+        problem = (manifest_diff.config_difference(m["config"], config)
+                   or manifest_diff.inputs_difference(m["inputs"], inputs))
+        if problem:
+            return problem
+        problem, refreshed = manifest_diff.files_difference(m["files"], self.workdir, self.cache)
+        if problem:
+            return problem
         if refreshed:
             logger.info("%s: %d input file(s) touched since, content unchanged: %s",
                         self._where(m["stage"]), len(refreshed), ", ".join(sorted(refreshed)))

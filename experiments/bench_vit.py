@@ -2,7 +2,7 @@
 
     python experiments/bench_vit.py --arch uni --size 224 --batch 8 --batches 2
 
-Random weights (``vit.random_state_dict``: the speed does not depend on them) of an arch of
+Random weights (``vit_weights.random_state_dict``: the speed does not depend on them) of an arch of
 ``asign_jax.features.vit.ARCHS`` (``uni`` = ViT-L/16), through ``ViTExtractor.encode`` (the
 jitted forward, the arch's output rule and a 4 x 4 token grid, as the pipeline runs it).
 One warm-up batch compiles; the timed batches give seconds per 1,000 patches (extrapolated
@@ -21,8 +21,9 @@ from absl import app, flags
 ROOT = Path(__file__).resolve().parents[1]
 
 from asign_jax.config import base_config  # noqa: E402
-from asign_jax.features.extract import ViTExtractor  # noqa: E402
-from asign_jax.features.vit import get_arch, random_state_dict, state_dict_to_params  # noqa: E402
+from asign_jax.features.vit import get_arch  # noqa: E402
+from asign_jax.features.vit_extractor import ViTExtractor  # noqa: E402
+from asign_jax.features.vit_weights import random_state_dict, state_dict_to_params  # noqa: E402
 
 _ARCH = flags.DEFINE_string("arch", "uni", "a row of asign_jax.features.vit.ARCHS")
 _SIZE = flags.DEFINE_integer("size", 224, "input side, px")

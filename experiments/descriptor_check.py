@@ -7,7 +7,8 @@ For every prepared section: per feature dimension the fraction of its variance e
 spot's tissue type (eta², one-way ANOVA), and a nearest-centroid classifier of the type,
 leave-one-section-out within each sample (centroids from the other sections). Prints the mean
 eta² over dimensions, the 5 most type-bound histology descriptors and the accuracy against
-the majority-class rate.
+the majority-class rate. Writes ``<out>/results.json`` (default
+``--out runs/experiments/descriptor_check``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from asign_jax.data.synthetic import load_ground_truth  # noqa: E402
-from asign_jax.features.histology import DESCRIPTOR_NAMES  # noqa: E402
-from asign_jax.preprocess.prepared import PreparedSample, list_prepared  # noqa: E402
+from asign_jax import atomic, entry
+from asign_jax.data.synthetic import load_ground_truth
+from asign_jax.features.histology_cells import DESCRIPTOR_NAMES
+from asign_jax.preprocess.prepared import PreparedSample, list_prepared
 
 
 def eta2(x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -65,21 +63,16 @@ def check(config, workdir: Path) -> dict:
     return out
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    out = check(FLAGS.config, Path(FLAGS.workdir))
-    print(f"encoder {FLAGS.config.features.encoder}: mean eta² over dimensions "
+def main(args):
+    out = check(args.config, Path(args.workdir))
+    print(f"encoder {args.config.features.encoder}: mean eta² over dimensions "
           f"{out['mean_eta2']:.3f}; nearest-centroid tissue type accuracy {out['accuracy']:.3f} "
           f"(majority class {out['majority']:.3f})")
     if "top" in out:
         print("most type-bound descriptors:", out["top"])
+    print(f"written: {atomic.write_json(Path(args.out) / 'results.json', out)}")
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Run folder with prepared data.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    entry.run_script(main, "descriptor_check", config="required",
+                     workdir=(entry.REQUIRED, "Run folder with prepared data."))

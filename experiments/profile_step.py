@@ -13,12 +13,13 @@ D 1024, T 16, hidden 256, G 250, SGD-momentum). For each size:
   parts), backward ops to the part of the forward op with the same autograd sequence number.
 * The cost analysis of the compiled JAX step (FLOPs, bytes; ``roofline.step_cost``).
 
-    python experiments/profile_step.py --sizes 4000 --steps 2 [--torch] [--out prof.json]
+Writes ``<out>/results.json`` (default ``--out runs/experiments/profile_step``).
+
+    python experiments/profile_step.py --sizes 4000 --steps 2 [--torch] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -29,11 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 
-import jax  # noqa: E402
+import bench_torch   # experiments/ (the script's folder) is on sys.path
+import roofline
 
-import bench_torch  # noqa: E402
-import roofline  # noqa: E402
+from asign_jax import atomic, entry
 
 PARTS = ("encoder dense", "cross-attention", "GAT gather", "GAT segment softmax",
          "GAT scatter/aggregate", "GAT other", "node transformer", "CLI", "heads", "losses",
@@ -191,13 +193,7 @@ def profile_torch(setup: dict, steps: int) -> dict:
     return {"parts": dict(parts), "wall_s": wall}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="4000")
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--torch", action="store_true", help="also profile the PyTorch port")
-    ap.add_argument("--out", default="")
-    a = ap.parse_args(argv)
+def main(a):
     ba = bench_torch.default_args(torch_compile=0)
     print(f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPU threads")
     peak = roofline.machine_peak()
@@ -236,10 +232,12 @@ def main(argv=None):
         for k, v in pj["top_ops"][:15]:
             print(f"  {v:7.3f}  {k}")
         res[spots] = row
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1, default=str))
-    return 0
+    out = atomic.write_json(Path(a.out) / "results.json", json.loads(json.dumps(res, default=str)))
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry.run_script(main, "profile_step", config="none",
+                     sizes=("4000", "Spots per sample (comma-separated)."),
+                     steps=(2, "Profiled steps per size."),
+                     torch=(False, "Also profile the PyTorch port."))

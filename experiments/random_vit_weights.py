@@ -17,7 +17,8 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asign_jax.features.vit import get_arch, random_state_dict  # noqa: E402
+from asign_jax.features.vit import get_arch  # noqa: E402
+from asign_jax.features.vit_weights import random_state_dict  # noqa: E402
 
 _ARCH = flags.DEFINE_string("arch", "tiny_test", "a row of asign_jax.features.vit.ARCHS")
 _OUT = flags.DEFINE_string("out", "runs/experiments/random_vit_weights/tiny_test.safetensors",

@@ -1,6 +1,6 @@
 """A synthetic Visium-like 3D block as a ``SampleGraph``, for the benchmarks (not a test).
 
-L sections of n spots on a 10x Visium hexagonal lattice (``data.synthetic.hex_lattice``,
+L sections of n spots on a 10x Visium hexagonal lattice (``data.synthetic_frames.hex_lattice``,
 pitch 100 um = ``PITCH_PX`` full-resolution px), each section slightly rotated and shifted as
 registration leaves it. Region (512 px) and global (1024 px) tiles come from the project's own
 tiling (``preprocess.tiles``). Image features are drawn directly (the ``embeddings`` encoder
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from asign_jax.config import base_config
-from asign_jax.data.synthetic import hex_lattice
+from asign_jax.data.synthetic_frames import hex_lattice
 from asign_jax.graph.build import build_sample_graph
 from asign_jax.preprocess.tiles import assign_tiles, region_global
 

@@ -14,8 +14,8 @@ from asign_jax.errors import DataError
 from asign_jax.features import extract as extract_mod
 from asign_jax.features.augment import augment, imagenet_normalize
 from asign_jax.features.embeddings import EmbeddingsReader, save_embeddings
-from asign_jax.features.extract import (FeatureExtractor, adaptive_avg_pool,
-                                        feature_map_size, make_extractor)
+from asign_jax.features.encoders import make_extractor
+from asign_jax.features.extract import FeatureExtractor, adaptive_avg_pool, feature_map_size
 from asign_jax.features.resnet import ResNet50
 from asign_jax.features.torch_import import convert_to_npz, load_torchvision_state_dict
 

@@ -12,7 +12,8 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import DataError
-from asign_jax.graph import build, contract, io, iou, padding
+from asign_jax.graph import build, contract, cross, io, iou, padding
+from asign_jax.graph import edges as graph_edges
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, WEIGHT_FLOOR
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
 from asign_jax.registration.result import RegisteredSample
@@ -109,7 +110,7 @@ def test_overlap_pairs_brute_force():
 
 def test_intra_knn_brute_force():
     xy, layer, _ = random_points(seed=2)
-    s, r, dist = build.intra_layer_knn(xy, layer, 5)
+    s, r, dist = graph_edges.intra_layer_knn(xy, layer, 5)
     got = {(int(a), int(b)): float(c) for a, b, c in zip(s, r, dist)}
     exp = brute_knn(xy, layer, 5)
     assert got.keys() == exp.keys()
@@ -120,7 +121,7 @@ def test_intra_knn_brute_force():
 def test_cross_topk_brute_force(k, reach_mode):
     xy, layer, feats = random_points(n=40, seed=3 + k)
     kw = dict(cosine_all_max_nodes=10, cosine_radius=300.0) if reach_mode else {}
-    s, r, e = build.cross_layer_topk(xy, layer, feats, k, R, **kw)
+    s, r, e = cross.cross_layer_topk(xy, layer, feats, k, R, **kw)
     got = {(int(a), int(b)): float(c) for a, b, c in zip(s, r, e)}
     exp = brute_topk(brute_scores(xy, layer, feats, R, 300.0 if reach_mode else None), k)
     assert got.keys() == exp.keys()
@@ -132,9 +133,9 @@ def test_cross_topk_brute_force(k, reach_mode):
 def test_cross_topk_blocking_and_threads_do_not_change_the_result(reach_mode):
     xy, layer, feats = random_points(n=40, seed=11)
     kw = dict(cosine_all_max_nodes=10, cosine_radius=400.0) if reach_mode else {}
-    ref = build.cross_layer_topk(xy, layer, feats, 6, R, workers=1, **kw)
+    ref = cross.cross_layer_topk(xy, layer, feats, 6, R, workers=1, **kw)
     for workers, block_elems in ((1, 50), (2, 50), (2, 1 << 20)):
-        got = build.cross_layer_topk(xy, layer, feats, 6, R, workers=workers,
+        got = cross.cross_layer_topk(xy, layer, feats, 6, R, workers=workers,
                                      block_elems=block_elems, **kw)
         a = {(int(s), int(r)): float(e) for s, r, e in zip(*got)}
         b = {(int(s), int(r)): float(e) for s, r, e in zip(*ref)}
@@ -145,7 +146,7 @@ def test_cross_topk_blocking_and_threads_do_not_change_the_result(reach_mode):
 def test_cross_topk_radius_keeps_overlaps_when_cosine_radius_small():
     """cosine_radius < 2r: IoU > 0 candidates stay candidates."""
     xy, layer, feats = random_points(n=40, seed=4)
-    s, r, e = build.cross_layer_topk(xy, layer, feats, 4, R, cosine_all_max_nodes=10,
+    s, r, e = cross.cross_layer_topk(xy, layer, feats, 4, R, cosine_all_max_nodes=10,
                                      cosine_radius=50.0)
     exp = brute_topk(brute_scores(xy, layer, feats, R, 2 * R), 4)
     assert set(zip(s.tolist(), r.tolist())) == exp.keys()
@@ -156,7 +157,7 @@ def test_topk_smallest_with_masked_entries():
     cost = rng.normal(size=(50, 300)).astype(np.float32)
     cost[rng.random(cost.shape) < 0.6] = np.inf
     cost[:5, 40:] = np.inf          # rows with fewer than k candidates
-    rows, cols, vals = build._topk_smallest(cost, 12)
+    rows, cols, vals = cross._topk_smallest(cost, 12)
     got = set(zip(rows.tolist(), cols.tolist()))
     exp = {(i, int(j)) for i in range(50) for j in np.argsort(cost[i])[:12]
            if np.isfinite(cost[i, j])}
@@ -183,7 +184,7 @@ def test_build_edges_matches_brute_force():
     knn = brute_knn(xy, layer, 4)
     raw = {}
     for (s, r), d in knn.items():
-        raw[(s, r)] = raw[(r, s)] = 1.0 / max(d, build.MIN_DISTANCE_PX)
+        raw[(s, r)] = raw[(r, s)] = 1.0 / max(d, graph_edges.MIN_DISTANCE_PX)
     rmax = {}
     for (s, r), w in raw.items():
         rmax[r] = max(rmax.get(r, 0.0), w)
@@ -331,7 +332,8 @@ def test_sample_graph_nodes_follow_contract(sample_graphs):
         assert g.nodes["xy"].dtype == np.float32 and g.nodes["layer"].dtype == np.int32
         assert g.senders.dtype == np.int32 and g.edges["weight"].dtype == np.float32
         assert int(g.n_edge[0]) == len(g.senders)
-        edges = build.ScaleEdges(g.senders, g.receivers, g.edges["weight"], g.edges["type"], {})
+        edges = graph_edges.ScaleEdges(g.senders, g.receivers, g.edges["weight"],
+                                       g.edges["type"], {})
         _check_graph_invariants(edges, n)
         assert np.any(g.edges["type"] == EDGE_CROSS)          # all three scales are 3D
         off = sg.layer_offsets[scale]

@@ -8,8 +8,8 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.data.section import Section
-from asign_jax.features import histology as hist
-from asign_jax.features.extract import make_extractor
+from asign_jax.features import histology_cells, histology_pixels
+from asign_jax.features.encoders import make_extractor
 from asign_jax.preprocess.prepare import prepare_section
 
 H_OD = np.array([0.60, 0.72, 0.35])
@@ -45,7 +45,7 @@ def _nuclei_fields(size=256, seed=0, n_target=60, radius=5):
 
 def test_nuclei_count_within_10_percent():
     ch, ce, n = _nuclei_fields()
-    _, summary = hist.section_cells(_render(ch, ce), cell=4)
+    _, summary = histology_cells.section_cells(_render(ch, ce), cell=4)
     assert abs(summary["nuclei"] - n) <= 0.1 * n, (summary["nuclei"], n)
 
 
@@ -55,7 +55,7 @@ def test_touching_nuclei_are_split():
     ch = np.full((size, size), 0.08)
     for cx, cy in ((30, 30), (30 + 2 * r - 2, 30), (60, 70), (60, 70 + 2 * r - 2)):
         ch[(xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2] = 1.2
-    labels = hist.segment_nuclei(ch, np.ones_like(ch, bool), threshold=0.6)
+    labels = histology_pixels.segment_nuclei(ch, np.ones_like(ch, bool), threshold=0.6)
     assert labels.max() == 4
 
 
@@ -65,7 +65,7 @@ def test_stain_vectors_recovered_within_3_degrees():
     kind = rng.choice(3, (size, size), p=[0.3, 0.4, 0.3])     # H only | E only | both
     ch = rng.uniform(0.3, 1.2, (size, size)) * (kind != 1)
     ce = rng.uniform(0.3, 1.0, (size, size)) * (kind != 0)
-    v, method = hist.stain_vectors(_render(ch, ce))
+    v, method = histology_pixels.stain_vectors(_render(ch, ce))
     assert method == "macenko"
     for got, want in ((v[0], H_OD), (v[1], E_OD)):
         angle = np.degrees(np.arccos(np.clip(_unit(got) @ _unit(want), -1, 1)))
@@ -73,7 +73,7 @@ def test_stain_vectors_recovered_within_3_degrees():
 
 
 def test_ruifrok_fallback_on_a_blank_image():
-    v, method = hist.stain_vectors(np.full((32, 32, 3), 250, np.uint8))
+    v, method = histology_pixels.stain_vectors(np.full((32, 32, 3), 250, np.uint8))
     assert method == "ruifrok" and v.shape == (3, 3)
 
 
@@ -103,7 +103,7 @@ def test_texture_invariant_to_a_stain_change_the_normalisation_removes():
     # other stain hues and a 30 % darker staining: the same tissue
     b = ex.describe("b", _render(1.3 * ch, 1.3 * ce, [0.55, 0.76, 0.35], [0.18, 0.86, 0.47]),
                     xy, ro, go, c.data)
-    names = hist.DESCRIPTOR_NAMES
+    names = histology_cells.DESCRIPTOR_NAMES
     tex = [i for i, n in enumerate(names) if n.startswith(("lbp_", "glcm_"))]
     for key in ("spot_feats", "region_feats"):
         fa, fb = a[key][:, tex], b[key][:, tex]
@@ -119,7 +119,7 @@ def test_output_shapes_tokens_and_determinism():
     xy, ro, go = _windows()
     a = make_extractor(c.features).describe("s", img, xy, ro, go, c.data)
     b = make_extractor(c.features).describe("s", img, xy, ro, go, c.data)
-    d = hist.HISTOLOGY_DIM
+    d = histology_cells.HISTOLOGY_DIM
     assert a["spot_feats"].shape == (len(xy), d) and a["spot_tokens"].shape == (len(xy), 4, d)
     assert a["region_tokens"].shape == (4, 4, d) and a["global_feats"].shape == (1, d)
     for k in a:

@@ -11,7 +11,8 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.extract import FeatureExtractor, input_files, make_extractor
+from asign_jax.features.encoders import make_extractor
+from asign_jax.features.extract import FeatureExtractor, input_files
 from asign_jax.features.patch_features import PatchFeatureReader, write_trident
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.data import synthetic
+from asign_jax.data import synthetic, synthetic_frames, synthetic_render
 from asign_jax.errors import ConfigError, DataError
 
 SPOT_COLUMNS = ["x", "y", "new_x", "new_y", "pixel_x", "pixel_y", "selected"]
@@ -141,7 +141,7 @@ def test_expression_and_images_carry_the_tissue_type(default_data, sections):
 
 def test_spots_land_on_tissue(default_data, sections):
     root, summary = default_data
-    background = 255 * np.exp(-synthetic._BACKGROUND_OD)
+    background = 255 * np.exp(-synthetic_render.BACKGROUND_OD)
     on_tissue = []
     for name in summary["spots"]:
         sel, _, img, _ = sections[name]
@@ -175,13 +175,13 @@ def test_transforms_reproduce_spot_pixels(default_data):
             affine_only = can @ a[:2, :2].T + a[:2, 2]
             dev = np.linalg.norm(affine_only - pix, axis=1)
             assert dev.max() <= gt["elastic_px"] + 0.01 and dev.max() > 0.1
-            assert np.abs(synthetic.canonical_to_section(gt, can) - pix).max() < 0.01
-            back = synthetic.section_to_canonical(gt, pix)
+            assert np.abs(synthetic_frames.canonical_to_section(gt, can) - pix).max() < 0.01
+            back = synthetic_frames.section_to_canonical(gt, pix)
             assert np.abs(back - can).max() < 0.01
             # Into the reference frame: affine-only within ~2 x elastic, exact within 0.01.
-            truth = synthetic.canonical_to_section(ref, can)
-            approx = synthetic.true_reference_coords(gt, ref, pix)
-            exact = synthetic.true_reference_coords(gt, ref, pix, exact=True)
+            truth = synthetic_frames.canonical_to_section(ref, can)
+            approx = synthetic_frames.true_reference_coords(gt, ref, pix)
+            exact = synthetic_frames.true_reference_coords(gt, ref, pix, exact=True)
             assert np.linalg.norm(approx - truth, axis=1).max() <= 2.5 * gt["elastic_px"]
             assert np.abs(exact - truth).max() < 0.02
 

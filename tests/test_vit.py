@@ -10,9 +10,11 @@ import pytest
 
 from asign_jax.config import CHOICES, base_config
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.extract import ViTExtractor, adaptive_avg_pool, make_extractor
-from asign_jax.features.vit import (ARCHS, ViT, load_vit_weights, param_shapes,
-                                    pooled_and_tokens, random_state_dict, resample_matrix)
+from asign_jax.features.encoders import make_extractor
+from asign_jax.features.extract import adaptive_avg_pool
+from asign_jax.features.vit import ARCHS, ViT, param_shapes, pooled_and_tokens, resample_matrix
+from asign_jax.features.vit_extractor import ViTExtractor
+from asign_jax.features.vit_weights import load_vit_weights, random_state_dict
 
 
 def _small(name, **kw):

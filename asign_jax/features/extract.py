@@ -1,9 +1,10 @@
 """Patch features for a section: spot patches, region tiles and global tiles through ResNet-50.
 
-``make_extractor(config.features)`` returns the extractor ``prepare`` uses; every kind
-(``FeatureExtractor`` here, ``ViTExtractor`` for foundation-model ViTs (``features/vit.py``),
+``encoders.make_extractor(config.features)`` returns the extractor ``prepare`` uses; every
+kind (``FeatureExtractor`` here, ``vit_extractor.ViTExtractor`` for foundation-model ViTs,
 ``EmbeddingsReader`` for precomputed embeddings, ``PatchFeatureReader`` for TRIDENT / HEST
-files) offers the same ``section_features(...)``, returning::
+files, ``HistologyExtractor`` for the H&E descriptors) offers the same
+``section_features(...)``, returning::
 
     spot_feats (N, D) float32, spot_tokens (N, T, D) float16, region_feats (R, D) float32,
     region_tokens (R, T, D) float16, global_feats (Q, D) float32, global_tokens (Q, T, D) float16
@@ -16,11 +17,13 @@ Results of ``FeatureExtractor.section_features`` are cached per section in ``cac
 file path/size/mtime, init seed, patch and input sizes, token grid, dtype, section name,
 a hash of the image's pixels, a hash of the coordinates), so a changed setting or a replaced
 image (e.g. a truncated file copied again) never reuses a stale file.
+
+``input_files`` lists the files an encoder reads (for the run folder's fingerprints);
+``adaptive_avg_pool`` is the token pooling shared with the ViT and the models.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -35,20 +38,14 @@ from tqdm import tqdm
 
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
-from asign_jax.features.cache import OUTPUT_KEYS as _OUTPUT_KEYS
 from asign_jax.features.cache import coords_hash as _coords_hash
 from asign_jax.features.cache import load_cache as _load_cache
 from asign_jax.features.cache import safe_name as _safe_name
 from asign_jax.features.cache import save_cache as _save_cache
 from asign_jax.features.cache import section_inputs
-from asign_jax.features.embeddings import EmbeddingsReader
-from asign_jax.features.histology import HistologyExtractor
-from asign_jax.features.patch_features import PatchFeatureReader
 from asign_jax.features.resnet import (DEFAULT_RESIDUAL_INIT_SCALE, ResNet50,
                                        fixed_seed_variables)
 from asign_jax.features.torch_import import load_torchvision_state_dict
-from asign_jax.features.vit import (ViT, ViTArch, file_hash, get_arch, load_vit_weights,
-                                    pooled_and_tokens)
 from asign_jax.preprocess.patches import crop_patches
 
 logger = logging.getLogger(__name__)
@@ -68,7 +65,7 @@ def _forward(model, variables, images, grid):
 _forward_jit = jax.jit(_forward, static_argnums=(0, 3))
 
 
-def _encoder_settings(features_cfg) -> tuple:
+def encoder_settings(features_cfg) -> tuple:
     """(batch size, compute dtype, token grid side) of a network encoder, checked."""
     batch_size = int(features_cfg.batch_size)
     if batch_size < 1:
@@ -119,7 +116,7 @@ class FeatureExtractor:
         if features_cfg.encoder != "resnet50" and not _encoder_ok:
             raise ConfigError(f"features.encoder={features_cfg.encoder!r}: FeatureExtractor "
                               "handles 'resnet50' (use make_extractor for 'embeddings')")
-        self.batch_size, dtype, self.token_grid = _encoder_settings(features_cfg)
+        self.batch_size, dtype, self.token_grid = encoder_settings(features_cfg)
         self.model = ResNet50(dtype=dtype)
         weights = str(features_cfg.weights or "")
         self._weights_id = "fixed-seed"
@@ -288,115 +285,6 @@ class FeatureExtractor:
         return out
 
 
-class ConcatExtractor:
-    """``features.encoder = "resnet50+histology"``: the ResNet-50 features and the histology
-    descriptors side by side (D = 2048 + HISTOLOGY_DIM); the histology token grid follows the
-    ResNet's at each scale so the token rows line up. Each part is cached by its own key."""
-
-    def __init__(self, features_cfg):
-        self.resnet = FeatureExtractor(features_cfg, _encoder_ok=True)
-        c = features_cfg
-        self.histology = HistologyExtractor(c, grids={
-            "spot": self.resnet.grid_for(int(c.spot_input)),
-            "region": self.resnet.grid_for(int(c.region_input)),
-            "global": self.resnet.grid_for(int(c.global_input))})
-
-    def section_features(self, section_name, image, spot_xy, region_origin, global_origin,
-                         data_cfg, cache_dir=None, spot_ids=None) -> dict:
-        a = self.resnet.section_features(section_name, image, spot_xy, region_origin,
-                                         global_origin, data_cfg, cache_dir, spot_ids)
-        b = self.histology.section_features(section_name, image, spot_xy, region_origin,
-                                            global_origin, data_cfg, cache_dir, spot_ids)
-        return {k: np.concatenate([a[k], b[k].astype(a[k].dtype)], axis=-1)
-                for k in _OUTPUT_KEYS}
-
-
-def _vit_forward(model, variables, images, grid, mean, std):
-    """uint8 (B, S, S, 3) -> feature (B, F) float32, tokens (B, grid², F) float16."""
-    x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
-    cls, patches = model.apply(variables, x)
-    f, t = pooled_and_tokens(model.arch, cls, patches, adaptive_avg_pool, grid)
-    return f, t.astype(jnp.float16)
-
-
-_vit_forward_jit = jax.jit(_vit_forward, static_argnums=(0, 3, 4, 5))
-
-
-class ViTExtractor(FeatureExtractor):
-    """A pathology foundation-model ViT (``features.arch`` of ``vit.ARCHS``) from the user's
-    weights file (``features.weights``; nothing is downloaded), with ``FeatureExtractor``'s
-    section loop, batching and cache (keyed by a hash of the weights file's bytes).
-
-    Patches are resized (cv2.INTER_AREA) to the configured input rounded down to a multiple
-    of the patch size; the position embeddings are interpolated when that differs from the
-    arch's training size. Features follow the arch's output rule (``vit.pooled_and_tokens``).
-    """
-
-    def __init__(self, features_cfg, variables: Optional[dict] = None,
-                 arch: Optional[ViTArch] = None):
-        self.cfg = features_cfg
-        self.batch_size, dtype, self.token_grid = _encoder_settings(features_cfg)
-        self.arch_name = str(features_cfg.arch)
-        self.arch = arch if arch is not None else get_arch(self.arch_name)
-        self.feature_dim = self.arch.feature_dim
-        self.model = ViT(self.arch, dtype=dtype)
-        weights = str(features_cfg.weights or "")
-        if variables is None:
-            if not weights:
-                raise ConfigError(f"features.encoder='vit' needs features.weights: the "
-                                  f"checkpoint of features.arch={self.arch_name!r} "
-                                  f"({self.arch.hf_repo or 'a timm state dict'}; .bin/.pth/.pt/"
-                                  ".safetensors/.npz), downloaded by you under its licence")
-            variables = load_vit_weights(weights, self.arch, self.arch_name)
-            self._weights_id = file_hash(weights)
-        else:
-            leaves = jax.tree_util.tree_leaves(variables)
-            self._weights_id = "given:" + hashlib.blake2b(
-                b"".join(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes()
-                         for a in leaves), digest_size=16).hexdigest()
-        if dtype != jnp.float32:
-            variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
-        self.variables = jax.device_put(variables)
-        self._logged_grid: set[int] = set()
-        self._logged_side: set[int] = set()
-
-    def input_side(self, input_size: int) -> int:
-        p = self.arch.patch
-        s = max(p, (int(input_size) // p) * p)
-        if s != int(input_size) and int(input_size) not in self._logged_side:
-            logger.info("%s: input %d px is not a multiple of the patch size %d: using %d px",
-                        self.arch_name, input_size, p, s)
-            self._logged_side.add(int(input_size))
-        return s
-
-    def grid_for(self, input_size: int) -> int:
-        m = self.input_side(input_size) // self.arch.patch
-        return min(m, self.token_grid)
-
-    def _forward(self, batch: np.ndarray, grid: int):
-        return _vit_forward_jit(self.model, self.variables, batch, grid,
-                                tuple(self.arch.mean), tuple(self.arch.std))
-
-    def cache_key(self, section_name, image: np.ndarray, spot_xy, region_origin, global_origin,
-                  data_cfg) -> str:
-        c = self.cfg
-        desc = {
-            "version": CACHE_VERSION, "encoder": "vit", "arch": self.arch_name,
-            "arch_fields": dataclasses.asdict(self.arch), "weights": self._weights_id,
-            "dtype": str(c.dtype),
-            "sizes": [int(data_cfg.spot_size), int(data_cfg.region_size),
-                      int(data_cfg.global_size)],
-            "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
-            "token_grid": self.token_grid, "section": str(section_name),
-            "image_shape": [int(v) for v in image.shape],
-            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
-                                     digest_size=16).hexdigest(),
-            "coords": _coords_hash(spot_xy, region_origin, global_origin),
-        }
-        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()
-                              ).hexdigest()[:20]
-
-
 def input_files(features_cfg) -> list[Path]:
     """The files the features are read from (weights, embeddings or patch-feature files), for
     the run folder's check that a reused ``prepare`` stage was made from the same bytes."""
@@ -411,23 +299,3 @@ def input_files(features_cfg) -> list[Path]:
     else:
         paths = []
     return [p for p in paths if p.is_file()]
-
-
-def make_extractor(features_cfg):
-    """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``histology``
-    (features/histology.py), ``resnet50+histology`` (both, concatenated), ``vit``
-    (features/vit.py) or ``patch_features`` (features/patch_features.py)."""
-    if features_cfg.encoder == "resnet50":
-        return FeatureExtractor(features_cfg)
-    if features_cfg.encoder == "embeddings":
-        return EmbeddingsReader(features_cfg)
-    if features_cfg.encoder == "histology":
-        return HistologyExtractor(features_cfg)
-    if features_cfg.encoder == "resnet50+histology":
-        return ConcatExtractor(features_cfg)
-    if features_cfg.encoder == "vit":
-        return ViTExtractor(features_cfg)
-    if features_cfg.encoder == "patch_features":
-        return PatchFeatureReader(features_cfg)
-    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected one of "
-                      "resnet50, embeddings, histology, resnet50+histology, vit, patch_features")

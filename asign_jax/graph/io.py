@@ -2,7 +2,7 @@
 
 ``<workdir>/graphs/<sample_id>.json`` holds each scale's edge statistics (counts, share of cross
 edges with IoU = 0, their median length in spot pitches, mean weight by edge kind;
-``build.edge_statistics``), also logged when the graph is built.
+``edges.edge_statistics``), also logged when the graph is built.
 
 One npz per sample (uncompressed, written to a temporary file and renamed, so a reader never
 sees a half-written graph). Keys: ``<scale>/nodes/<key>``, ``<scale>/edges/<key>``,

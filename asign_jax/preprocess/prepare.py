@@ -27,7 +27,7 @@ from tqdm import tqdm
 from asign_jax import atomic
 from asign_jax.data.section import Sample, Section, dense_counts, row_totals
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.extract import make_extractor
+from asign_jax.features.encoders import make_extractor
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.normalize import check_method, normalize
 from asign_jax.preprocess.patches import count_outside
@@ -184,7 +184,7 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
         global_origin, data_cfg, cache_dir, spot_ids=...) -> dict`` (spot_ids: (N,) str, used
         by the precomputed-embeddings reader) of spot_feats (N, D), region_feats
         (R, D), region_tokens (R, T, D), global_feats (Q, D), global_tokens (Q, T, D).
-        None = ``asign_jax.features.extract.make_extractor(config.features)``.
+        None = ``asign_jax.features.encoders.make_extractor(config.features)``.
       genes: the genes to keep, in order (e.g. a trained model's); None = select
         ``data.n_genes`` over the sections that have counts (image-only sections have none).
 
