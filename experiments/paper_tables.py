@@ -164,9 +164,10 @@ def tune_fields(text: str) -> list:
     names = {TUNE_LABELS[k]: k for k in TUNE_GRID} | {k: k for k in TUNE_GRID}
     keys = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [k for k in keys if k not in names]
-    if unknown or not keys:
-        raise ConfigError(f"--tune_fields: unknown {unknown or 'none'}; choose among "
-                          f"{sorted(names)}")
+    if unknown or len(keys) < 2:
+        what = f"unknown {unknown}" if unknown else "two or more"
+        raise ConfigError(f"--tune_fields: {what} of {sorted(names)} (the half fraction needs "
+                          "two fields)")
     return [names[k] for k in keys]
 
 
@@ -174,10 +175,15 @@ def candidate_label(overrides: dict, index: int) -> str:
     """"c0 (own config)" or "c3: lr=0.001 wd=0.05 dropout=0.3 norm=none"."""
     if not overrides:
         return f"c{index} (own config)"
-    short = lambda f: ("dropout" if "dropout" in f else
-                       TUNE_LABELS.get(f, f.rsplit(".", 1)[-1]))
-    return f"c{index}: " + " ".join(f"{short(f)}={v:g}" if isinstance(v, float) else
-                                    f"{short(f)}={v}" for f, v in overrides.items())
+    return f"c{index}: " + " ".join(f"{_short(f)}={_value(v)}" for f, v in overrides.items())
+
+
+def _short(field: str) -> str:
+    return "dropout" if "dropout" in field else TUNE_LABELS.get(field, field.rsplit(".", 1)[-1])
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def tune_row(config, workdir: Path, data_dir: Path, row_id: str, sweep_dir: Path,
@@ -220,7 +226,9 @@ def tuned_info(record: dict) -> dict:
             "val_mse": nan_or(val["mse"]) if val else float("nan"),
             "guard_ok": bool(chosen["key"][1]), "candidates": record["budget"]["candidates"],
             "steps": record["budget"]["steps"],
-            "n_failed": sum(1 for c in record["candidates"] if c.get("failed"))}
+            "n_failed": sum(1 for c in record["candidates"] if c.get("failed")),
+            "grid": ", ".join(f"{_short(f)} {'/'.join(map(_value, v))}"
+                              for f, v in record["grid"].items())}
 
 
 # ---- the paper's numbers (MSE, MAE, PCC); PCC = the official code's per-spot PCC -----------------
@@ -479,9 +487,7 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
         lines += ["", f"Tuned (--tune): each learned row is the candidate with the best "
                   f"validation {t['metric']} of its method among {t['candidates']} (c0 = the "
                   "row's own config, the others the half fraction of the two-level design over "
-                  + ", ".join(f"{TUNE_LABELS.get(f, f)} {'/'.join(map(repr, v))}"
-                              for f, v in TUNE_GRID.items())
-                  + "; lr = factors of the config's rate), "
+                  f"{t['grid']}), "
                   f"{t['steps']} steps each, the step chosen on validation; a candidate worse "
                   "than known_mean on validation MSE ranks last. val: that candidate's "
                   "validation score (mean over folds); test: scored once, for it only. "

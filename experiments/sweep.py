@@ -16,8 +16,8 @@ on test, once (its checkpoints are reused; ``<out>/cand_<i>/metrics.json``).
 Modes: ``grid`` = every combination; ``each`` = the base config plus one field changed at a
 time (1 + sum(len(values) - 1) candidates: a coordinate sweep for a CPU budget); ``half`` =
 the base config plus the half fraction of the two-level design (every field exactly two
-values; 1 + 2^(k-1) candidates for k fields, every combination of any k - 1 fields once: the
-last field's level is the parity of the others'). A field ``a.b+a.c`` is ONE axis that sets
+values, k >= 2 fields; 1 + 2^(k-1) candidates, every combination of any k - 1 fields once:
+the last field's level is the parity of the others'). A field ``a.b+a.c`` is ONE axis that sets
 both fields to its value (a model with several dropouts).
 Candidates share the base folder's prepared data, registration and feature cache (symlinks);
 the graphs too, unless the candidate changes a ``graph.*`` field.
@@ -68,8 +68,9 @@ def candidates(grid: dict, mode: str, base_config=None) -> list[dict]:
     if mode == "grid":
         return [dict(zip(fields, combo)) for combo in itertools.product(*grid.values())]
     if mode == "half":
-        if not fields or any(len(grid[f]) != 2 for f in fields):
-            raise ConfigError("--mode=half: every --grid field needs exactly two values")
+        if len(fields) < 2 or any(len(grid[f]) != 2 for f in fields):
+            raise ConfigError("--mode=half: two or more --grid fields, each with exactly two "
+                              "values")
         out = [{}]
         for levels in itertools.product((0, 1), repeat=len(fields) - 1):
             levels += (sum(levels) % 2,)

@@ -474,8 +474,11 @@ def test_tune_grid_is_one_budget_for_every_learned_row():
     tri = sweep.apply(cfg, {tables.dropout_field("triplex"): 0.05}).model.triplex
     assert tri.dropout_fusion == tri.dropout_global == tri.dropout_neighbor == 0.05
     assert tables.tune_fields("lr,dropout") == ["train.learning_rate", tables.DROPOUT]
-    with pytest.raises(Exception, match="--tune_fields"):
-        tables.tune_fields("lr,momentum")
+    for bad in ("lr,momentum", "lr"):              # one field: no half fraction to draw
+        with pytest.raises(Exception, match="--tune_fields"):
+            tables.tune_fields(bad)
+    with pytest.raises(Exception, match="two or more"):
+        sweep.candidates({"train.learning_rate": [1e-3, 1e-2]}, "half")
 
 
 def test_sweep_ranks_guarded_and_diverged_candidates_last(tmp_path):
