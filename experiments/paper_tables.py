@@ -1,7 +1,8 @@
 """The paper's Tables I-IV on the data at hand, beside the paper's own numbers.
 
     python experiments/paper_tables.py --table 1,2,3,4 --config configs/synthetic.py \
-        [--out DIR] [--data_dir PREPARED_RUN] [--rows asign,stnet] [--config.a.b=v ...]
+        [--out DIR] [--data_dir PREPARED_RUN] [--rows asign,stnet] [--config.a.b=v ...] \
+        [--tune [--tune_fields train.learning_rate,dropout]]
 
 Every row is ONE run of ``asign_jax.pipeline.train_and_evaluate`` (the code behind
 ``python -m asign_jax.train``) with the dataset config plus the row's overrides (another
@@ -28,6 +29,21 @@ project's convention, ``evaluation/metrics.py``); pcc_gene = per gene across spo
 per spot across genes. The paper's PCC is the official code's per-spot PCC, so it sits beside
 pcc_spot. The paper's column is the dataset the data format corresponds to (her2st -> HER2,
 visium -> DLPFC, stnet -> ST-Data); synthetic data shows HER2's numbers for orientation only.
+
+``--tune``: every learned row is instead the best of a validation sweep
+(``experiments/sweep.py``'s ``run_sweep``, mode ``half``) over ``TUNE_GRID``, the SAME grid,
+number of candidates and ``train.steps`` for every row: candidate 0 is the row's config as
+above (the method's current defaults; for ASIGN its hand-staged choices), the others the half
+fraction of the two-level design over the grid's fields (9 candidates for its 4 fields;
+``--tune_fields`` narrows the fields, for every row alike). Each candidate is a run folder
+``rows/<model>-<hash>/`` trained with the test rows unscored; the candidate with the best
+validation ``pcc_gene`` of the row's method wins (a candidate worse than ``known_mean`` on
+validation MSE ranks last; one whose training diverged after that); the checkpoint step is
+chosen on validation within each candidate as without ``--tune`` (``train.select``).
+``tables/<dataset>/<row>/sweep.json`` holds every candidate's validation scores and the
+choice, written before the chosen candidate is scored on test, once. The tables then show
+per row the chosen candidate, the validation score that chose it, the test scores and the
+budget (candidates x steps); the references are read from ASIGN's chosen run.
 """
 
 from __future__ import annotations
@@ -44,9 +60,11 @@ from absl import flags
 import numpy as np
 
 from asign_jax import atomic, entry, pipeline
+from asign_jax.config import block_name, get_field
 from asign_jax.errors import ConfigError, DataError, TrainingError
 from asign_jax.evaluation import references
 from asign_jax.evaluation.metrics import METRICS, nan_or, nanmean
+import sweep   # experiments/ (the script's folder) is on sys.path
 
 logger = logging.getLogger("paper_tables")
 
@@ -90,6 +108,128 @@ TABLES = {
 TABLE4_LABELS = {"asign2d": "2D WSI-wise", "no_cli": "3D Sample-wise"}
 TABLE_BASE = {1: ASIGN, 2: ASIGN, 3: "known_20", 4: "no_cli"}
 """The row each table's Welch tests compare against (ASIGN as the paper set it up)."""
+
+# ---- --tune: one search space and one budget for every learned row ------------------------------
+
+class Times(float):
+    """A grid value that multiplies the row config's own value of the field."""
+
+    def __repr__(self):
+        return f"x{float(self):.3g}"
+
+
+DROPOUT = "model.<method>.dropout"
+"""TUNE_GRID's key for the method's dropout, resolved by ``dropout_field``."""
+
+TUNE_GRID = {
+    "train.learning_rate": (Times(1 / 3), Times(3)),   # around the dataset config's rate
+    "train.weight_decay": (1e-4, 0.05),
+    DROPOUT: (0.0, 0.3),
+    "train.feature_norm": ("sample", "none"),
+}
+"""The fields every learned row is tuned over, two values each (sweep mode ``half``: the row's
+own config + 2^(k-1) candidates; k = 4 -> 9). ``train.steps`` is the dataset config's for
+every row (the step budget); the checkpoint step is chosen on validation (``train.select``)."""
+TUNE_LABELS = {"train.learning_rate": "lr", "train.weight_decay": "wd", DROPOUT: "dropout",
+               "train.feature_norm": "norm"}
+TUNE_METRIC = "pcc_gene"
+
+
+def dropout_field(model_name: str) -> str:
+    """The dotted dropout field(s) of ``model_name`` ('+' joins several: one grid axis)."""
+    block = block_name(model_name)                      # asign2d reads ASIGN's block
+    if block == "triplex":
+        return "+".join(f"model.triplex.dropout_{p}" for p in ("fusion", "global", "neighbor"))
+    return f"model.{block}.dropout"
+
+
+def tune_grid(config, fields=None) -> dict:
+    """TUNE_GRID (or its ``fields``) for the row config ``config``: concrete dotted fields and
+    values, as ``sweep.run_sweep`` takes them."""
+    keys = list(TUNE_GRID) if fields is None else list(fields)
+    unknown = [k for k in keys if k not in TUNE_GRID]
+    if unknown or not keys:
+        raise ConfigError(f"tune fields {unknown or 'none'}: expected TUNE_GRID's keys")
+    grid = {}
+    for key in keys:
+        field = dropout_field(str(config.model.name)) if key == DROPOUT else key
+        base = get_field(config, field.split("+")[0])
+        grid[field] = [float(f"{float(base) * v:.3g}") if isinstance(v, Times) else v
+                       for v in TUNE_GRID[key]]
+    return grid
+
+
+def tune_fields(text: str) -> list:
+    """--tune_fields ("train.learning_rate,dropout") -> TUNE_GRID keys."""
+    names = {TUNE_LABELS[k]: k for k in TUNE_GRID} | {k: k for k in TUNE_GRID}
+    keys = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [k for k in keys if k not in names]
+    if unknown or len(keys) < 2:
+        what = f"unknown {unknown}" if unknown else "two or more"
+        raise ConfigError(f"--tune_fields: {what} of {sorted(names)} (the half fraction needs "
+                          "two fields)")
+    return [names[k] for k in keys]
+
+
+def candidate_label(overrides: dict, index: int) -> str:
+    """"c0 (own config)" or "c3: lr=0.001 wd=0.05 dropout=0.3 norm=none"."""
+    if not overrides:
+        return f"c{index} (own config)"
+    return f"c{index}: " + " ".join(f"{_short(f)}={_value(v)}" for f, v in overrides.items())
+
+
+def _short(field: str) -> str:
+    return "dropout" if "dropout" in field else TUNE_LABELS.get(field, field.rsplit(".", 1)[-1])
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def tune_row(config, workdir: Path, data_dir: Path, row_id: str, sweep_dir: Path,
+             fields=None) -> tuple:
+    """(run folder of the chosen candidate, sweep record) of one tuned row (module doc).
+
+    A sweep.json of the same row config and grid that holds its test score (or whose every
+    candidate failed) is read back, never recomputed; an unfinished one resumes (each
+    candidate's run folder is reused or resumed)."""
+    grid = tune_grid(config, fields)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / "sweep.json"
+    config_hash = row_dir(workdir, config).name
+    if path.exists():
+        old = json.loads(path.read_text())
+        if (old.get("row_config") == config_hash and old.get("grid") == json.loads(json.dumps(grid))
+                and ("test" in old or all(c.get("failed") for c in old["candidates"]))):
+            logger.info("row %s: tuned sweep finished in %s; not recomputed", row_id, path)
+            return Path(old["candidates"][old["chosen"]["index"]]["folder"]), old
+    logger.info("row %s: tuning over %s", row_id, grid)
+    t0 = time.time()
+    record = sweep.run_sweep(config, grid, sweep_dir, mode="half", metric=TUNE_METRIC,
+                             data_dir=data_dir, progress=False,
+                             folder=lambda cfg: row_dir(workdir, cfg))
+    record.update(row=row_id, row_config=config_hash, seconds=round(time.time() - t0, 1))
+    atomic.write_json(path, record)
+    return Path(record["candidates"][record["chosen"]["index"]]["folder"]), record
+
+
+def tuned_info(record: dict) -> dict:
+    """What a table shows of a row's sweep: the chosen candidate, its validation score, the
+    budget."""
+    chosen = record["candidates"][record["chosen"]["index"]]
+    method = record["method"]
+    val = chosen["validation"][method]["mean"] if chosen["validation"] else None
+    return {"chosen": chosen["index"], "label": candidate_label(chosen["overrides"],
+                                                                 chosen["index"]),
+            "overrides": chosen["overrides"], "metric": record["metric"],
+            "val": nan_or(val[record["metric"]]) if val else float("nan"),
+            "val_mse": nan_or(val["mse"]) if val else float("nan"),
+            "guard_ok": bool(chosen["key"][1]), "candidates": record["budget"]["candidates"],
+            "steps": record["budget"]["steps"],
+            "n_failed": sum(1 for c in record["candidates"] if c.get("failed")),
+            "grid": ", ".join(f"{_short(f)} {'/'.join(map(_value, v))}"
+                              for f, v in record["grid"].items())}
+
 
 # ---- the paper's numbers (MSE, MAE, PCC); PCC = the official code's per-spot PCC -----------------
 
@@ -218,16 +358,23 @@ def welch(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str]) -> dict:
-    """{row id: read_row(...)} for every row (references read from the ASIGN run)."""
-    runs, out = {}, {}
+def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str], *,
+                 tune: bool = False, fields=None) -> dict:
+    """{row id: read_row(...)} for every row (references read from the ASIGN run; with
+    ``tune``, from ASIGN's chosen candidate, and every learned row has "tuned": tuned_info)."""
+    runs, out, sweeps = {}, {}, {}
     learned = [r for r in row_ids if ROWS[r][1] is not None]
     needs_reference = any(ROWS[r][1] is None for r in row_ids)
     if needs_reference and ASIGN not in learned:
         learned.append(ASIGN)
     for r in learned:
         cfg = row_config(config, ROWS[r][1])
-        runs[r] = (run_row(cfg, workdir, data_dir, r), str(cfg.model.name))
+        if tune:
+            run, sweeps[r] = tune_row(cfg, workdir, data_dir, r,
+                                      sweep_folder(workdir, config) / r, fields)
+        else:
+            run = run_row(cfg, workdir, data_dir, r)
+        runs[r] = (run, str(cfg.model.name))
     for r in row_ids:
         if ROWS[r][1] is None:
             if r not in references.METHODS:
@@ -236,8 +383,16 @@ def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str]) -> d
             out[r] = {**read_row(runs[ASIGN][0], r), "n_params": None, "seconds": None}
         else:
             out[r] = read_row(*runs[r])
+            if r in sweeps:        # (every candidate diverged: the chosen one is failed)
+                out[r]["tuned"] = tuned_info(sweeps[r])
+                out[r]["seconds"] = sweeps[r]["seconds"]
         out[r]["encoder"] = encoder_label(row_config(config, ROWS[r][1] or {}), r)
     return out
+
+
+def sweep_folder(workdir: Path, config) -> Path:
+    """``tables/<dataset>``: the folder of each tuned row's ``<row>/sweep.json``."""
+    return Path(workdir) / "tables" / str(config.data.format)
 
 
 def encoder_label(config, row_id: str) -> str:
@@ -266,10 +421,17 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
                      if base is not None and r != base_id else float("nan"))
                  for m in METRICS} for r in rows}
     paper = PAPER.get(paper_set, {})
-    head = (["row", "encoder", "params", "run (s)"] + [m for m in METRICS]
+    tuned = [results[r]["tuned"] for r in rows if results[r].get("tuned")]
+    metric = tuned[0]["metric"] if tuned else TUNE_METRIC
+    head = (["row", "encoder", "params", "run (s)"]
+            + (["chosen on validation", f"val {metric}", "budget"] if tuned else [])
+            + [f"test {m}" if tuned else m for m in METRICS]
             + ["paper MSE", "paper MAE", "paper PCC (per spot)"])
     note = (f"Paper columns: {paper_set} (ASIGN paper; on other data they are for orientation "
             "only)." if synthetic else f"Paper columns: {paper_set} (ASIGN paper).")
+    if tuned:
+        note += (" Every learned row tuned on validation under one budget: "
+                 f"{tuned[0]['candidates']} candidates x {tuned[0]['steps']} steps.")
     lines = [f"### {title} — {dataset}", "", note, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     csv_rows = []
@@ -277,6 +439,13 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
         res = results[r]
         cells = [label(r), res["encoder"], f"{res['n_params']:,}" if res.get("n_params") else "-",
                  f"{res['seconds']:.0f}" if res.get("seconds") else "-"]
+        tu = res.get("tuned")
+        if tuned:
+            cells += ([tu["label"], ("undefined" if np.isnan(tu["val"]) else f"{tu['val']:.3f}")
+                       + ("" if tu["guard_ok"] else " (MSE > known_mean)"),
+                       f"{tu['candidates']} x {tu['steps']} steps"
+                       + (f" ({tu['n_failed']} diverged)" if tu["n_failed"] else "")]
+                      if tu else ["- (reference)" if ROWS[r][1] is None else "-", "-", "-"])
         for m in METRICS:
             mean, std = summarise(res["per_fold"][m])
             star = "*" if pvals[r][m] < 0.05 else ""
@@ -287,6 +456,14 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
         row = {"table": k, "dataset": dataset, "row": r, "label": label(r),
                "encoder": res["encoder"], "n_params": res.get("n_params") or "",
                "n_folds": res["n_folds"], "seconds": res.get("seconds") or ""}
+        if tuned:
+            tu = tu or {}
+            row.update(tuned_candidate=tu.get("chosen", ""),
+                       tuned_overrides=json.dumps(tu["overrides"]) if tu else "",
+                       tuned_metric=tu.get("metric", ""), tuned_val=tu.get("val", ""),
+                       tuned_val_mse=tu.get("val_mse", ""), tuned_guard_ok=tu.get("guard_ok", ""),
+                       budget_candidates=tu.get("candidates", ""),
+                       budget_steps=tu.get("steps", ""), budget_failed=tu.get("n_failed", ""))
         for m in METRICS:
             mean, std = summarise(res["per_fold"][m])
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_p_welch"] = mean, std, pvals[r][m]
@@ -303,21 +480,39 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
               f"of the per-section values against {label(base_id)}, p < 0.05. Encoder 'cached': "
               "the frozen cached ResNet-50 features / token grids every method reads on a CPU. "
               "run (s): wall time of the row's run (training + scoring of every fold) when it "
-              "was computed."]
+              "was computed" + (", of every candidate of its sweep plus the test scoring, with "
+                                "--tune." if tuned else ".")]
+    if tuned:
+        t = tuned[0]
+        lines += ["", f"Tuned (--tune): each learned row is the candidate with the best "
+                  f"validation {t['metric']} of its method among {t['candidates']} (c0 = the "
+                  "row's own config, the others the half fraction of the two-level design over "
+                  f"{t['grid']}), "
+                  f"{t['steps']} steps each, the step chosen on validation; a candidate worse "
+                  "than known_mean on validation MSE ranks last. val: that candidate's "
+                  "validation score (mean over folds); test: scored once, for it only. "
+                  "References: read from ASIGN's chosen candidate. Every candidate's score: "
+                  "tables/<dataset>/<row>/sweep.json."]
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / f"table{k}.md", "\n".join(lines) + "\n")
     with open(out_dir / f"table{k}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
         w.writeheader()
         w.writerows(csv_rows)
-    plot_boxes(out_dir, k, dataset, [label(r) for r in rows],
-               [results[r]["sections"] for r in rows], [pvals[r] for r in rows], label(base_id))
+    tick = lambda r: (f"{label(r)} [c{results[r]['tuned']['chosen']}]"
+                      if results[r].get("tuned") else label(r))
+    plot_boxes(out_dir, k, dataset, [tick(r) for r in rows],
+               [results[r]["sections"] for r in rows], [pvals[r] for r in rows], label(base_id),
+               note=(f"\ntuned on validation: {tuned[0]['candidates']} candidates x "
+                     f"{tuned[0]['steps']} steps per row; [cN] = the chosen candidate"
+                     if tuned else ""))
     return pvals
 
 
 def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list,
-               pvals: list, base: str) -> None:
-    """Fig. 4 style: one box per row of the per-section values of each metric, * if p < 0.05."""
+               pvals: list, base: str, note: str = "") -> None:
+    """Fig. 4 style: one box per row of the per-section values of each metric, * if p < 0.05
+    (``note``: appended to the title, e.g. the tuning budget)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -331,7 +526,7 @@ def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list
             if p[m] < 0.05:
                 ax.text(i + 1, top, "*", ha="center", va="bottom", fontsize=14)
         ax.set_title(f"Table {k}, {dataset.split(' (')[0]}: {m} per test section "
-                     f"(* p < 0.05 vs {base})", fontsize=9)
+                     f"(* p < 0.05 vs {base}){note}", fontsize=9)
         ax.tick_params(axis="x", labelrotation=40, labelsize=8)
         for t in ax.get_xticklabels():           # right-aligned to the tick: no overlap
             t.set_ha("right")
@@ -342,10 +537,12 @@ def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list
         plt.close(fig)
 
 
-def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=None) -> dict:
+def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=None, *,
+                tune: bool = False, fields=None) -> dict:
     """Prepares (once) the shared data, runs every needed row and writes the tables.
 
-    Returns {table: {row: read_row(...)}}.
+    ``tune``: every learned row tuned on validation (module doc); ``fields``: the TUNE_GRID
+    keys to tune over (default all). Returns {table: {row: read_row(...)}}.
     """
     workdir = Path(workdir)
     data_dir = Path(data_dir) if data_dir else workdir / "data"
@@ -357,7 +554,7 @@ def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=Non
     for k in tables:
         wanted += [r for r in TABLES[k][1] if only_rows is None or r in only_rows]
     wanted = list(dict.fromkeys(wanted))
-    results = compute_rows(config, workdir, data_dir, wanted)
+    results = compute_rows(config, workdir, data_dir, wanted, tune=tune, fields=fields)
     fmt_name = str(config.data.format)
     dataset = f"{fmt_name} ({data_dir})"
     out = {}
@@ -369,7 +566,8 @@ def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=Non
             print((workdir / "tables" / f"table{k}.md").read_text())
         out[k] = res
     print(f"tables: {workdir / 'tables'}/table<k>.{{md,csv}}, table<k>_<metric>.png; "
-          f"row runs: {workdir / 'rows'}")
+          f"row runs: {workdir / 'rows'}"
+          + (f"; sweeps: {sweep_folder(workdir, config)}/<row>/sweep.json" if tune else ""))
     return out
 
 
@@ -385,8 +583,11 @@ def main(args) -> None:
         unknown = sorted(set(rows) - set(ROWS))
         if unknown:
             raise ConfigError(f"--rows: unknown {unknown}; known {sorted(ROWS)}")
+    fields = tune_fields(args.tune_fields) if args.tune_fields else None
+    if fields and not args.tune:
+        raise ConfigError("--tune_fields needs --tune")
     t0 = time.time()
-    make_tables(args.config, out, tables, args.data_dir, rows)
+    make_tables(args.config, out, tables, args.data_dir, rows, tune=args.tune, fields=fields)
     print(f"total {time.time() - t0:.0f} s")
 
 
@@ -396,4 +597,8 @@ if __name__ == "__main__":
         table=("1", "Comma-separated tables: 1, 2, 3, 4."),
         data_dir=(None, "A prepared run folder to read the data and graphs from (default "
                         "<out>/data, prepared there if missing)."),
-        rows=(None, f"Only these row ids (comma-separated) of {sorted(ROWS)}."))
+        rows=(None, f"Only these row ids (comma-separated) of {sorted(ROWS)}."),
+        tune=(False, "Tune every learned row on validation over TUNE_GRID, the same candidates "
+                     "and steps for every row (tables/<dataset>/<row>/sweep.json)."),
+        tune_fields=(None, "With --tune: only these TUNE_GRID fields (comma-separated; lr, wd, "
+                           "dropout, norm or the dotted names), for every row alike."))

@@ -8,6 +8,7 @@ and POISONED: every count and label of sample A's test layers (1, 2) is NaN, so 
 that let them through would put NaN in a bank, an input or an output.
 """
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -436,3 +437,184 @@ def test_a_diverged_row_is_reported_as_failed_and_not_retried(tmp_path, monkeypa
     md = (tmp_path / "tables" / "table1.md").read_text()
     assert "| ST-Net | cached | - | - | failed | failed | failed | failed |" in md
     assert f"Failed rows (training stopped; no number is reported): ST-Net: {msg}" in md
+
+
+# ---- --tune: every learned row tuned on validation under one budget ---------------------------
+
+def _tables():
+    sys.argv = sys.argv[:1]
+    return _load(ROOT / "experiments" / "paper_tables.py")
+
+
+def test_tune_grid_is_one_budget_for_every_learned_row():
+    """Every learned model gets the same fields (its own dropout field(s)), values and number
+    of candidates; candidate 0 is the row's own config, the others the half fraction."""
+    tables = _tables()
+    import sweep
+
+    cfg = load_config("synthetic")
+    counts = set()
+    for name in sorted(factory.MODELS):
+        c = tables.row_config(cfg, {"model.name": name})
+        grid = tables.tune_grid(c)
+        drop = tables.dropout_field(name)
+        assert drop in grid and len(grid) == len(tables.TUNE_GRID)
+        for f in drop.split("+"):                                  # a real float field
+            assert isinstance(sweep._get(c, f), float), (name, f)
+        assert grid["train.learning_rate"] == [1e-3, 9e-3]          # x 1/3, x 3 of 3e-3
+        cands = sweep.candidates(grid, "half", c)
+        counts.add(len(cands))
+        assert cands[0] == {} and len({json.dumps(o, sort_keys=True) for o in cands}) == 9
+        # a half fraction: every combination of values of any three fields appears once
+        for f3 in [list(grid)[:3], list(grid)[1:]]:
+            combos = {tuple(o[f] for f in f3) for o in cands[1:]}
+            assert len(combos) == 8
+    assert counts == {9}
+    assert tables.dropout_field("asign2d") == "model.asign.dropout"
+    tri = sweep.apply(cfg, {tables.dropout_field("triplex"): 0.05}).model.triplex
+    assert tri.dropout_fusion == tri.dropout_global == tri.dropout_neighbor == 0.05
+    assert tables.tune_fields("lr,dropout") == ["train.learning_rate", tables.DROPOUT]
+    for bad in ("lr,momentum", "lr"):              # one field: no half fraction to draw
+        with pytest.raises(Exception, match="--tune_fields"):
+            tables.tune_fields(bad)
+    with pytest.raises(Exception, match="two or more"):
+        sweep.candidates({"train.learning_rate": [1e-3, 1e-2]}, "half")
+
+
+def test_sweep_ranks_guarded_and_diverged_candidates_last(tmp_path):
+    """The choice: the best validation score of the config's model among the candidates not
+    worse than known_mean on validation MSE; a diverged candidate ranks last and is not
+    retried."""
+    import sweep
+    from asign_jax.errors import TrainingError
+
+    cfg = tiny_config("stnet")
+    grid = {"train.learning_rate": [1e-3, 1e-2], "train.weight_decay": [0.0, 0.1]}
+    agg = lambda pcc, mse: {"stnet": {"mean": {"pcc_gene": pcc, "mse": mse}},
+                            "known_mean": {"mean": {"pcc_gene": None, "mse": 1.0}}}
+    scores = {(1e-3, 0.0): agg(0.9, 1.5), (1e-3, 0.1): agg(0.3, 0.8),   # best pcc, bad MSE
+              (1e-2, 0.0): None, (1e-2, 0.1): agg(0.2, 0.9)}              # None: diverges
+    calls = []
+
+    def train(c, folder, *, score_test, **_):
+        key = (float(c.train.learning_rate), float(c.train.weight_decay))
+        calls.append((key, score_test))
+        if scores[key] is None:
+            raise TrainingError("loss is nan")
+        return scores[key]
+    rec = sweep.run_sweep(cfg, grid, tmp_path, inputs=("fake",), train=train, progress=False)
+    assert rec["chosen"]["index"] == 1 and rec["method"] == "stnet"
+    assert [c["key"][:2] for c in rec["candidates"]] == [[True, False], [True, True],
+                                                         [False, False], [True, True]]
+    assert rec["candidates"][2]["failed"] == "loss is nan"
+    assert rec["budget"] == {"candidates": 4, "steps": int(cfg.train.steps)}
+    assert calls[-1] == ((1e-3, 0.1), True) and sum(t for _, t in calls) == 1
+    calls.clear()
+    sweep.run_sweep(cfg, grid, tmp_path, inputs=("fake",), train=train, progress=False)
+    assert ((1e-2, 0.0), False) not in calls                     # failed.json: not retried
+    # half mode: the base, then 2^(k-1) candidates
+    assert sweep.candidates(grid, "half") == [
+        {}, {"train.learning_rate": 1e-3, "train.weight_decay": 0.0},
+        {"train.learning_rate": 1e-2, "train.weight_decay": 0.1}]
+
+
+def _poison_test_layers(monkeypatch, tables, sample="A", layers=(1, 2)):
+    """Every scale's labels of ``sample``'s test ``layers`` -> NaN spots / 1e30 tiles, as the
+    run folders' graphs are read (``pipeline.read_inputs``)."""
+    read = tables.pipeline.read_inputs
+
+    def poisoned(config, workdir):
+        genes, graphs, oracle = read(config, workdir)
+        new = {}
+        for scale in batches.SCALES:
+            g = graphs[sample].graph(scale)
+            hit = np.isin(np.asarray(g.nodes["layer"]), layers)
+            label = np.array(g.nodes["label"], copy=True)
+            label[hit] = np.nan if scale == "spot" else 1e30
+            new[scale] = g._replace(nodes={**g.nodes, "label": label})
+        return genes, {**graphs, sample: graphs[sample].replace_graphs(new)}, oracle
+    monkeypatch.setattr(tables.pipeline, "read_inputs", poisoned)
+
+
+TUNE_FIELDS = ["train.learning_rate", "train.feature_norm"]   # 3 candidates: a CPU test
+
+
+def _tune_config():
+    config = load_config("test")
+    config.registration.enabled = False
+    config.train.folds = (("A",),)        # one fold: A's layers 1, 2 are test, never training
+    return config
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    tables = _tables()
+    out = tmp_path_factory.mktemp("tuned")
+    res = tables.make_tables(_tune_config(), out, [1], only_rows=["bleep", "asign"], tune=True,
+                             fields=TUNE_FIELDS)[1]
+    return tables, out, res
+
+
+def _sweep(out, row):
+    return json.loads((out / "tables" / "synthetic" / row / "sweep.json").read_text())
+
+
+@pytest.mark.slow
+def test_tuned_two_method_table_end_to_end(tuned, monkeypatch):
+    tables, out, res = tuned
+    assert set(res) == {"bleep", "asign"}
+    recs = {r: _sweep(out, r) for r in ("bleep", "asign")}
+    for r, rec in recs.items():
+        # the same budget for both; ASIGN's own config is one candidate among them
+        assert rec["budget"] == {"candidates": 3, "steps": 8} and len(rec["candidates"]) == 3
+        assert rec["candidates"][0]["overrides"] == {} and rec["mode"] == "half"
+        assert set(rec["grid"]) == set(TUNE_FIELDS)
+        # the chosen candidate is the best validation score (recomputed from the record)
+        keys = [(c["validation"][r]["mean"]["mse"] <= c["validation"]["known_mean"]["mean"]["mse"],
+                 c["validation"][r]["mean"]["pcc_gene"]) for c in rec["candidates"]]
+        best = max(range(3), key=lambda i: (keys[i], -i))
+        assert rec["chosen"]["index"] == best == res[r]["tuned"]["chosen"]
+        assert len({k[1] for k in keys}) == 3                     # the candidates differ
+        # test scored once, for the chosen candidate only, in its run folder
+        folders = [Path(c["folder"]) for c in rec["candidates"]]
+        assert [(f / "metrics.json").exists() for f in folders] == [i == best for i in range(3)]
+        assert res[r]["run"] == str(folders[best]) and np.isfinite(res[r]["per_fold"]["mse"]).all()
+        assert res[r]["tuned"]["val"] == pytest.approx(keys[best][1])
+    md = (out / "tables" / "table1.md").read_text()
+    assert "| chosen on validation | val pcc_gene | budget | test mse |" in md
+    for r, label in (("bleep", "BLEEP"), ("asign", "ASIGN 3D")):
+        t = res[r]["tuned"]
+        assert (f"| {label} | cached |" in md and f"| {t['label']} | " in md
+                and "| 3 x 8 steps |" in md and f"{t['val']:.3f}" in md)
+    assert "0.743" in md and "0.363" in md                         # the paper's numbers stay
+    rows = list(csv.DictReader(open(out / "tables" / "table1.csv")))
+    assert [r["row"] for r in rows] == ["bleep", "asign"]
+    assert all(r["budget_candidates"] == "3" and r["budget_steps"] == "8" for r in rows)
+    assert {r["row"]: int(r["tuned_candidate"]) for r in rows} == {
+        r: recs[r]["chosen"]["index"] for r in recs}
+    assert (out / "tables" / "table1_pcc_gene.png").exists()
+    # resumable: a finished sweep is read back, never recomputed
+    monkeypatch.setattr(tables.pipeline, "train_and_evaluate",
+                        lambda *a, **k: pytest.fail("a finished sweep was recomputed"))
+    again = tables.make_tables(_tune_config(), out, [1], only_rows=["bleep", "asign"],
+                               tune=True, fields=TUNE_FIELDS)[1]
+    assert again["bleep"]["tuned"] == res["bleep"]["tuned"]
+
+
+@pytest.mark.slow
+def test_tuned_row_ignores_poisoned_test_labels(tuned, tmp_path, monkeypatch):
+    """BLEEP (its prediction retrieves labelled training spots) tuned again with its fold's
+    test layers' labels poisoned: the same validation scores of every candidate, the same
+    choice; only the test score, read once, sees the poison."""
+    tables, out, res = tuned
+    _poison_test_layers(monkeypatch, tables)
+    dirty = tables.make_tables(_tune_config(), tmp_path, [1], only_rows=["bleep"], tune=True,
+                               fields=TUNE_FIELDS)[1]["bleep"]
+    clean_rec, dirty_rec = _sweep(out, "bleep"), _sweep(tmp_path, "bleep")
+    strip = lambda r: json.dumps(atomic.json_safe(
+        [{k: v for k, v in c.items() if k not in ("folder", "seconds")}
+         for c in r["candidates"]]))
+    assert strip(clean_rec) == strip(dirty_rec)
+    assert clean_rec["chosen"] == dirty_rec["chosen"] and dirty["tuned"] == res["bleep"]["tuned"]
+    assert np.isfinite(res["bleep"]["per_fold"]["mse"]).all()
+    assert not np.isfinite(dirty["per_fold"]["mse"]).any()         # the poison reached test
