@@ -208,10 +208,8 @@ class ASIGN(nn.Module):
             # a linear path from the image feature, set to a ridge fit by training.loop
             p_s = p_s + nn.Dense(self.n_genes, kernel_init=nn.initializers.zeros,
                                  name="image_skip")(spot.nodes["feat"])
-        if c.spot_offset == "known":
+        if check_choice("model.asign.spot_offset", c.spot_offset) == "known":
             p_s = p_s + known_mean(spot.nodes["label"], known)[None]
-        else:
-            check_choice("model.asign.spot_offset", c.spot_offset)
         p_r = RegressionHead(self.n_genes, name="region_head")(h_r)           # (N_r, G)
         p_g = RegressionHead(self.n_genes, name="global_head")(h_g)           # (N_q, G)
 

@@ -24,10 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from asign_jax.config import CHOICES, check_choice
+from asign_jax.config import check_choice
 from asign_jax.models.blocks import NEG, encoder_inputs, gelu, labelled, spot_encoder
-
-AGGREGATES = CHOICES["model.bleep.aggregate"]
 
 
 class ProjectionHead(nn.Module):
@@ -59,12 +57,10 @@ def retrieve(query_emb, bank_emb, bank_label, allowed, top_k: int, aggregate: st
     sim = jnp.where(allowed, sim, NEG)
     top, idx = jax.lax.top_k(sim, min(top_k, bank_emb.shape[0]))             # (N, k)
     ok = top > NEG / 2
-    if aggregate == "mean":
+    if check_choice("model.bleep.aggregate", aggregate) == "mean":
         w = ok.astype(sim.dtype)
-    elif aggregate == "weighted":
-        w = jnp.where(ok, jnp.exp((top - top[:, :1]) / temperature), 0.0)
     else:
-        check_choice("model.bleep.aggregate", aggregate)
+        w = jnp.where(ok, jnp.exp((top - top[:, :1]) / temperature), 0.0)
     return jnp.einsum("nk,nkg->ng", w, bank_label[idx]) / jnp.maximum(w.sum(1, keepdims=True),
                                                                      1e-12)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from asign_jax.config import CHOICES, check_choice
+from asign_jax.config import check_choice
 from asign_jax.features.augment import imagenet_normalize
 from asign_jax.features.extract import adaptive_avg_pool
 from asign_jax.features.resnet import ResNet50, fixed_seed_variables
@@ -41,7 +41,6 @@ from asign_jax.training.losses import masked_mse
 
 NEG = -1e9
 """Logit of a masked key (finite: a fully masked row gives a uniform, finite softmax)."""
-BACKBONES = CHOICES["model.backbone.mode"]
 
 
 def gelu(x):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asign_jax.config import CHOICES, check_choice
+from asign_jax.config import check_choice
 from asign_jax.models import sparse
 
 MIN_TRUST = 1e-12
@@ -174,13 +174,6 @@ def blend_logit(alpha: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     return np.log(a / (1.0 - a)).astype(np.float32)
 
 
-NODE_ALPHA = CHOICES["model.asign.cli_node_alpha"]
-
-
-STARTS = CHOICES["model.asign.cli_start"]
-"""``model.asign.cli_start``: what an unknown node holds before the first propagation step."""
-
-
 def known_mean(labels: jnp.ndarray, known: jnp.ndarray) -> jnp.ndarray:
     """(G,) mean label of the ``known`` (N,) spots; zeros when there is none. Rows outside
     ``known`` are replaced before any arithmetic (a NaN there never enters)."""
@@ -194,12 +187,9 @@ def start_value(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     """(N, G) start of the propagation: ``"model"`` = p_s (the paper), ``"known_mean"`` = the
     known spots' mean profile on every node (the network's prediction then enters the final
     p'_s through the eq.-6 blend only, not through the propagation)."""
-    if start == "model":
+    if check_choice("model.asign.cli_start", start) == "model":
         return pred
-    if start == "known_mean":
-        return jnp.broadcast_to(known_mean(labels, known).astype(pred.dtype), pred.shape)
-    check_choice("model.asign.cli_start", start)
-    raise AssertionError(start)
+    return jnp.broadcast_to(known_mean(labels, known).astype(pred.dtype), pred.shape)
 
 
 class CrossLayerImputation(nn.Module):
@@ -229,13 +219,11 @@ class CrossLayerImputation(nn.Module):
     @nn.compact
     def __call__(self, h, pred, labels, known, senders, receivers, edge_weight, edge_mask,
                  node_mask):
-        if self.node_alpha == "learned":
+        if check_choice("model.asign.cli_node_alpha", self.node_alpha) == "learned":
             node_alpha = nn.sigmoid(nn.Dense(1, kernel_init=nn.initializers.zeros,
                                              name="node_alpha")(h)[:, 0])
-        elif self.node_alpha == "fixed":
-            node_alpha = jnp.ones(h.shape[:1], pred.dtype)
         else:
-            check_choice("model.asign.cli_node_alpha", self.node_alpha)
+            node_alpha = jnp.ones(h.shape[:1], pred.dtype)
         imputed, reached = propagate(start_value(pred, labels, known, self.start), labels,
                                      known, senders, receivers, edge_weight, node_alpha,
                                      edge_mask, node_mask, self.n_iter)

@@ -43,6 +43,7 @@ MODELS = {
     "triplex": (Triplex, triplex_loss),
 }
 
+
 def model_config(config) -> ml_collections.ConfigDict:
     """The one block a model reads: ``config.model.<block>`` with the shared spot encoder
     ``backbone`` beside it (its loss weights are its ``loss`` sub-block)."""

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from asign_jax.config import CHOICES, check_choice
 
-KNOWN_MODES = CHOICES["train.known_mode"]
+from asign_jax.config import check_choice
 
 
 def draw_known(rng: jax.Array, label_mask: jax.Array, fraction: float) -> jax.Array:
@@ -43,10 +42,7 @@ def draw_known_layer(rng: jax.Array, label_mask: jax.Array, layer: jax.Array,
 
 def draw(rng: jax.Array, label_mask: jax.Array, layer: jax.Array, fraction: float,
          mode: str) -> jax.Array:
-    """The known set of one sample for ``mode`` in ``KNOWN_MODES`` (static)."""
-    if mode == "layer":
+    """The known set of one sample for ``mode`` (``train.known_mode``, static)."""
+    if check_choice("train.known_mode", mode) == "layer":
         return draw_known_layer(rng, label_mask, layer, fraction)
-    if mode == "fraction":
-        return draw_known(rng, label_mask, fraction)
-    check_choice("train.known_mode", mode)
-    raise AssertionError(mode)
+    return draw_known(rng, label_mask, fraction)
