@@ -60,7 +60,7 @@ from absl import flags
 import numpy as np
 
 from asign_jax import atomic, entry, pipeline
-from asign_jax.config import block_name, get_field
+from asign_jax.config import block_name, get_field, set_field
 from asign_jax.errors import ConfigError, DataError, TrainingError
 from asign_jax.evaluation import references
 from asign_jax.evaluation.metrics import METRICS, nan_or, nanmean
@@ -278,13 +278,10 @@ def row_config(config, overrides: dict):
     """A copy of ``config`` with the dotted ``overrides`` applied."""
     c = config.copy_and_resolve_references()
     for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        if last not in node:
-            raise ConfigError(f"paper_tables: unknown config field {key!r}")
-        node[last] = value
+        try:
+            set_field(c, key, value)
+        except ConfigError:
+            raise ConfigError(f"paper_tables: unknown config field {key!r}") from None
     return c
 
 

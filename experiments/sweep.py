@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from asign_jax import atomic, entry, pipeline
+from asign_jax.config import get_field, set_field
 from asign_jax.errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -87,12 +88,10 @@ def candidates(grid: dict, mode: str, base_config=None) -> list[dict]:
 
 def _get(config, field: str):
     """The value of ``field`` (of the first of ``a.b+a.c``)."""
-    node = config
-    for p in field.split("+")[0].split("."):
-        if p not in node:
-            raise ConfigError(f"--grid: unknown config field {field!r}")
-        node = node[p]
-    return node
+    try:
+        return get_field(config, field.split("+")[0])
+    except ConfigError:
+        raise ConfigError(f"--grid: unknown config field {field!r}") from None
 
 
 def apply_value(old, value):
@@ -107,15 +106,7 @@ def apply(config, overrides: dict):
     sets both)."""
     c = config.copy_and_resolve_references()
     for field, value in [(f, v) for key, v in overrides.items() for f in key.split("+")]:
-        *path, leaf = field.split(".")
-        node = c
-        for p in path:
-            if p not in node:
-                raise ConfigError(f"--grid: unknown config field {field!r}")
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(f"--grid: unknown config field {field!r}")
-        node[leaf] = apply_value(node[leaf], value)
+        set_field(c, field, apply_value(_get(c, field), value))
     return c
 
 

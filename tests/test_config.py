@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from asign_jax import pipeline
-from asign_jax.config import base_config, block_name, set_field, validate
+from asign_jax.config import CHOICES, base_config, block_name, set_field, validate
+from asign_jax.features import encoders
 from asign_jax.models import factory
 from asign_jax.errors import ConfigError
 from conftest import load_config
@@ -123,3 +124,13 @@ def test_a_model_is_built_from_its_own_block_only(name):
             other.model[b].dropout = 0.77              # every other model's block changed
     assert factory.build(other, n_genes=5)[0] == model  # an equal module: no recompile, same fold
     assert factory.model_config(other).loss == factory.model_config(c).loss
+
+
+def test_every_encoder_choice_has_an_extractor():
+    assert CHOICES["features.encoder"] == tuple(encoders.ENCODERS)
+    c = base_config().features
+    c.encoder = "nope"
+    with pytest.raises(ConfigError, match=r"^features.encoder='nope': expected one of resnet50, "
+                                          r"embeddings, histology, resnet50\+histology, vit, "
+                                          r"patch_features$"):
+        encoders.make_extractor(c)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asign_jax.errors import ConfigError
+from asign_jax.config import check_choice
 from asign_jax.features.cache import OUTPUT_KEYS
 from asign_jax.features.embeddings import EmbeddingsReader
 from asign_jax.features.extract import FeatureExtractor
@@ -37,21 +37,17 @@ class ConcatExtractor:
                 for k in OUTPUT_KEYS}
 
 
+ENCODERS = {
+    "resnet50": FeatureExtractor,
+    "embeddings": EmbeddingsReader,
+    "histology": HistologyExtractor,           # features/histology.py
+    "resnet50+histology": ConcatExtractor,     # both, concatenated
+    "vit": ViTExtractor,                       # features/vit.py
+    "patch_features": PatchFeatureReader,      # features/patch_features.py
+}
+"""``features.encoder`` -> the extractor class (each built from ``config.features``)."""
+
+
 def make_extractor(features_cfg):
-    """The extractor for ``features_cfg.encoder``: ``resnet50``, ``embeddings``, ``histology``
-    (features/histology.py), ``resnet50+histology`` (both, concatenated), ``vit``
-    (features/vit.py) or ``patch_features`` (features/patch_features.py)."""
-    if features_cfg.encoder == "resnet50":
-        return FeatureExtractor(features_cfg)
-    if features_cfg.encoder == "embeddings":
-        return EmbeddingsReader(features_cfg)
-    if features_cfg.encoder == "histology":
-        return HistologyExtractor(features_cfg)
-    if features_cfg.encoder == "resnet50+histology":
-        return ConcatExtractor(features_cfg)
-    if features_cfg.encoder == "vit":
-        return ViTExtractor(features_cfg)
-    if features_cfg.encoder == "patch_features":
-        return PatchFeatureReader(features_cfg)
-    raise ConfigError(f"features.encoder={features_cfg.encoder!r}: expected one of "
-                      "resnet50, embeddings, histology, resnet50+histology, vit, patch_features")
+    """The extractor for ``features_cfg.encoder`` (``ENCODERS``)."""
+    return ENCODERS[check_choice("features.encoder", str(features_cfg.encoder))](features_cfg)
