@@ -21,15 +21,13 @@ import jraph
 import numpy as np
 import scipy.sparse as sp
 
+from asign_jax.config import check_choice
 from asign_jax.errors import DataError
 from asign_jax.graph.contract import EDGE_CROSS, SCALES, SampleGraph
 from asign_jax.graph.cross import cross_layer_calibrated, cross_layer_topk
 from asign_jax.graph.edges import (ScaleEdges, assemble_edges, edge_statistics, intra_layer_knn,
                                    layer_offsets)
 from asign_jax.graph.iou import overlap_matrix
-
-CROSS_MODES = ("paper", "calibrated")
-
 
 def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra: int,
                 k_cross: int, radius: float, cross_layer: bool = True,
@@ -52,8 +50,7 @@ def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra
       ScaleEdges; stats add "frac_overlap" (nodes with an overlapping node in another layer),
       "frac_iou_edge" (nodes with a cross edge to such a node) and ``edge_statistics``.
     """
-    if cross_mode not in CROSS_MODES:
-        raise ValueError(f"graph.cross_mode must be one of {CROSS_MODES}, got {cross_mode!r}")
+    check_choice("graph.cross_mode", cross_mode)
     timings = {} if timings is None else timings
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
