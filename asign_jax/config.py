@@ -172,6 +172,10 @@ def base_config() -> ml_collections.ConfigDict:
                                  # known layers of held-out samples: no other patient's levels)
     a.skip_lr_multiplier = 0.0   # learning-rate factor of image_skip (0 = kept at its ridge fit)
     a.cli_lr_multiplier = 10.0   # learning-rate factor of the CLI block's parameters
+    a.lr_multiplier = 1.0        # ASIGN's own factor on train.learning_rate (every module, on top
+                                 # of the two above), so ASIGN's rate is set without the baselines'
+    a.spot_head_init = "default" # default (lecun normal) | zeros: p_s starts at the image path +
+                                 # offset, and the network learns a correction to them
     a.cross_layer_edges = True   # False: the GAT ignores cross-layer edges (2D graph; asign2d)
     a.remat = False              # True: recompute each graph layer's activations in the backward
                                  # pass (jax.checkpoint) instead of keeping them: less memory per
@@ -342,6 +346,7 @@ CHOICES = {
     "model.asign.cli_node_alpha": ("learned", "fixed"),
     "model.asign.cli_start": ("model", "known_mean"),
     "model.asign.spot_offset": ("none", "known"),
+    "model.asign.spot_head_init": ("default", "zeros"),
     "model.backbone.mode": ("cached", "train"),
     "model.bleep.aggregate": ("mean", "weighted"),
 }
@@ -369,7 +374,8 @@ POSITIVE = (
     "graph.k_intra", "graph.spot_radius", "graph.cosine_all_max_nodes", "graph.cosine_radius",
     "graph.region_k_intra", "graph.global_k_intra",
     "model.asign.hidden", "model.asign.heads", "model.asign.transformer_mlp_ratio",
-    "train.learning_rate", "model.asign.cli_lr_multiplier", "train.steps", "train.samples_per_step",
+    "train.learning_rate", "model.asign.cli_lr_multiplier", "model.asign.lr_multiplier",
+    "train.steps", "train.samples_per_step",
     "train.log_every", "train.checkpoint_every",
 )
 """Fields that must be > 0."""

@@ -175,3 +175,31 @@ def test_bad_standardize_is_a_config_error(mode):
     from asign_jax.errors import ConfigError
     with pytest.raises(ConfigError, match="histology_standardize"):
         make_extractor(_cfg(histology_standardize=mode).features)
+
+
+def test_a_whole_slide_read_lazily_gives_the_array_features(tmp_path):
+    # a pyramidal TIFF seen through data.slide.WorkingImage (HEST / SVS sections) is read box by
+    # box; at scale 1 the descriptors equal those of the decoded array, and the cache key is the
+    # slide's identity (no bytes of a whole slide are hashed)
+    from asign_jax.data import slide
+    ch, ce, _ = _nuclei_fields(seed=6)
+    img = _render(ch, ce)
+    slide.write_pyramid_tiff(tmp_path / "s.tif", img, None, tile=64)
+    lazy = slide.WorkingImage(slide.open_slide(tmp_path / "s.tif"), 1.0)
+    c = _cfg()
+    xy, ro, go = _windows()
+    ex = make_extractor(c.features)
+    a = ex.describe("s", img, xy, ro, go, c.data)
+    b = ex.section_features("s", lazy, xy, ro, go, c.data, tmp_path / "cache")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert ex.cache_key("s", lazy, xy, ro, go, c.data) != ex.cache_key("s", img, xy, ro, go,
+                                                                        c.data)
+    # downsampled: read from the pyramid at the shrunk resolution, close to the array's
+    c2 = _cfg(histology_downsample=2)
+    ex2 = make_extractor(c2.features)
+    a2 = ex2.describe("s", img, xy, ro, go, c2.data)
+    b2 = ex2.describe("s", lazy, xy, ro, go, c2.data)
+    for k in ("spot_feats", "region_feats"):
+        assert b2[k].shape == a2[k].shape and np.isfinite(b2[k]).all()
+        assert np.corrcoef(a2[k].ravel(), b2[k].ravel())[0, 1] > 0.9, k

@@ -8,8 +8,8 @@ import jraph
 import numpy as np
 import pytest
 
-from asign_jax.config import base_config
-from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF
+from asign_jax.config import ConfigError, base_config
+from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, node_mask
 from asign_jax.training.losses import asign_loss
 from asign_jax.models.asign import ASIGN
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
@@ -261,6 +261,30 @@ def test_ablation_switches(setup, switch, absent):
     assert not any(f"/{absent}/" in f"/{p}/" for p in paths)
     out = jax.eval_shape(lambda p: model.apply(p, spot, region, glob, known, train=False), params)
     assert out["spot"].shape == (N_SPOT + 3, GENES)
+
+
+def test_zero_spot_head_starts_at_the_image_path_plus_offset(setup):
+    # spot_head_init=zeros: p_s at init is the spot head's bias (0) + the linear image path +
+    # the known-mean offset, so the network starts from them and learns a correction
+    _, _, _, (spot, region, glob, known) = setup
+    model = ASIGN(_cfg(spot_head_init="zeros", image_skip=True, spot_offset="known"), GENES)
+    params = model.init(jax.random.key(0), spot, region, glob, known, train=False)
+    w = jax.random.normal(jax.random.key(1), params["params"]["image_skip"]["kernel"].shape)
+    params["params"]["image_skip"]["kernel"] = w
+    out = model.apply(params, spot, region, glob, known, train=False)
+    assert not np.any(np.asarray(params["params"]["spot_head"]["out"]["kernel"]))
+    usable = np.asarray(known & spot.nodes["label_mask"] & node_mask(spot))
+    offset = np.asarray(spot.nodes["label"])[usable].mean(0)
+    np.testing.assert_allclose(out["spot_model"], np.asarray(spot.nodes["feat"]) @ np.asarray(w)
+                               + params["params"]["image_skip"]["bias"] + offset,
+                               rtol=1e-4, atol=1e-4)
+    default = ASIGN(_cfg(image_skip=True, spot_offset="known"), GENES)
+    kernel = default.init(jax.random.key(0), spot, region, glob, known,
+                          train=False)["params"]["spot_head"]["out"]["kernel"]
+    assert np.abs(np.asarray(kernel)).min() > 0
+    with pytest.raises(ConfigError, match="model.asign.spot_head_init"):
+        ASIGN(_cfg(spot_head_init="ones"), GENES).init(jax.random.key(0), spot, region, glob,
+                                                       known, train=False)
 
 
 def test_vmaps_over_a_sample_axis(setup):

@@ -53,6 +53,7 @@ def trained(tmp_path_factory):
     """(config, run folder, aggregate) of one finished run of configs/test.py."""
     workdir = tmp_path_factory.mktemp("run")
     config = load_test_config()
+    step.forget_compiled()        # an equal model trained by an earlier test shares the step
     agg = pipeline.train_and_evaluate(config, workdir, progress=False)
     return config, workdir, agg
 

@@ -235,6 +235,14 @@ def test_cli_parameters_get_the_learning_rate_multiplier():
     u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     np.testing.assert_allclose(u["cli"]["theta"], -1e-3, rtol=1e-3)
     np.testing.assert_allclose(u["image_skip"]["kernel"], -5e-4, rtol=1e-3)
+    # ASIGN's own factor scales every module, the CLI and image path on top of theirs
+    c.model.asign.lr_multiplier = 0.1
+    model, _ = factory.build(c, n_genes=3)
+    tx = state_lib.make_optimizer(c.train, model.lr_multipliers())
+    u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(u["spot_head"]["out"]["bias"], -1e-4, rtol=1e-3)
+    np.testing.assert_allclose(u["cli"]["theta"], -1e-4, rtol=1e-3)
+    np.testing.assert_allclose(u["image_skip"]["kernel"], -5e-5, rtol=1e-3)
 
 
 # ---- training: leakage and resume -----------------------------------------------------------

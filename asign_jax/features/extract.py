@@ -39,6 +39,7 @@ from tqdm import tqdm
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.augment import imagenet_normalize
 from asign_jax.features.cache import coords_hash as _coords_hash
+from asign_jax.features.cache import image_hash
 from asign_jax.features.cache import load_cache as _load_cache
 from asign_jax.features.cache import safe_name as _safe_name
 from asign_jax.features.cache import save_cache as _save_cache
@@ -210,9 +211,7 @@ class FeatureExtractor:
             "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
             "token_grid": self.token_grid, "section": str(section_name),
             "image_shape": [int(v) for v in image.shape],
-            "image": (image.fingerprint() if hasattr(image, "fingerprint") else
-                      hashlib.blake2b(np.ascontiguousarray(image).data,
-                                      digest_size=16).hexdigest()),
+            "image": image_hash(image),
             "coords": _coords_hash(spot_xy, region_origin, global_origin),
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]

@@ -49,8 +49,8 @@ import numpy as np
 from tqdm import tqdm
 
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.cache import (coords_hash, load_cache, safe_name, save_cache,
-                                      section_inputs)
+from asign_jax.features.cache import (coords_hash, image_hash, load_cache, read_box,
+                                      safe_name, save_cache, section_inputs)
 from asign_jax.features.histology_cells import (HISTOLOGY_DIM, descriptors_from_sums,
                                                 section_cells, standardize, token_boxes)
 
@@ -88,8 +88,7 @@ class HistologyExtractor:
             "sizes": [int(data_cfg.spot_size), int(data_cfg.region_size),
                       int(data_cfg.global_size)],
             "section": str(section_name), "image_shape": [int(v) for v in image.shape],
-            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
-                                     digest_size=16).hexdigest(),
+            "image": image_hash(image),
             "coords": coords_hash(spot_xy, region_origin, global_origin),
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
@@ -136,11 +135,7 @@ class HistologyExtractor:
         x1 = int(min(wid, np.ceil(allb[:, 2].max()))) if len(allb) else wid
         y1 = int(min(hgt, np.ceil(allb[:, 3].max()))) if len(allb) else hgt
         with tqdm(total=4, desc=f"histology {section_name}", unit="step", leave=False) as bar:
-            crop = image[y0:y1, x0:x1]
-            if self.downsample > 1:
-                crop = cv2.resize(crop, (max(1, crop.shape[1] // self.downsample),
-                                         max(1, crop.shape[0] // self.downsample)),
-                                  interpolation=cv2.INTER_AREA)
+            crop = read_box(image, x0, y0, x1, y1, self.downsample)
             ph, pw = (-crop.shape[0]) % self.cell, (-crop.shape[1]) % self.cell
             if ph or pw:      # background (white) up to a multiple of the cell side
                 crop = cv2.copyMakeBorder(crop, 0, ph, 0, pw, cv2.BORDER_CONSTANT,

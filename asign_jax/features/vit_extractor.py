@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asign_jax.errors import ConfigError
-from asign_jax.features.cache import coords_hash
+from asign_jax.features.cache import coords_hash, image_hash
 from asign_jax.features.extract import (CACHE_VERSION, FeatureExtractor, adaptive_avg_pool,
                                         encoder_settings)
 from asign_jax.features.vit import ViT, ViTArch, get_arch, pooled_and_tokens
@@ -100,8 +100,7 @@ class ViTExtractor(FeatureExtractor):
             "inputs": [int(c.spot_input), int(c.region_input), int(c.global_input)],
             "token_grid": self.token_grid, "section": str(section_name),
             "image_shape": [int(v) for v in image.shape],
-            "image": hashlib.blake2b(np.ascontiguousarray(image).data,
-                                     digest_size=16).hexdigest(),
+            "image": image_hash(image),
             "coords": coords_hash(spot_xy, region_origin, global_origin),
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()

@@ -130,13 +130,16 @@ def _edges(g: jraph.GraphsTuple, cross_layer: bool = True) -> tuple:
 
 
 class RegressionHead(nn.Module):
-    """LayerNorm + Dense(G): (N, H) -> (N, G) normalised expression, one head per scale."""
+    """LayerNorm + Dense(G): (N, H) -> (N, G) normalised expression, one head per scale.
+    ``zeros``: the Dense starts at zero, so the head's first output is its bias alone."""
 
     n_genes: int
+    zeros: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.Dense(self.n_genes, name="out")(nn.LayerNorm(name="ln")(x))
+        init = nn.initializers.zeros if self.zeros else nn.linear.default_kernel_init
+        return nn.Dense(self.n_genes, kernel_init=init, name="out")(nn.LayerNorm(name="ln")(x))
 
 
 class ASIGN(nn.Module):
@@ -161,9 +164,11 @@ class ASIGN(nn.Module):
         has a handful of scalars per gene / a Dense(1): with Adam each moves at most ~lr a step,
         far too slow for a blend weight that must travel several logits. The linear image path
         starts at a ridge fit (``training.loop.init_image_skip``); at the network's rate Adam
-        would move each of its D x G weights by ~lr a step."""
-        return (("cli", float(self.cfg.cli_lr_multiplier)),
-                ("image_skip", float(self.cfg.skip_lr_multiplier)))
+        would move each of its D x G weights by ~lr a step. ``lr_multiplier`` scales all of
+        ASIGN ("*": every module), so its rate is set apart from the baselines' train rate."""
+        m = float(self.cfg.lr_multiplier)
+        return (("cli", m * float(self.cfg.cli_lr_multiplier)),
+                ("image_skip", m * float(self.cfg.skip_lr_multiplier)), ("*", m))
 
     @nn.compact
     def __call__(self, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
@@ -203,7 +208,8 @@ class ASIGN(nn.Module):
 
         real = node_mask(spot)
         known = known & spot.nodes["label_mask"] & real
-        p_s = RegressionHead(self.n_genes, name="spot_head")(h_s)             # (N_s, G)
+        zeros = check_choice("model.asign.spot_head_init", c.spot_head_init) == "zeros"
+        p_s = RegressionHead(self.n_genes, zeros, name="spot_head")(h_s)      # (N_s, G)
         if c.image_skip:
             # a linear path from the image feature, set to a ridge fit by training.loop
             p_s = p_s + nn.Dense(self.n_genes, kernel_init=nn.initializers.zeros,

@@ -37,7 +37,8 @@ def _schedule(learning_rate: float, steps: int, final_lr_fraction: float) -> opt
 def make_optimizer(train_cfg, multipliers: tuple = ()) -> optax.GradientTransformation:
     """SGD(momentum) with L2 weight decay added to the gradient (``add_decayed_weights``), or AdamW,
     then the learning-rate factor of each ``(module name, factor)`` of ``multipliers`` (a
-    model's ``lr_multipliers()``, e.g. ASIGN's CLI and linear image path).
+    model's ``lr_multipliers()``, e.g. ASIGN's CLI and linear image path); the name ``"*"``
+    stands for every top-level module that no other pair names.
 
     Memoised on the settings: the optimizer is a static field of the TrainState, so the same
     object keeps a jitted step from recompiling across folds and relaunches.
@@ -48,9 +49,11 @@ def make_optimizer(train_cfg, multipliers: tuple = ()) -> optax.GradientTransfor
                       tuple((str(n), float(f)) for n, f in multipliers))
 
 
-def _is_module(name):
-    """Mask builder: pytree of bools like ``params``, True on the parameters of module ``name``."""
-    return lambda params: {k: jax.tree.map(lambda _: k == name, v) for k, v in params.items()}
+def _is_module(name, named=()):
+    """Mask builder: pytree of bools like ``params``, True on the parameters of module ``name``
+    (``"*"``: of every module not in ``named``)."""
+    hit = (lambda k: k not in named) if name == "*" else (lambda k: k == name)
+    return lambda params: {k: jax.tree.map(lambda _, h=hit(k): h, v) for k, v in params.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,9 +68,10 @@ def _optimizer(name: str, learning_rate: float, momentum: float, weight_decay: f
         tx = optax.adamw(schedule, weight_decay=weight_decay)
     else:
         raise ConfigError(f"train.optimizer={name!r}: expected 'sgd' or 'adam'")
+    named = tuple(n for n, _ in multipliers if n != "*")
     for module, factor in multipliers:
         if factor != 1.0:
-            tx = optax.chain(tx, optax.masked(optax.scale(factor), _is_module(module)))
+            tx = optax.chain(tx, optax.masked(optax.scale(factor), _is_module(module, named)))
     return tx
 
 

@@ -114,3 +114,10 @@ def make_train_step(model, loss_fn: Callable, config, *, mesh=None) -> Callable:
 def make_eval_fn(model) -> Callable:
     """Jitted ``(params, sample) -> output dict`` of ``eval_step`` (one per model configuration)."""
     return jax.jit(functools.partial(eval_step, model=model))
+
+
+def forget_compiled() -> None:
+    """Drops the memoised jitted steps. Equal models share one jitted step across runs in a
+    process (no recompiles), so a test that counts the traces of one run starts from here."""
+    _jitted_train_step.cache_clear()
+    make_eval_fn.cache_clear()
