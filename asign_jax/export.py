@@ -11,7 +11,7 @@ TensorFlow::
     src = tfds.data_source("asign_prepared/<config>:1.0.0", data_dir="DIR/tfds")
     src["C"][0]["spot_labels"]          # split = sample id, index = layer
 
-The exact name is printed. See ``asign_jax.data.tfds`` and ``asign_jax.pipeline.export``.
+The exact name is printed. See ``asign_jax.registration.tfds`` and ``asign_jax.pipeline.export``.
 """
 
 from asign_jax import entry, pipeline

@@ -36,27 +36,27 @@ from asign_jax import atomic, provenance
 from asign_jax.config import validate
 from asign_jax.data import validate as validate_data
 from asign_jax.data.lattice import FORMAT_KIND
-from asign_jax.data import tfds as tfds_export
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.synthetic import EMBEDDINGS_FILE, generate
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.evaluation import references, reports, scoring, selection
+from asign_jax.evaluation import references, reports, scoring
 from asign_jax.features.extract import input_files
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.prepare import prepare_samples, prepared_table
 from asign_jax.preprocess.prepared import (PreparedSample, left_out_note, list_prepared,
                                            read_left_out)
-from asign_jax.preprocess.standardize import standardize_features
+from asign_jax.registration import tfds as tfds_export
 from asign_jax.registration.ground_truth import load_ground_truth
 from asign_jax.registration.qc import format_table
 from asign_jax.registration.stack import register_sample
 from asign_jax.runfolder import (NEW, RESUME, REUSE, RunFolder, capturing_warnings,
                                  stage_fields)
-from asign_jax.training import checkpoint, pools, sharding
-from asign_jax.training.pools import fold_pool
+from asign_jax.training import checkpoint, pools, selection, sharding
 from asign_jax.training.folds import Fold, make_folds
 from asign_jax.training.loop import train_fold
+from asign_jax.training.pools import fold_pool
+from asign_jax.training.standardize import standardize_features
 from asign_jax.training.state import count_params, create_train_state
 
 logger = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def noise_counts(prepared, normalization: str) -> Optional[dict]:
 
 def export(config, workdir, fmt: str = "tfds", out: Optional[str] = None):
     """Writes the prepared + registered sections as a tensorflow-datasets dataset
-    (``asign_jax.data.tfds``); returns the builder. Needs completed prepare and register
+    (``asign_jax.registration.tfds``); returns the builder. Needs completed prepare and register
     stages matching ``config``."""
     config = validated(config)
     if fmt != "tfds":

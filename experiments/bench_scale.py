@@ -43,10 +43,10 @@ from visium_block import make_block   # experiments/ (the script's folder) is on
 
 from asign_jax import atomic, entry
 from asign_jax.config import base_config
+from asign_jax.graph import roles
 from asign_jax.graph.padding import budget_for, pad_sample
 from asign_jax.models import factory
-from asign_jax.training import batches, folds, state as state_lib, step as step_lib
-from asign_jax.training import subgraph
+from asign_jax.training import batches, folds, state as state_lib, step as step_lib, subgraph
 
 
 def rss_gb() -> float:
@@ -108,7 +108,7 @@ def run_size(n: int, a) -> dict:
                    for s in ("spot", "region", "global")}
         params = cast(state_lib.create_train_state(model, c.train, example,
                                                    jax.random.PRNGKey(0)).params, dtype)
-    masked = batches.mask_sample(g, "test", known_layer=0)
+    masked = roles.mask_sample(g, "test", known_layer=0)
     del g
     fn = step_lib.make_eval_fn(model)
     # the pipeline's tiled imputation (``subgraph.tiled_eval``): the network in tiles with a

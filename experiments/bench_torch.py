@@ -65,7 +65,7 @@ from asign_jax.graph.contract import edge_mask, node_mask  # noqa: E402
 from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
 from asign_jax.models import cli  # noqa: E402
 from asign_jax.models.asign import ASIGN  # noqa: E402
-from asign_jax.training.losses import asign_loss  # noqa: E402
+from asign_jax.models.losses import asign_loss  # noqa: E402
 from visium_block import make_block  # noqa: E402
 
 LN_EPS = 1e-6                  # flax LayerNorm default
@@ -246,7 +246,7 @@ def _pcc(pred, target, mask, eps=1e-6):
 
 
 def torch_loss(out, tg, lc):
-    """``asign_jax.training.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
+    """``asign_jax.models.losses.asign_loss`` in torch (spot terms on p'_s and/or p_s, L_c on p_s)."""
     with part("losses"):
         return _torch_loss(out, tg, lc)
 

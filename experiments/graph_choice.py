@@ -25,11 +25,12 @@ from asign_jax import atomic, entry
 from asign_jax.evaluation import references
 from asign_jax.evaluation.metrics import fold_means, section_metrics
 from asign_jax.evaluation.scoring import role_views
+from asign_jax.graph import roles
 from asign_jax.graph.build import build_sample_graph
 from asign_jax.graph.io import registered_sample
 from asign_jax.preprocess.prepared import PreparedSample, list_prepared
-from asign_jax.preprocess.standardize import standardize_features
-from asign_jax.training import batches
+from asign_jax.training.standardize import standardize_features
+
 from asign_jax.training.folds import make_folds
 
 
@@ -53,8 +54,8 @@ def propagation_scores(config, graphs: dict, fold) -> list[dict]:
     """Per validation section: metrics of the parameter-free propagation and the references."""
     sections = []
     for sid, masked, scored in role_views(fold, graphs, "val"):
-        spot = batches.unpadded_nodes(masked, "spot")
-        truth = np.asarray(batches.unpadded_nodes(graphs[sid], "spot")["label"])
+        spot = roles.unpadded_nodes(masked, "spot")
+        truth = np.asarray(roles.unpadded_nodes(graphs[sid], "spot")["label"])
         refs, _ = references.predict_sample(spot, fold.known_layer[sid],
                                             float(config.graph.spot_radius),
                                             spot_graph=masked.spot,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 
 from asign_jax.data.loaders import load_samples  # noqa: E402
-from asign_jax.preprocess.patches import crop_patches  # noqa: E402
+from asign_jax.features.patches import crop_patches  # noqa: E402
 from asign_jax.preprocess.prepare import prepare_samples  # noqa: E402
 from asign_jax.registration.preprocess import load_section  # noqa: E402
 from asign_jax.registration.stack import section_image  # noqa: E402

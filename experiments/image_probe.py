@@ -28,6 +28,7 @@ from asign_jax import atomic, entry, pipeline
 from asign_jax.evaluation.metrics import section_metrics
 from asign_jax.evaluation.references import label_propagation, ridge, ridge_fit
 from asign_jax.evaluation.scoring import role_views
+from asign_jax.graph import roles
 from asign_jax.models.cli import known_mean
 from asign_jax.models.cli import fit_blend
 from asign_jax.training import batches
@@ -54,8 +55,8 @@ def probe(config, workdir: Path) -> dict:
     wr, mxr, _, _ = ridge_fit(x, np.concatenate(yr), groups=grp)
     rows = {}
     for sid, masked, scored in role_views(fold, graphs, "val"):
-        spot = batches.unpadded_nodes(masked, "spot")
-        truth = np.asarray(batches.unpadded_nodes(graphs[sid], "spot")["label"])
+        spot = roles.unpadded_nodes(masked, "spot")
+        truth = np.asarray(roles.unpadded_nodes(graphs[sid], "spot")["label"])
         knw, lab, feat = np.asarray(spot["known"]), np.asarray(spot["label"]), spot["feat"]
         layer = np.asarray(spot["layer"])
         scored = layer != fold.known_layer[sid] if scored is None else scored

@@ -23,6 +23,7 @@ from asign_jax.config import base_config, cpu_baselines
 from asign_jax.evaluation import references
 from asign_jax.features.resnet import fixed_seed_variables
 from asign_jax.graph import io as graph_io
+from asign_jax.graph import roles
 from asign_jax.models import factory
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
 from asign_jax.preprocess.tiles import assign_tiles, region_global, tile_counts
@@ -124,7 +125,7 @@ def test_forward_shapes_and_finite_loss_on_poisoned_data(name, data):
                                 **batches.model_extra(e))
     variables = jax.eval_shape(init, ex)
     n_pad = ex["spot"].nodes["feat"].shape[0]
-    held = pool.pad(batches.mask_sample(data[2]["A"], "test", 0))
+    held = pool.pad(roles.mask_sample(data[2]["A"], "test", 0))
     out = jax.eval_shape(lambda v, s: model.apply(v, s["spot"], s["region"], s["global"],
                                                   s["spot"].nodes["known"], train=False,
                                                   **batches.model_extra(s)), variables, held)
@@ -260,7 +261,7 @@ def test_2d_methods_never_mix_layers(name, data):
     run = jax.jit(lambda s: model.apply(params, s["spot"], s["region"], s["global"],
                                         s["spot"].nodes["known"], train=False,
                                         **batches.model_extra(s))["spot"])
-    s = pool.pad(batches.mask_sample(graphs["B"], "train"))
+    s = pool.pad(roles.mask_sample(graphs["B"], "train"))
     before = np.asarray(run(s))
     rng = np.random.default_rng(3)
     nodes = dict(s["spot"].nodes)
@@ -320,7 +321,7 @@ def test_retrieval_never_reads_a_test_layer_or_the_own_section(name, data):
     params = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
                         ex["spot"], ex["region"], ex["global"], ex["spot"].nodes["known"],
                         train=False, **batches.model_extra(ex))
-    held = batches.mask_sample(graphs["A"], "test", 0)
+    held = roles.mask_sample(graphs["A"], "test", 0)
     out_a = _eval(model, params, pool, held)
     assert np.isfinite(out_a[:48]).all()
     # new labels in training section B1 change what other sections retrieve, never what B1's
@@ -333,8 +334,8 @@ def test_retrieval_never_reads_a_test_layer_or_the_own_section(name, data):
         nodes={**g.spot.nodes, "label": label})}))
     pool2 = pipeline.fold_pool(cfg, model, graphs2, FOLD, root)
     pool2.arrays["extra"]["label_mean"] = pool.arrays["extra"]["label_mean"]
-    before = _eval(model, params, pool, batches.mask_sample(graphs["B"], "train"))
-    after = _eval(model, params, pool2, batches.mask_sample(graphs2["B"], "train"))
+    before = _eval(model, params, pool, roles.mask_sample(graphs["B"], "train"))
+    after = _eval(model, params, pool2, roles.mask_sample(graphs2["B"], "train"))
     np.testing.assert_allclose(after[sl], before[sl], rtol=1e-5, atol=1e-5)
     changed = np.abs(after - before).max(1) > 1e-4
     assert changed[:16].any() or changed[32:48].any(), "B1's labels should reach others"
@@ -526,7 +527,7 @@ def _poison_test_layers(monkeypatch, tables, sample="A", layers=(1, 2)):
     def poisoned(config, workdir):
         genes, graphs, oracle = read(config, workdir)
         new = {}
-        for scale in batches.SCALES:
+        for scale in roles.SCALES:
             g = graphs[sample].graph(scale)
             hit = np.isin(np.asarray(g.nodes["layer"]), layers)
             label = np.array(g.nodes["label"], copy=True)

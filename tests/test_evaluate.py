@@ -13,8 +13,9 @@ from asign_jax.config import base_config
 from asign_jax.evaluation import metrics as ev
 from asign_jax.evaluation import references as baselines
 from asign_jax.evaluation import reports, scoring
-from asign_jax.training import batches, folds
+from asign_jax.graph import roles
 from asign_jax.testing import random_sample_graph
+from asign_jax.training import batches, folds
 
 G = 6
 
@@ -79,8 +80,8 @@ def test_overlap_is_iou_weighted_with_nearest_fallback():
 def test_baselines_read_only_the_known_layer():
     g = random_sample_graph(0, n_layers=3, spots_per_layer=9, n_region=3, n_global=3,
                             n_genes=G, feat_dim=4, n_tokens=1, k=2)
-    m = batches.mask_sample(g, "test", known_layer=1)
-    spot = batches.unpadded_nodes(m, "spot")
+    m = roles.mask_sample(g, "test", known_layer=1)
+    spot = roles.unpadded_nodes(m, "spot")
     preds, info = baselines.predict_sample(spot, 1, radius=112.0)
     known = spot["layer"] == 1
     np.testing.assert_allclose(preds["known_mean"][0], g.spot.nodes["label"][known].mean(0), rtol=1e-6)
@@ -111,8 +112,8 @@ def test_label_propagation_row_reads_only_the_known_layer():
     bad = g.replace_graphs({"spot": g.spot._replace(nodes={**g.spot.nodes, "label": lab})})
     preds = []
     for sample in (g, bad):
-        m = batches.mask_sample(sample, "test", known_layer=1)
-        preds.append(baselines.predict_sample(batches.unpadded_nodes(m, "spot"), 1, 112.0,
+        m = roles.mask_sample(sample, "test", known_layer=1)
+        preds.append(baselines.predict_sample(roles.unpadded_nodes(m, "spot"), 1, 112.0,
                                               spot_graph=m.spot, n_iter=4)[0])
     assert np.isfinite(preds[0]["label_propagation"]).all()
     np.testing.assert_array_equal(preds[0]["label_propagation"], preds[1]["label_propagation"])

@@ -25,9 +25,9 @@ from asign_jax.config import base_config
 from asign_jax.data import generic
 from asign_jax.data.lattice import Lattice, fit_lattice, infer_lattice
 from asign_jax.errors import ConfigError, DataError
+from asign_jax.features.patches import crop_patches
 from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
-from asign_jax.preprocess.patches import crop_patches
 from asign_jax.registration.preprocess import load_section
 from asign_jax.training import pools
 

@@ -85,6 +85,31 @@ def test_no_import_cycles():
     assert _cycles(_graph()) == []
 
 
+def _package(module: str) -> str:
+    """The stage folder of a module (``asign_jax.training.loop`` -> ``training``); a top-level
+    module is its own package (``asign_jax.pipeline`` -> ``pipeline``)."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def _package_graph(graph: dict) -> dict:
+    """The module graph collapsed onto stage folders (an edge per pair of folders)."""
+    out = {}
+    for m, deps in graph.items():
+        out.setdefault(_package(m), set()).update(
+            p for p in map(_package, deps) if p != _package(m))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_no_package_level_import_cycles():
+    # data flows one way between the stage folders: e.g. evaluation may read training's
+    # batches, but then nothing in training may import evaluation's modules that import it
+    assert _package_graph({"asign_jax.a.x": ["asign_jax.b.y"], "asign_jax.b.y": [],
+                           "asign_jax.b.z": ["asign_jax.a.w"]}) == {"a": ["b"], "b": ["a"]}
+    assert _cycles(_package_graph({"asign_jax.a.x": ["asign_jax.b.y"],
+                                   "asign_jax.b.z": ["asign_jax.a.w"]})) == [["a", "b"]]
+    assert _cycles(_package_graph(_graph())) == []
+
+
 def test_no_function_local_imports_of_the_project():
     modules = _modules()
     hidden = [(m, n) for m, p in modules.items() for n, top in _imports(p, modules) if not top]

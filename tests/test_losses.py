@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.training.losses import asign_loss, masked_mse, pcc_loss
+from asign_jax.models.losses import asign_loss, masked_mse, pcc_loss
 
 
 def _np_pcc_loss(p, t):

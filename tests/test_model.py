@@ -10,10 +10,10 @@ import pytest
 
 from asign_jax.config import ConfigError, base_config
 from asign_jax.graph.contract import EDGE_CROSS, EDGE_INTRA, EDGE_SELF, node_mask
-from asign_jax.training.losses import asign_loss
 from asign_jax.models.asign import ASIGN
 from asign_jax.models.attention import MultiHeadAttention, TransformerLayer
 from asign_jax.models.gat import GATLayer, masked_segment_softmax
+from asign_jax.models.losses import asign_loss
 
 D_IN, GENES, TOKENS = 16, 5, 4
 PER_LAYER = 20                     # spots per section; 2 sections + 1 isolated spot

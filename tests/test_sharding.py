@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     from asign_jax.config import base_config
     from asign_jax.models import factory
     from asign_jax.training import batches, checkpoint, folds, loop, sharding, state as state_lib, step
-    from asign_jax.training.losses import asign_loss
+    from asign_jax.models.losses import asign_loss
     from asign_jax.testing import spatial_sample_graph
 
     assert jax.device_count() == 4, jax.devices()

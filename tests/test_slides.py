@@ -15,7 +15,7 @@ from asign_jax.config import base_config
 from asign_jax.data import loaders, slide
 from asign_jax.data.lattice import PITCH_UM
 from asign_jax.errors import DataError
-from asign_jax.preprocess.patches import crop_patches
+from asign_jax.features.patches import crop_patches
 
 
 def _noise(h, w, seed=0):

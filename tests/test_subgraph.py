@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from asign_jax.config import base_config
+from asign_jax.graph import roles
 from asign_jax.graph.contract import SCALES
 from asign_jax.graph.padding import budget_for, pad_sample
 from asign_jax.models import factory
-from asign_jax.training import batches, folds, state as state_lib, step, subgraph
 from asign_jax.testing import spatial_sample_graph, tiny_model
+from asign_jax.training import batches, folds, state as state_lib, step, subgraph
 
 
 def _config():
@@ -30,7 +31,7 @@ def test_tiled_imputation_equals_full_graph(whole_graph_cli, start):
     c = _config()
     c.model.asign.cli_start = start
     g = spatial_sample_graph(0, side=10, sample_id="S")            # 3 x 100 spots
-    masked = batches.mask_sample(g, "test", known_layer=1)
+    masked = roles.mask_sample(g, "test", known_layer=1)
     model = factory.build(c, 6)[0]
     full = {s: pad_sample(masked, budget_for([masked])).graph(s) for s in SCALES}
     st = state_lib.create_train_state(model, c.train, full, jax.random.PRNGKey(0))

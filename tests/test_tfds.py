@@ -11,10 +11,10 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("array_record")
 
-from asign_jax.data.tfds import AsignPrepared, build, data_source  # noqa: E402
 from asign_jax.errors import DataError  # noqa: E402
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection  # noqa: E402
 from asign_jax.registration.result import RegisteredSample  # noqa: E402
+from asign_jax.registration.tfds import AsignPrepared, build, data_source  # noqa: E402
 
 G, D, T = 3, 4, 2
 

@@ -17,11 +17,12 @@ import pytest
 
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError, TrainingError
+from asign_jax.graph import roles
 from asign_jax.models import factory
-from asign_jax.preprocess import standardize
-from asign_jax.training import batches, checkpoint, folds, known, loop, state as state_lib, step
-from asign_jax.training.losses import asign_loss
+from asign_jax.models.losses import asign_loss
 from asign_jax.testing import tiny_model, tiny_sample_graph
+from asign_jax.training import (batches, checkpoint, folds, known, loop, standardize,
+                                state as state_lib, step)
 
 G = 8
 
@@ -60,7 +61,7 @@ def fold_A():
 def poison(sample, known_layer, spot_value=np.nan, tile_value=1e30):
     """Test-layer labels of every scale replaced by garbage (NaN for spots, 1e30 for tiles)."""
     new = {}
-    for scale in batches.SCALES:
+    for scale in roles.SCALES:
         g = sample.graph(scale)
         test = np.asarray(g.nodes["layer"]) != known_layer
         label = np.array(g.nodes["label"], copy=True)
@@ -114,10 +115,10 @@ def test_fold_errors(folds_cfg, extra, known, msg):
 def test_mask_sample_replaces_test_labels_in_every_scale(graphs):
     src = graphs["A"]
     bad = poison(src, known_layer=1)
-    for scale in batches.SCALES:
+    for scale in roles.SCALES:
         bad.graph(scale).nodes["extra_counts"] = np.ones(len(bad.graph(scale).nodes["layer"]))
-    m = batches.mask_sample(bad, "test", known_layer=1)
-    for scale in batches.SCALES:
+    m = roles.mask_sample(bad, "test", known_layer=1)
+    for scale in roles.SCALES:
         nodes, orig = m.graph(scale).nodes, src.graph(scale).nodes
         known = np.asarray(orig["layer"]) == 1
         assert "extra_counts" not in nodes                    # non-contract fields are dropped
@@ -127,7 +128,7 @@ def test_mask_sample_replaces_test_labels_in_every_scale(graphs):
         np.testing.assert_array_equal(nodes["known"], known)
         np.testing.assert_array_equal(nodes["feat"], orig["feat"])
     assert np.isnan(bad.spot.nodes["label"]).any()           # the input was not modified
-    t = batches.mask_sample(src, "train")
+    t = roles.mask_sample(src, "train")
     assert t.spot.nodes["label_mask"].all() and not t.spot.nodes["known"].any()
 
 
@@ -171,7 +172,7 @@ def test_draw_known_layer_picks_one_whole_labelled_layer():
 def test_standardize_features_per_sample(graphs):
     g = graphs["A"]
     z = standardize.standardize_features(g, "sample")
-    for scale in batches.SCALES:
+    for scale in roles.SCALES:
         before, after = g.graph(scale).nodes, z.graph(scale).nodes
         f = np.asarray(after["feat"], np.float64)
         np.testing.assert_allclose(f.mean(0), 0.0, atol=1e-4)
@@ -190,7 +191,7 @@ def test_output_bias_starts_at_the_training_label_mean(graphs, model):
     pool = batches.build_pool(graphs, fold_A(), seed=0)
     st = state_lib.create_train_state(model, CFG.train, pool.example(), jax.random.PRNGKey(0))
     st = loop.init_output_bias(st, pool)
-    a, b = (batches.unpadded_nodes(graphs[s], "spot") for s in ("A", "B"))
+    a, b = (roles.unpadded_nodes(graphs[s], "spot") for s in ("A", "B"))
     usable = np.concatenate([b["label"], a["label"][a["layer"] == 0]])   # A: known layer only
     np.testing.assert_allclose(st.params["spot_head"]["out"]["bias"], usable.mean(0), rtol=1e-5)
     # test-layer labels cannot move it
@@ -264,7 +265,7 @@ def test_poisoned_test_labels_leave_training_bit_identical(graphs, model, tmp_pa
         pool = batches.build_pool(gs, fold_A(), seed=0)
         st = loop.train_fold(cfg, model, asign_loss, pool, 0, tmp_path / name, tmp_path / f"{name}.jsonl",
                              progress=False)
-        out = step.make_eval_fn(model)(st.params, pool.pad(batches.mask_sample(gs["A"], "test", 0)))
+        out = step.make_eval_fn(model)(st.params, pool.pad(roles.mask_sample(gs["A"], "test", 0)))
         runs[name] = (jax.device_get(st.params), _log(tmp_path / f"{name}.jsonl"),
                       np.asarray(out["spot"]))
     (p1, l1, o1), (p2, l2, o2) = runs["clean"], runs["poisoned"]
@@ -272,7 +273,7 @@ def test_poisoned_test_labels_leave_training_bit_identical(graphs, model, tmp_pa
     assert l1 == l2 and all(np.isfinite(r["loss"]) for r in l1)
     np.testing.assert_array_equal(o1, o2)
     # the test has teeth: the same poison WITHOUT the mask wrecks the step
-    unmasked = batches.mask_sample(bad["A"], "train")
+    unmasked = roles.mask_sample(bad["A"], "train")
     pool = batches.build_pool(graphs, fold_A(), seed=0)
     leaky = jax.tree.map(lambda *a: np.stack(a), *[pool.pad(unmasked)] * 2)
     st = state_lib.create_train_state(model, cfg.train, pool.example(), jax.random.PRNGKey(0))

@@ -16,12 +16,13 @@ import pytest
 from asign_jax import atomic, pipeline
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
-from asign_jax.evaluation import references, selection
+from asign_jax.evaluation import references
+from asign_jax.graph import roles
 from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
-from asign_jax.training import batches, folds, known, loop
-from asign_jax.training.losses import asign_loss
+from asign_jax.models.losses import asign_loss
 from asign_jax.testing import random_sample_graph, tiny_model, tiny_sample_graph
+from asign_jax.training import batches, folds, known, loop, selection
 from conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def model():
 def poison(sample, layers, spot_value=np.nan, tile_value=1e30):
     """Labels of ``layers`` replaced by garbage in every scale (NaN spots, 1e30 tiles)."""
     new = {}
-    for scale in batches.SCALES:
+    for scale in roles.SCALES:
         g = sample.graph(scale)
         hit = np.isin(np.asarray(g.nodes["layer"]), layers)
         label = np.array(g.nodes["label"], copy=True)
@@ -108,7 +109,7 @@ def test_known_layer_blocks_hide_spots_and_their_tiles(graphs):
     c.folds, c.val_known_fraction, c.val_block_px, c.known_layer = (("A",),), 0.3, 250.0, 1
     fold = folds.make_folds(c, {"A": 3, "B": 3})[0]
     g = graphs["A"]
-    spot = batches.unpadded_nodes(g, "spot")
+    spot = roles.unpadded_nodes(g, "spot")
     hidden = fold.hidden_validation("A", spot["layer"], spot["xy"])
     assert np.array_equal(hidden, fold.hidden_validation("A", spot["layer"], spot["xy"]))
     assert hidden.any() and np.all(spot["layer"][hidden] == 1)          # known layer only
@@ -123,10 +124,10 @@ def test_known_layer_blocks_hide_spots_and_their_tiles(graphs):
         assert not np.asarray(pool.arrays[scale].nodes["label_mask"])[a][tiles].any()
     # the test view keeps the whole known layer known (the setting gives it); the validation
     # view hides the blocks
-    test_view = batches.fold_view(g, fold, "test", with_validation=False)
-    val_view = batches.fold_view(g, fold, "val")
-    assert batches.unpadded_nodes(test_view, "spot")["known"].sum() == n_known
-    assert batches.unpadded_nodes(val_view, "spot")["known"].sum() == n_known - hidden.sum()
+    test_view = roles.fold_view(g, fold, "test", with_validation=False)
+    val_view = roles.fold_view(g, fold, "val")
+    assert roles.unpadded_nodes(test_view, "spot")["known"].sum() == n_known
+    assert roles.unpadded_nodes(val_view, "spot")["known"].sum() == n_known - hidden.sum()
 
 
 def test_global_tile_blocks_share_no_tile_and_cut_view_reaches_them_across_layers():
@@ -141,7 +142,7 @@ def test_global_tile_blocks_share_no_tile_and_cut_view_reaches_them_across_layer
     fold = folds.make_folds(c, {"A": 3, "B": 3})[0]
     g = random_sample_graph(3, n_layers=3, spots_per_layer=24, n_region=12, n_global=12,
                             n_genes=G, feat_dim=8, n_tokens=2, k=6, sample_id="A")
-    spot = batches.unpadded_nodes(g, "spot")
+    spot = roles.unpadded_nodes(g, "spot")
     layer, tile = spot["layer"], spot["global_idx"]
     assert len(np.unique(tile[layer == 1])) >= 3
     with pytest.raises(ValueError, match="needs the spots' global_idx"):
@@ -226,7 +227,7 @@ def test_known_layer_blocks_poison(graphs, model, tmp_path, edges):
                       val_block_edges=edges)
     fold = folds.make_folds(cfg.train, {s: 3 for s in graphs}, seed=0)[0]
     assert fold.val_blocks == ("A",) and not fold.val_samples
-    spot = batches.unpadded_nodes(graphs["A"], "spot")
+    spot = roles.unpadded_nodes(graphs["A"], "spot")
     hidden = fold.hidden_validation("A", spot["layer"], spot["xy"])
     g = graphs["A"]
     label = np.array(g.spot.nodes["label"], copy=True)

@@ -33,9 +33,9 @@ import numpy as np
 
 from asign_jax import pipeline
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.evaluation import selection
 from asign_jax.evaluation.scoring import model_outputs
-from asign_jax.training import batches, checkpoint, pools
+from asign_jax.graph import roles
+from asign_jax.training import checkpoint, pools, selection
 from asign_jax.training.folds import Fold
 from asign_jax.training.loop import train_fold
 from asign_jax.training.state import create_train_state
@@ -169,7 +169,7 @@ def predict(config, model, params, graph, pool) -> dict:
     and "propagation", its eq.-6 halves), with every measured spot known to the CLI (its value
     is kept). Runs the model of ``config.model.name`` through the pool's eval functions
     (``pools.eval_fns``): padded, or tile by tile above ``train.max_graph_nodes``."""
-    masked = batches.mask_sample(graph, "train")             # labels: measured sections only
+    masked = roles.mask_sample(graph, "train")             # labels: measured sections only
     spot = masked.spot
     nodes = {**spot.nodes, "known": np.asarray(spot.nodes["label_mask"], bool).copy()}
     masked = masked.replace_graphs({"spot": spot._replace(nodes=nodes)})

@@ -76,3 +76,23 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: decoded size {img.shape[:2]} differs from the header's "
                         f"{expect} (EXIF orientation or a damaged file); re-save the image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def scale_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """(3, 3) pixel-centre-exact map between two resamplings of the same field of view:
+    x_dst = (x_src + 0.5) * W_dst / W_src - 0.5, likewise y."""
+    sx = dst_hw[1] / src_hw[1]
+    sy = dst_hw[0] / src_hw[0]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def resize_long_side(img: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes so that the long side is ``long_side`` (never upsamples).
+    Returns (resized, (3, 3) src px -> resized px)."""
+    h, w = img.shape[:2]
+    s = min(1.0, long_side / max(h, w))
+    if s >= 1.0:
+        return img, np.eye(3)
+    dst = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+    out = cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
+    return out, scale_matrix((h, w), dst)

@@ -29,9 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from asign_jax.data.image import check_image_file, header_size, read_rgb
+from asign_jax.data.image import check_image_file, header_size, read_rgb, resize_long_side
 from asign_jax.errors import DataError
-from asign_jax.registration.preprocess import resize_long_side
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from asign_jax.evaluation import references as baselines
 from asign_jax.evaluation.metrics import fold_means, section_metrics
-from asign_jax.training import batches
+from asign_jax.graph import roles
+
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,15 @@ def predict_sample(config, graph, known_layer: int, eval_fn, pad_fn, *, masked=N
       references: also run the references (off for the periodic validation in training).
       oracle: (N, G) the generator's noise-free expression (synthetic data) or None.
     """
-    masked = batches.mask_sample(graph, "test", known_layer) if masked is None else masked
+    masked = roles.mask_sample(graph, "test", known_layer) if masked is None else masked
     out = eval_fn(pad_fn(masked))
-    spot = batches.unpadded_nodes(graph, "spot")
+    spot = roles.unpadded_nodes(graph, "spot")
     n = len(spot["layer"])
     method = str(config.model.name)
     preds = {m: np.asarray(out[key], np.float32)[:n] for m, key in model_outputs(method).items()}
     info = {"overlap_fallback": np.zeros(n, bool)}
     if references:
-        base, info = baselines.predict_sample(batches.unpadded_nodes(masked, "spot"),
+        base, info = baselines.predict_sample(roles.unpadded_nodes(masked, "spot"),
                                               known_layer, float(config.graph.spot_radius),
                                               int(config.evaluation.similarity_k),
                                               spot_graph=_unpadded_spot_graph(masked),
@@ -165,17 +166,17 @@ def role_views(fold, graphs: Mapping, role: str) -> list[tuple]:
     if role == "test":
         for sid in fold.test_samples:
             g = graphs[sid]
-            views.append((sid, batches.fold_view(g, fold, "test", with_validation=False), None))
+            views.append((sid, roles.fold_view(g, fold, "test", with_validation=False), None))
         return views
     for sid in fold.val_samples:
-        views.append((sid, batches.fold_view(graphs[sid], fold, "val"), None))
+        views.append((sid, roles.fold_view(graphs[sid], fold, "val"), None))
     for sid in fold.val_blocks:
         g = graphs[sid]
-        spot = batches.unpadded_nodes(g, "spot")
+        spot = roles.unpadded_nodes(g, "spot")
         hidden = fold.hidden_validation(sid, spot["layer"], spot["xy"], spot.get("global_idx"))
-        view = batches.fold_view(g, fold, "val")
+        view = roles.fold_view(g, fold, "val")
         if fold.val_block_edges == "cut":
-            view = batches.isolate_hidden(view, hidden)
+            view = roles.isolate_hidden(view, hidden)
         views.append((sid, view, hidden))
     return views
 

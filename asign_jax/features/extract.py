@@ -44,10 +44,10 @@ from asign_jax.features.cache import load_cache as _load_cache
 from asign_jax.features.cache import safe_name as _safe_name
 from asign_jax.features.cache import save_cache as _save_cache
 from asign_jax.features.cache import section_inputs
+from asign_jax.features.patches import crop_patches
 from asign_jax.features.resnet import (DEFAULT_RESIDUAL_INIT_SCALE, ResNet50,
                                        fixed_seed_variables)
 from asign_jax.features.torch_import import load_torchvision_state_dict
-from asign_jax.preprocess.patches import crop_patches
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from asign_jax.features.extract import adaptive_avg_pool
 from asign_jax.features.resnet import ResNet50, fixed_seed_variables
 from asign_jax.features.torch_import import load_torchvision_state_dict
 from asign_jax.graph.contract import node_mask
-from asign_jax.training.losses import masked_mse
+from asign_jax.models.losses import masked_mse
 
 NEG = -1e9
 """Logit of a masked key (finite: a fully masked row gives a uniform, finite softmax)."""

@@ -204,7 +204,7 @@ class CrossLayerImputation(nn.Module):
     ``start``: what unknown nodes hold before the first step (``start_value``).
     theta (G,) starts at 0 (alpha = 0.5: equal trust in model and propagation); with
     ``model.asign.blend = "validation"`` it is replaced after training by ``blend_logit(fit_blend(
-    ...))`` on the validation role (``evaluation.selection``).
+    ...))`` on the validation role (``training.selection``).
 
     Shapes: h (N, H), pred (N, G), labels (N, G), known (N,) bool, graph arrays as in
     ``propagate`` -> dict(spot (N, G), imputed (N, G), alpha (G,), reached (N,),

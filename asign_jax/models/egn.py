@@ -25,7 +25,7 @@ import ml_collections
 
 from asign_jax.models.blocks import (Attention, FeedForward, Head, encoder_inputs, labelled,
                                      spot_encoder)
-from asign_jax.training.losses import masked_mse, pcc_loss
+from asign_jax.models.losses import masked_mse, pcc_loss
 
 
 def _ln(name):

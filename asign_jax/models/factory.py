@@ -7,7 +7,7 @@ prediction that is scored (under the model's name, ``evaluation.scoring.model_ou
 model that needs more than the graphs lists the inputs in an ``inputs()`` method and takes
 them as ``model(spot, region, glob, known, extra, *, train)``; ``training.model_inputs``
 builds them per fold from the masked pool (the retrieval bank of EGN / BLEEP, token grids,
-array positions, neighbour tables). Its loss has the signature of ``training.losses.asign_loss``. The
+array positions, neighbour tables). Its loss has the signature of ``models.losses.asign_loss``. The
 module's config is frozen (``ml_collections.FrozenConfigDict``), so two modules built from
 equal configs are equal and hash alike: jitted steps that take the model as a static argument
 compile once per configuration, across folds and relaunches.
@@ -28,9 +28,9 @@ from asign_jax.models.blocks import spot_mse_loss
 from asign_jax.models.egn import EGN, egn_loss
 from asign_jax.models.his2st import His2ST, his2st_loss
 from asign_jax.models.histogene import HisToGene
+from asign_jax.models.losses import asign_loss
 from asign_jax.models.stnet import STNet
 from asign_jax.models.triplex import Triplex, triplex_loss
-from asign_jax.training.losses import asign_loss
 
 MODELS = {
     "asign": (ASIGN, asign_loss),

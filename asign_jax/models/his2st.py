@@ -35,7 +35,7 @@ from asign_jax.graph.contract import node_mask
 from asign_jax.models.blocks import (Head, PreLNBlock, encoder_inputs, gelu, labelled,
                                      same_layer_mask, spot_encoder)
 from asign_jax.models.histogene import position_embedding
-from asign_jax.training.losses import masked_mse
+from asign_jax.models.losses import masked_mse
 
 ZINB_EPS = 1e-10
 

@@ -36,7 +36,7 @@ import numpy as np
 from asign_jax.graph.contract import node_mask
 from asign_jax.models.blocks import (Head, PreLNBlock, encoder_inputs, labelled,
                                      same_layer_mask, spot_encoder)
-from asign_jax.training.losses import masked_mse
+from asign_jax.models.losses import masked_mse
 
 
 def levit_offsets(window: int) -> np.ndarray:

@@ -28,9 +28,9 @@ from asign_jax import atomic
 from asign_jax.data.section import Sample, Section, dense_counts, row_totals
 from asign_jax.errors import ConfigError, DataError
 from asign_jax.features.encoders import make_extractor
+from asign_jax.features.patches import count_outside
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.normalize import check_method, normalize
-from asign_jax.preprocess.patches import count_outside
 from asign_jax.preprocess.prepared import LABEL_FIELDS, PreparedSample, PreparedSection
 from asign_jax.preprocess.tiles import (assign_tiles, check_spots_inside, region_global,
                                         tile_counts)

@@ -19,8 +19,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from asign_jax.config import base_config
+from asign_jax.data.image import resize_long_side
 from asign_jax.errors import ConfigError
-from asign_jax.registration.preprocess import SectionImage, resize_long_side
+from asign_jax.registration.preprocess import SectionImage
 
 log = logging.getLogger(__name__)
 

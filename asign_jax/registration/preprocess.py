@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from asign_jax.data.image import check_image_file, header_size
+from asign_jax.data.image import check_image_file, header_size, resize_long_side
 from asign_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,6 @@ class SectionImage:
         return np.where(self.mask, inv, 0.0).astype(np.float32)
 
 
-def scale_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
-    """(3, 3) pixel-centre-exact map between two resamplings of the same field of view:
-    x_dst = (x_src + 0.5) * W_dst / W_src - 0.5, likewise y."""
-    sx = dst_hw[1] / src_hw[1]
-    sy = dst_hw[0] / src_hw[0]
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
 def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """Reads an image at low resolution.
 
@@ -100,20 +92,6 @@ def read_small_rgb(path: Path, long_side: int) -> tuple[np.ndarray, tuple[int, i
                            [0, 1.0 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
     rgb, to_small = resize_long_side(img, long_side)
     return rgb, full_hw, to_small @ to_reduced
-
-
-def resize_long_side(img: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resizes so that the long side is ``long_side`` (never upsamples).
-    Returns (resized, (3, 3) src px -> resized px)."""
-    import cv2
-
-    h, w = img.shape[:2]
-    s = min(1.0, long_side / max(h, w))
-    if s >= 1.0:
-        return img, np.eye(3)
-    dst = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-    out = cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
-    return out, scale_matrix((h, w), dst)
 
 
 def tissue_mask(rgb: np.ndarray, min_fraction: float = 0.05, max_components: int = 8) -> np.ndarray:

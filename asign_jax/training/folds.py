@@ -59,7 +59,7 @@ class Fold:
       val_block_fraction, val_block_px, val_block_unit, val_seed: the block design
         (``hidden_validation``).
       val_block_edges: "cut": the validation view drops the spot-graph edges between a block
-        and the rest of its section (``batches.isolate_hidden``); "keep": it does not.
+        and the rest of its section (``roles.isolate_hidden``); "keep": it does not.
     """
 
     index: int

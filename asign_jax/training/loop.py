@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from asign_jax.config import check_choice
 from asign_jax import atomic
+from asign_jax.config import check_choice
 from asign_jax.errors import ConfigError, TrainingError
-from asign_jax.evaluation import references, selection
+from asign_jax.evaluation import references
 from asign_jax.models.asign import ASIGN
-from asign_jax.training import checkpoint, sharding
+from asign_jax.training import checkpoint, selection, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
 
@@ -143,7 +143,7 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                ) -> Optional[TrainState]:
     """Trains one fold for ``config.train.steps`` steps, resuming from ``ckpt_dir`` if possible.
 
-    With ``validate`` (``evaluation.selection.Validator``: params -> Validation) the fold's
+    With ``validate`` (``training.selection.Validator``: params -> Validation) the fold's
     validation role is scored every ``train.val_every`` steps and at the last step; each pass
     is a ``"split": "val"`` line of metrics.jsonl. The step to keep is chosen there
     (``train.select``: the best validation score, ties to the earlier step, or the last step)

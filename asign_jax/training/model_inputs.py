@@ -30,7 +30,7 @@ and eval steps pass them to the model as ``extra=``. Inputs (N = padded spots of
                for ``model.backbone.mode="train"`` and the ResNet-50 batch statistics
 
 Label hygiene: labels enter ONLY through the pool's masked spot arrays ("label",
-"label_mask"; ``batches.mask_sample`` zeroed every test layer) and, for ``counts``, through
+"label_mask"; ``roles.mask_sample`` zeroed every test layer) and, for ``counts``, through
 the prepared counts multiplied out by that same label_mask (``np.where``). Prepared data is
 otherwise read through ``_image_fields`` (array / pixel positions, token grids, features,
 image path). A test layer therefore has no bank row, no exemplar, no count and no share of
@@ -50,10 +50,10 @@ from scipy.spatial import cKDTree
 
 from asign_jax.data.slide import open_working
 from asign_jax.errors import DataError
+from asign_jax.features.patches import crop_patches
 from asign_jax.models.blocks import backbone_variables
-from asign_jax.preprocess.patches import crop_patches
 from asign_jax.preprocess.prepared import PreparedSample
-from asign_jax.preprocess.standardize import apply_stats, feature_stats
+from asign_jax.training.standardize import apply_stats, feature_stats
 
 logger = logging.getLogger(__name__)
 

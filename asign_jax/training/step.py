@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asign_jax.models import factory
-from asign_jax.training import known as known_lib
-from asign_jax.training import sharding
+from asign_jax.training import known as known_lib, sharding
 from asign_jax.training.batches import model_extra
 from asign_jax.training.state import TrainState
 
@@ -34,7 +33,7 @@ def sample_loss(params, sample: dict, rng: jax.Array, *, model, loss_fn: Callabl
     """Loss of ONE sample (no leading axis) with a freshly drawn known set; returns (loss, terms).
 
     ``loss_fn(out, spot, region, glob, spot_mask, region_mask, global_mask, loss_cfg)``
-    (``training.losses.asign_loss`` for ASIGN) gets the labelled, not-known spots as spot_mask.
+    (``models.losses.asign_loss`` for ASIGN) gets the labelled, not-known spots as spot_mask.
     """
     known_rng, dropout_rng = jax.random.split(rng)
     spot, region, glob = sample["spot"], sample["region"], sample["global"]

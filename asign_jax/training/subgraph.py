@@ -16,7 +16,7 @@ network in tiles with a ``gat_layers`` halo and the propagation once on the whol
 linear in edges), which gives the same outputs with much smaller tiles (``impute_tiled``;
 both tested).
 
-Training tiles (``role`` masks already applied by ``batches.mask_sample``): halo nodes are
+Training tiles (``role`` masks already applied by ``roles.mask_sample``): halo nodes are
 INPUTS only, their labels are hidden (label_mask False, label 0), so the loss and the CLI's
 known set see core nodes only, each labelled node once per epoch. Inside a tile the
 propagation runs on the tile (core + halo); with the default halo = ``gat_layers`` the network
