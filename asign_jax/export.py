@@ -11,14 +11,14 @@ TensorFlow::
     src = tfds.data_source("asign_prepared/<config>:1.0.0", data_dir="DIR/tfds")
     src["C"][0]["spot_labels"]          # split = sample id, index = layer
 
-The exact name is printed. See ``asign_jax.registration.tfds`` and ``asign_jax.pipeline.export``.
+The exact name is printed. See ``asign_jax.registration.tfds`` and ``asign_jax.stages.export``.
 """
 
-from asign_jax import entry, pipeline
+from asign_jax import entry, stages
 
 
 def main(flags) -> None:
-    pipeline.export(flags.config, flags.workdir, flags.format, flags.out or None)
+    stages.export(flags.config, flags.workdir, flags.format, flags.out or None)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@
 Stages: (synthetic only) generate the data -> load samples -> select genes, normalise, tile,
 extract features -> register every sample (unless ``--skip_registration``; ``train``
 registers before building graphs). Stages that match the config are reused; ``--overwrite``
-rebuilds stages made with another config. See ``asign_jax.pipeline.prepare``.
+rebuilds stages made with another config. See ``asign_jax.stages.prepare``.
 """
 
-from asign_jax import entry, pipeline
+from asign_jax import entry, stages
 
 
 def main(flags) -> None:
-    pipeline.prepare(flags.config, flags.workdir, skip_registration=flags.skip_registration,
+    stages.prepare(flags.config, flags.workdir, skip_registration=flags.skip_registration,
                      overwrite=flags.overwrite)
 
 

@@ -6,14 +6,14 @@
 Reads ``<workdir>/prepared/`` and writes, per sample,
 ``<workdir>/registration/<sample_id>/{registered.npz, qc.json, overlay.png}``. A registration
 made with the same config is reused (its QC printed); ``--overwrite`` redoes one made with
-another config. See ``asign_jax.pipeline.register``.
+another config. See ``asign_jax.stages.register``.
 """
 
-from asign_jax import entry, pipeline
+from asign_jax import entry, stages
 
 
 def main(flags) -> None:
-    pipeline.register(flags.config, flags.workdir, [s for s in flags.samples.split(",") if s],
+    stages.register(flags.config, flags.workdir, [s for s in flags.samples.split(",") if s],
                       overwrite=flags.overwrite)
 
 

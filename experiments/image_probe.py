@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asign_jax import atomic, entry, pipeline
+from asign_jax import atomic, entry, stages
 from asign_jax.evaluation.metrics import section_metrics
 from asign_jax.evaluation.references import label_propagation, ridge, ridge_fit
 from asign_jax.evaluation.scoring import role_views
@@ -36,7 +36,7 @@ from asign_jax.training.folds import make_folds
 
 
 def probe(config, workdir: Path) -> dict:
-    _, graphs, _ = pipeline.load_inputs(config, workdir)
+    _, graphs, _ = stages.load_inputs(config, workdir)
     fold = make_folds(config.train, {s: len(g.section_names) for s, g in graphs.items()},
                       seed=int(config.seed))[0]
     pool = batches.build_pool(graphs, fold, seed=int(config.seed))

@@ -59,7 +59,7 @@ from absl import flags
 
 import numpy as np
 
-from asign_jax import atomic, entry, pipeline
+from asign_jax import atomic, entry, pipeline, stages
 from asign_jax.config import block_name, get_field, set_field
 from asign_jax.errors import ConfigError, DataError, TrainingError
 from asign_jax.evaluation import references
@@ -546,7 +546,7 @@ def make_tables(config, workdir, tables: list[int], data_dir=None, only_rows=Non
     for k in tables:
         if k not in TABLES:
             raise ConfigError(f"--table: {k} is not one of {sorted(TABLES)}")
-    pipeline.load_inputs(config, data_dir)          # prepare + register + graphs, once
+    stages.load_inputs(config, data_dir)          # prepare + register + graphs, once
     wanted = []
     for k in tables:
         wanted += [r for r in TABLES[k][1] if only_rows is None or r in only_rows]

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from asign_jax import atomic, entry, pipeline
+from asign_jax import atomic, entry, pipeline, stages
 from asign_jax.config import get_field, set_field
 from asign_jax.errors import ConfigError, TrainingError
 
@@ -157,7 +157,7 @@ def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: s
         raise ConfigError("a sweep over graph.* fields needs its own run folders "
                           "(no inputs= / data_dir=)")
     if inputs is None:
-        pipeline.load_inputs(base_config, base if data_dir is None else data_dir)  # once
+        stages.load_inputs(base_config, base if data_dir is None else data_dir)  # once
     kwargs = {} if data_dir is None else {"data_dir": Path(data_dir)}
     method = str(base_config.model.name)
     cands = candidates(grid, mode, base_config)

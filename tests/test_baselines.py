@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asign_jax import atomic, pipeline
+from asign_jax import atomic, pipeline, stages
 from asign_jax.config import base_config, cpu_baselines
 from asign_jax.evaluation import references
 from asign_jax.features.resnet import fixed_seed_variables
@@ -96,7 +96,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared")
     write_prepared(root)
     graph_io.build_all(root, tiny_config())             # hand-made prepared data: no manifests
-    genes, graphs, _ = pipeline.read_inputs(tiny_config(), root)
+    genes, graphs, _ = stages.read_inputs(tiny_config(), root)
     return root, genes, graphs
 
 
@@ -521,8 +521,8 @@ def test_sweep_ranks_guarded_and_diverged_candidates_last(tmp_path):
 
 def _poison_test_layers(monkeypatch, tables, sample="A", layers=(1, 2)):
     """Every scale's labels of ``sample``'s test ``layers`` -> NaN spots / 1e30 tiles, as the
-    run folders' graphs are read (``pipeline.read_inputs``)."""
-    read = tables.pipeline.read_inputs
+    run folders' graphs are read (``stages.read_inputs``)."""
+    read = stages.read_inputs
 
     def poisoned(config, workdir):
         genes, graphs, oracle = read(config, workdir)
@@ -534,7 +534,7 @@ def _poison_test_layers(monkeypatch, tables, sample="A", layers=(1, 2)):
             label[hit] = np.nan if scale == "spot" else 1e30
             new[scale] = g._replace(nodes={**g.nodes, "label": label})
         return genes, {**graphs, sample: graphs[sample].replace_graphs(new)}, oracle
-    monkeypatch.setattr(tables.pipeline, "read_inputs", poisoned)
+    monkeypatch.setattr(stages, "read_inputs", poisoned)
 
 
 TUNE_FIELDS = ["train.learning_rate", "train.feature_norm"]   # 3 candidates: a CPU test

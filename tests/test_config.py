@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from asign_jax import pipeline
+from asign_jax import pipeline, stages
 from asign_jax.config import CHOICES, base_config, block_name, set_field, validate
 from asign_jax.features import encoders
 from asign_jax.models import factory
@@ -78,11 +78,11 @@ def test_negative_known_layer_counts_from_the_end():
     validate(c)
     with pytest.raises(ConfigError, match="train.known_layer=-4: sample 'C' has 3 layers"):
         c.train.known_layer = -4
-        pipeline.check_folds(c, {"C": 3, "B": 1}, {})
+        stages.check_folds(c, {"C": 3, "B": 1}, {})
 
 
-@pytest.mark.parametrize("fn", [pipeline.prepare, pipeline.train_and_evaluate,
-                                pipeline.evaluate_all, pipeline.register, pipeline.load_inputs])
+@pytest.mark.parametrize("fn", [stages.prepare, pipeline.train_and_evaluate,
+                                pipeline.evaluate_all, stages.register, stages.load_inputs])
 def test_pipeline_functions_validate_before_any_work(fn, tmp_path):
     c = base_config()
     c.train.steps = -5

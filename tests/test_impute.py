@@ -394,11 +394,11 @@ def test_block_above_max_graph_nodes_trains_and_imputes_in_tiles(block, tmp_path
     """impute goes through train's pool (tiled above train.max_graph_nodes, model inputs
     attached) and tiled evaluation: the tiled prediction equals the one-graph prediction for the
     same params; a model whose per-sample inputs tiles cannot carry is refused in one line."""
-    from asign_jax import pipeline
+    from asign_jax import stages
 
-    config = pipeline.validated(block["config"])
+    config = stages.validated(block["config"])
     work = block["out"] / "work"
-    genes, graphs, _ = pipeline.read_inputs(config, work)
+    genes, graphs, _ = stages.read_inputs(config, work)
     n_spots = int(np.asarray(graphs["A"].spot.n_node)[0])
     net, loss_fn = factory.build(config, len(genes))
     fold = block_model.block_fold("A", [], {"A": 3}, config, measured=[1])

@@ -273,7 +273,7 @@ def test_prepare_samples_spot_outside_image(tmp_path):
 
 # ------------------------------------------------------------------------------- prepare()
 def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
-    from asign_jax import pipeline
+    from asign_jax import stages
     from asign_jax.preprocess import prepare as prepare_mod
 
     seen = {}
@@ -286,12 +286,12 @@ def test_prepare_orchestration_with_fakes(tmp_path, monkeypatch, capsys):
         seen["generate"] = (Path(root), seed)
 
     registered = []
-    monkeypatch.setattr(pipeline, "load_samples", load_samples)
-    monkeypatch.setattr(pipeline, "generate", generate)
+    monkeypatch.setattr(stages, "load_samples", load_samples)
+    monkeypatch.setattr(stages, "generate", generate)
     monkeypatch.setattr(prepare_mod, "make_extractor", lambda cfg: FakeExtractor())
-    monkeypatch.setattr(pipeline, "register_sample",
+    monkeypatch.setattr(stages, "register_sample",
                         lambda p, c, w, ground_truth=None: registered.append((p.sample_id, Path(w))))
-    prepare = pipeline.prepare
+    prepare = stages.prepare
 
     cfg = small_config()
     cfg.data.format = "synthetic"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asign_jax import pipeline, runfolder
+from asign_jax import pipeline, runfolder, stages
 from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.models import factory
 from asign_jax.config import set_field
@@ -110,7 +110,7 @@ def test_finished_run_has_complete_manifests_and_compiled_once(trained):
     assert all(k.startswith("synthetic_data/ST-") for k in m["prepare"]["files"])   # relative
     # no recompilation across samples and folds: one trace of the train step for both folds,
     # one of the eval step for every sample scored
-    model, loss_fn = factory.build(pipeline.validated(config), 40)
+    model, loss_fn = factory.build(stages.validated(config), 40)
     assert step.make_train_step(model, loss_fn, config)._cache_size() == 1
     assert step.make_eval_fn(model)._cache_size() == 1
 
@@ -123,9 +123,10 @@ def test_relaunch_reuses_every_stage(trained, monkeypatch):
     def no_work(*a, **k):
         raise AssertionError("a matching stage was rebuilt")
 
-    for name in ("train_fold", "prepare_samples", "register_sample", "load_samples"):
-        monkeypatch.setattr(pipeline, name, no_work)
-    monkeypatch.setattr(pipeline.graph_io, "build_sample", no_work)
+    monkeypatch.setattr(pipeline, "train_fold", no_work)
+    for name in ("prepare_samples", "register_sample", "load_samples"):
+        monkeypatch.setattr(stages, name, no_work)
+    monkeypatch.setattr(stages.graph_io, "build_sample", no_work)
     config = config.copy_and_resolve_references()
     config.train.log_every = 2                        # how, not what: never invalidates
     config.model.triplex.depth_global = 7             # another model's block: not this fold's
@@ -194,16 +195,16 @@ def test_kill_between_prepare_and_register(trained, tmp_path, monkeypatch):
               "metrics.jsonl", "manifest.json", "per_gene_pcc.csv"):
         (run / p).unlink() if (run / p).is_file() else shutil.rmtree(run / p)
     # as if `prepare` was killed after A's registration (or `register --samples A`)
-    pipeline.register(config, run, ["A"])
+    stages.register(config, run, ["A"])
     rf = RunFolder(run)
     assert not rf.read("register")["complete"] and rf.items("register") == {"A"}
     with pytest.raises(RunFolderError, match="stage 'register' is missing or did not finish"):
-        pipeline.load_inputs(config, run, build=False)
+        stages.load_inputs(config, run, build=False)
     calls = []
-    real = pipeline.register_sample
-    monkeypatch.setattr(pipeline, "register_sample",
+    real = stages.register_sample
+    monkeypatch.setattr(stages, "register_sample",
                         lambda p, *a, **k: calls.append(p.sample_id) or real(p, *a, **k))
-    pipeline.load_inputs(config, run)
+    stages.load_inputs(config, run)
     assert calls == ["B", "Z"]                         # only what the kill left undone
     assert rf.read("register")["complete"] and rf.read("graph")["complete"]
     want, got = graph_arrays(src), graph_arrays(run)
@@ -235,7 +236,7 @@ def test_overwrite_rebuilds_the_stale_stage_and_everything_after(trained, tmp_pa
     assert labels["mean"]["mse"] != agg["known_mean"]["mean"]["mse"]
     assert RunFolder(run).read("prepare")["config"]["data.normalization"] == "stnet"
     # three runs of the same model shapes in one process: still one compilation of each step
-    model, loss_fn = factory.build(pipeline.validated(config), 40)
+    model, loss_fn = factory.build(stages.validated(config), 40)
     assert step.make_train_step(model, loss_fn, config)._cache_size() == 1
     assert step.make_eval_fn(model)._cache_size() == 1
 
@@ -262,7 +263,7 @@ def test_stage_fields_decide_what_invalidates_what():
     for ignored in ("train.log_every", "train.checkpoint_every", "train.eval_genes",
                     "train.known_layer", "train.folds"):
         assert ignored not in fold_f
-    assert set(stage_fields("graph", config)) == {k for k in pipeline.validate.__globals__[
+    assert set(stage_fields("graph", config)) == {k for k in stages.validate.__globals__[
         "fields"](config) if k.startswith("graph.")} | {"format.graph"}
     assert prep["format.prepare"] == runfolder.FORMATS["prepare"] and "format.fold" in fold_f
     real = config.copy_and_resolve_references()
@@ -427,11 +428,11 @@ def test_files_edited_in_place_are_refused_naming_the_file(trained, tmp_path, mo
                for v in rf.read("prepare")["files"].values())
     # touched, same bytes: reused (its content hashed once), then a stat suffices
     os.utime(counts, ns=(counts.stat().st_atime_ns, counts.stat().st_mtime_ns + 10**10))
-    pipeline.load_inputs(config, run)
+    stages.load_inputs(config, run)
     def no_hash(path):
         raise AssertionError(f"{path} was hashed on an unchanged rerun")
     monkeypatch.setattr(runfolder.fingerprint, "digest", no_hash)
-    pipeline.load_inputs(config, run)
+    stages.load_inputs(config, run)
     assert builds(run) == before
     monkeypatch.undo()
     original = counts.read_bytes()
@@ -494,7 +495,7 @@ def test_a_sample_left_without_images_names_them(trained, tmp_path):
     c.data.format, c.data.root = "her2st", str(data)
     with pytest.raises(ConfigError, match=r"train.val_samples: unknown sample 'Z'.*"
                        r"sections left out when reading: Z1 \(no image in .*ST-imgs/Z/Z1\)"):
-        pipeline.load_inputs(c, tmp_path / "run")
+        stages.load_inputs(c, tmp_path / "run")
     # A3's image replaced by a copy of A2's: two layers of one image
     a2 = next((data / "ST-imgs" / "A" / "A2").iterdir())
     a3 = next((data / "ST-imgs" / "A" / "A3").iterdir())
@@ -502,7 +503,7 @@ def test_a_sample_left_without_images_names_them(trained, tmp_path):
     c.train.val_samples = ()
     with pytest.raises(DataError, match=rf"{a3}: the image of section 'A3' has the same bytes "
                                         rf"as the image of section 'A2' \({a2}\); one image"):
-        pipeline.load_inputs(c, tmp_path / "run2")
+        stages.load_inputs(c, tmp_path / "run2")
 
 
 def test_long_list_fields_are_summarised():

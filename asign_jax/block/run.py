@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from asign_jax import atomic, pipeline
+from asign_jax import atomic, pipeline, stages
 from asign_jax.block import figures, model as block_model, sources, virtual, volume
 from asign_jax.block.manifest import load_manifest
 from asign_jax.data import validate
@@ -132,7 +132,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
             raise ConfigError(f"{manifest_path}: no config; pass --config configs/<dataset>.py "
                               "or set 'config:' in the manifest")
         config = sources.load_config(manifest.config)
-    config = pipeline.validated(config)
+    config = stages.validated(config)
     check_data_config(config.data)
     if finetune and not checkpoint:
         raise ConfigError("--finetune needs --checkpoint (a model to fine-tune)")
@@ -246,7 +246,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
         prepared[0], frames, config, work,
         spot_radius=lattices[entries[manifest.measured[0]].name].spot_diameter / 2)
     graph_io.build_all(work, config)
-    genes, graphs, _ = pipeline.read_inputs(config, work)
+    genes, graphs, _ = stages.read_inputs(config, work)
     times["prepare"] = time.perf_counter() - t
 
     # 5. model ------------------------------------------------------------------------------
