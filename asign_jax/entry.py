@@ -3,7 +3,7 @@
 ``run(main, workdir_help, **extra)`` defines ``--config`` (an ml_collections config file,
 ``--config.a.b=v`` overrides; the config is locked, so an unknown field is refused),
 ``--workdir``, ``--verbose`` and the command's extra flags, validates the config
-(``asign_jax.config.validate``) before any work, then calls ``main(flags)``.
+(``asign_jax.config_checks.validate``) before any work, then calls ``main(flags)``.
 
 The project's own errors end the command with ONE line on stderr (``--verbose`` shows the
 traceback): a bad flag, config value, input file or run folder (DataError, ConfigError,
@@ -24,7 +24,7 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from asign_jax.config import validate
+from asign_jax.config_checks import validate
 from asign_jax.errors import ConfigError, DataError, TrainingError
 
 EXIT_BAD_INPUT = 2

@@ -8,7 +8,7 @@ A fold is reused when its manifest matches (``asign_jax.runfolder``: the fields 
 model's block and the build ids of the data stages), resumed when killed, and with
 ``overwrite=True`` rebuilt. The ``python -m asign_jax.<command>`` mains (prepare, register,
 train, evaluate, export) are a few lines each around the functions here and in ``stages``.
-Every function validates the config first (``asign_jax.config.validate``).
+Every function validates the config first (``asign_jax.config_checks.validate``).
 """
 
 

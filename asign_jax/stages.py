@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from asign_jax.config import validate
+from asign_jax.config_checks import validate
 from asign_jax.data import validate as validate_data
 from asign_jax.data.lattice import FORMAT_KIND
 from asign_jax.data.loaders import load_samples
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 def validated(config):
-    """``config`` checked (``config.validate`` + a known ``model.name``), as a resolved copy
+    """``config`` checked (``config_checks.validate`` + a known ``model.name``), as a resolved copy
     (the caller's config is never modified)."""
     validate(config)
     if config.model.name not in factory.MODELS:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asign_jax.config import validate  # noqa: E402
+from asign_jax.config_checks import validate  # noqa: E402
 from asign_jax.data.loaders import load_samples  # noqa: E402
 from asign_jax.features.encoders import make_extractor  # noqa: E402
 from asign_jax.features.patch_features import write_trident  # noqa: E402

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from asign_jax import pipeline, stages
-from asign_jax.config import CHOICES, base_config, block_name, set_field, validate
+from asign_jax.config import CHOICES, base_config, block_name, set_field
+from asign_jax.config_checks import validate
 from asign_jax.features import encoders
 from asign_jax.models import factory
 from asign_jax.errors import ConfigError
