@@ -25,7 +25,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from asign_jax.data import her2st, slide  # noqa: E402
+from asign_jax.data import her2st, pyramid, slide  # noqa: E402
 from asign_jax.data.image import read_rgb  # noqa: E402
 from asign_jax.data.lattice import DIAMETER_UM, FORMAT_KIND, PITCH_UM  # noqa: E402
 from asign_jax.data.loaders import parse_section_list  # noqa: E402
@@ -55,7 +55,7 @@ def write_section(out: Path, sid: str, patient: str, layer: int, section, um_per
     (out / "st").mkdir(parents=True, exist_ok=True)
     ad.write_h5ad(out / "st" / f"{sid}.h5ad")
     img = read_rgb(section.image_path)
-    slide.write_pyramid_tiff(out / "wsis" / f"{sid}.tif", img, um_per_px,
+    pyramid.write_pyramid_tiff(out / "wsis" / f"{sid}.tif", img, um_per_px,
                              levels=jpeg_levels(Path(section.image_path)))
     meta = {"id": sid, "patient": patient, "section_order": layer, "st_technology":
             "Spatial Transcriptomics" if kind == "square" else "Visium",

@@ -35,7 +35,7 @@ def write(out: Path, bins: int, genes: int, nnz_per_bin: int, um_per_px: float, 
     import h5py
     import pandas as pd
 
-    from asign_jax.data.slide import write_pyramid_tiff
+    from asign_jax.data.pyramid import write_pyramid_tiff
     rng = np.random.default_rng(seed)
     side = int(np.ceil(np.sqrt(bins)))
     folder = out / "S1" / "binned_outputs" / "square_008um"

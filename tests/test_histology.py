@@ -181,10 +181,10 @@ def test_a_whole_slide_read_lazily_gives_the_array_features(tmp_path):
     # a pyramidal TIFF seen through data.slide.WorkingImage (HEST / SVS sections) is read box by
     # box; at scale 1 the descriptors equal those of the decoded array, and the cache key is the
     # slide's identity (no bytes of a whole slide are hashed)
-    from asign_jax.data import slide
+    from asign_jax.data import pyramid, slide
     ch, ce, _ = _nuclei_fields(seed=6)
     img = _render(ch, ce)
-    slide.write_pyramid_tiff(tmp_path / "s.tif", img, None, tile=64)
+    pyramid.write_pyramid_tiff(tmp_path / "s.tif", img, None, tile=64)
     lazy = slide.WorkingImage(slide.open_slide(tmp_path / "s.tif"), 1.0)
     c = _cfg()
     xy, ro, go = _windows()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.data import loaders, slide
+from asign_jax.data import loaders, pixel_size, pyramid, slide
 from asign_jax.data.lattice import PITCH_UM
 from asign_jax.errors import DataError
 from asign_jax.features.patches import crop_patches
@@ -26,16 +26,16 @@ def _noise(h, w, seed=0):
 def test_um_px_conversion_and_her2st_sizes():
     c = base_config()
     assert c.data.um_per_px == slide.HER2ST_UM_PER_PX == 0.6875
-    assert slide.px_to_um(c.data.spot_size, c.data.um_per_px) == 154.0
-    assert slide.um_to_px(154.0, 0.6875) == 224.0
-    assert slide.um_to_px(154.0, 0.25) == 616.0          # a 40x slide: 616 level-0 px
+    assert pixel_size.px_to_um(c.data.spot_size, c.data.um_per_px) == 154.0
+    assert pixel_size.um_to_px(154.0, 0.6875) == 224.0
+    assert pixel_size.um_to_px(154.0, 0.25) == 616.0          # a 40x slide: 616 level-0 px
     # HER2ST's ST lattice: ~291 px between array neighbours = 200 um
     assert abs(291 * 0.6875 - PITCH_UM["square"]) < 1.0
 
 
 def test_tiff_slide_levels_region_reads_and_level_choice(tmp_path):
     img = _noise(500, 600)
-    p = slide.write_pyramid_tiff(tmp_path / "s.tif", img, 0.5, tile=128)
+    p = pyramid.write_pyramid_tiff(tmp_path / "s.tif", img, 0.5, tile=128)
     s = slide.open_slide(p)
     assert s.backend == "tifffile" and s.size == (600, 500)
     assert [lv.downsample for lv in s.levels] == [1.0, 2.0, 4.0]
@@ -71,23 +71,23 @@ def test_bad_slides_raise_one_line_naming_the_file(tmp_path):
         slide.open_slide(svs)
     with pytest.raises(DataError, match="does not exist"):
         slide.open_slide(tmp_path / "absent.tif")
-    p = slide.write_pyramid_tiff(tmp_path / "s.tif", _noise(300, 300), None, tile=128)
+    p = pyramid.write_pyramid_tiff(tmp_path / "s.tif", _noise(300, 300), None, tile=128)
     s = slide.open_slide(p)
     with pytest.raises(DataError, match=r"s\.tif: level 5 missing"):
         s.read_region(5, (0, 0, 10, 10))
     with pytest.raises(DataError, match=r"s\.tif: region .* outside level 0"):
         s.read_region(0, (250, 250, 310, 260))
     with pytest.raises(DataError, match=r"s\.tif: 1 of 2 spot centres lie outside"):
-        slide.check_spots_in_slide(p, np.array([[10.0, 10.0], [10.0, 300.0]]), s.size)
+        pixel_size.check_spots_in_slide(p, np.array([[10.0, 10.0], [10.0, 300.0]]), s.size)
     assert s.um_per_px is None
     with pytest.raises(DataError, match=r"s\.tif: no pixel size"):
-        slide.resolve_um_per_px(p, s, 0.0, None, None)
-    assert slide.resolve_um_per_px(p, s, 0.0, 0.25, None) == (0.25, "dataset metadata")
-    assert slide.resolve_um_per_px(p, s, 0.3, 0.25, None)[0] == 0.3
-    slide.check_lattice_pixel_size(p, 400.0, 0.5, 200.0)         # 200 um: fine
-    slide.check_lattice_pixel_size(p, 400.0, 0.59, 200.0)        # 18 % off: fine
+        pixel_size.resolve_um_per_px(p, s, 0.0, None, None)
+    assert pixel_size.resolve_um_per_px(p, s, 0.0, 0.25, None) == (0.25, "dataset metadata")
+    assert pixel_size.resolve_um_per_px(p, s, 0.3, 0.25, None)[0] == 0.3
+    pixel_size.check_lattice_pixel_size(p, 400.0, 0.5, 200.0)         # 200 um: fine
+    pixel_size.check_lattice_pixel_size(p, 400.0, 0.59, 200.0)        # 18 % off: fine
     with pytest.raises(DataError, match=r"s\.tif: pixel size 0.65 .*more than 20%"):
-        slide.check_lattice_pixel_size(p, 400.0, 0.65, 200.0)
+        pixel_size.check_lattice_pixel_size(p, 400.0, 0.65, 200.0)
 
 
 # ---------------------------------------------------------------------------- HEST
@@ -112,7 +112,7 @@ def write_hest_sample(root: Path, sid: str, *, patient="P", order=None, mpp=0.34
     ad.obsm["spatial"] = xy
     (root / "st").mkdir(parents=True, exist_ok=True)
     ad.write_h5ad(root / "st" / f"{sid}.h5ad")
-    slide.write_pyramid_tiff(root / "wsis" / f"{sid}.tif", _noise(*size, seed=seed), None,
+    pyramid.write_pyramid_tiff(root / "wsis" / f"{sid}.tif", _noise(*size, seed=seed), None,
                              tile=128)
     meta = {"id": sid, "patient": patient, "pixel_size_um_estimated": mpp,
             "inter_spot_dist": pitch * mpp,
@@ -296,7 +296,7 @@ def test_volume_zarr_opens_and_lines_up(tmp_path):
     from spatialdata.transformations import get_transformation
 
     from asign_jax.evaluation import spatialdata_out
-    imgs = [slide.write_pyramid_tiff(tmp_path / f"s{i}.tif", _noise(300, 400, i), 0.6875,
+    imgs = [pyramid.write_pyramid_tiff(tmp_path / f"s{i}.tif", _noise(300, 400, i), 0.6875,
                                      tile=128) for i in range(2)]
     secs = [types.SimpleNamespace(name=f"S{i}", image_path=str(p), image_scale=1.0)
             for i, p in enumerate(imgs)]
@@ -383,7 +383,7 @@ def test_visium_hd_reader_bins_sparse_and_bad_input(tmp_path):
 def test_openslide_backend_reads_regions_and_pixel_size(tmp_path):
     openslide = pytest.importorskip("openslide")
     img = _noise(300, 350)
-    p = slide.write_pyramid_tiff(tmp_path / "o.tif", img, 0.5, tile=128)
+    p = pyramid.write_pyramid_tiff(tmp_path / "o.tif", img, 0.5, tile=128)
     s = slide.OpenSlideSlide(p, openslide.OpenSlide(str(p)))
     assert s.size == (350, 300) and s.um_per_px == pytest.approx(0.5)
     assert np.array_equal(s.read_region(0, (10, 20, 110, 70)), img[20:70, 10:110])

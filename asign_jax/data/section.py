@@ -68,7 +68,7 @@ class Section:
         the first time genes are subset (ST-Net normalisation needs it); None = sum of counts.
       n_all_genes: number of genes the section's file had (None = len(genes)).
       um_per_px: level-0 pixel size of the image given by the dataset's metadata (e.g. HEST
-        json), None = from the slide file or the config (`data.slide.resolve_um_per_px`).
+        json), None = from the slide file or the config (`data.pixel_size.resolve_um_per_px`).
       image_scale: level-0 image px per working px (``data.um_per_px``); ``pixel_xy`` is in
         working px once `loaders.to_working` has run (1.0 = the image's own pixels).
       pitch_um: centre-to-centre spot distance in µm of the section's lattice when the reader

@@ -245,16 +245,6 @@ def is_plain(path) -> bool:
     return Path(path).suffix.lower() in PLAIN_SUFFIXES
 
 
-def um_to_px(um: float, um_per_px: float) -> float:
-    """Length in µm -> px at ``um_per_px``."""
-    return float(um) / float(um_per_px)
-
-
-def px_to_um(px: float, um_per_px: float) -> float:
-    """Length in px at ``um_per_px`` -> µm."""
-    return float(px) * float(um_per_px)
-
-
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     """np.pad 'reflect' index map (edge replication when one reflection is not enough)."""
     if n == 1:
@@ -359,83 +349,3 @@ def open_working(path, scale: float = 1.0):
     if is_plain(path) and float(scale) == 1.0:
         return read_rgb(Path(path))
     return WorkingImage(open_slide(path), scale)
-
-
-def resolve_um_per_px(path, slide: Optional[Slide], given: Optional[float],
-                      metadata: Optional[float], default: Optional[float]) -> tuple[float, str]:
-    """Level-0 pixel size of a section image and where it came from.
-
-    Order: ``given`` (config ``data.slide_um_per_px`` > 0) > ``metadata`` (e.g. HEST json) >
-    the slide file's own metadata > ``default`` (e.g. the working resolution). None of them:
-    DataError naming the file.
-    """
-    if given:
-        return float(given), "config data.slide_um_per_px"
-    if metadata:
-        return float(metadata), "dataset metadata"
-    if slide is not None and slide.um_per_px:
-        return float(slide.um_per_px), f"{slide.backend} metadata"
-    if default:
-        return float(default), "assumed = data.um_per_px"
-    raise DataError(f"{path}: no pixel size (µm/px) in the slide's metadata; set "
-                    "data.slide_um_per_px (or the manifest's um_per_px)")
-
-
-def check_lattice_pixel_size(path, pitch_px: float, um_per_px: float, pitch_um: float,
-                             tolerance: float = 0.2) -> None:
-    """DataError when the spot lattice's pitch (px) times the pixel size disagrees with the
-    technology's pitch (µm) by more than ``tolerance`` (relative)."""
-    if not (pitch_px > 0 and um_per_px > 0 and pitch_um > 0):
-        return
-    measured = pitch_px * um_per_px
-    if abs(measured / pitch_um - 1.0) > tolerance:
-        raise DataError(f"{path}: pixel size {um_per_px:.4g} µm/px gives a spot pitch of "
-                        f"{measured:.1f} µm ({pitch_px:.1f} px), but the lattice's pitch is "
-                        f"{pitch_um:g} µm (more than {tolerance:.0%} off); fix the pixel size "
-                        "(data.slide_um_per_px) or the spot coordinates")
-
-
-def check_spots_in_slide(path, pixel_xy: np.ndarray, size_wh: tuple[int, int]) -> None:
-    """DataError naming the file when a spot centre (level-0 px) lies outside the slide."""
-    w, h = size_wh
-    xy = np.asarray(pixel_xy, np.float64).reshape(-1, 2)
-    bad = ~np.isfinite(xy).all(1) | (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | \
-        (xy[:, 1] >= h)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: {int(bad.sum())} of {len(xy)} spot centres lie outside the "
-                        f"{w} x {h} px slide, e.g. spot #{i} at {xy[i].round(1).tolist()}")
-
-
-def write_pyramid_tiff(path, level0: np.ndarray, um_per_px: Optional[float] = None,
-                       levels: Optional[list] = None, tile: int = 256,
-                       compression: str = "zlib") -> Path:
-    """Writes a tiled pyramidal RGB TIFF (SubIFDs, lossless) with tifffile.
-
-    ``levels``: the reduced images (downsample 2, 4, ...; sizes ceil(H / 2^k)); None = built by
-    halving with INTER_AREA until the long side is < 2 tiles. ``um_per_px`` goes into the
-    resolution tags (px per cm). Returns ``path``.
-    """
-    import cv2
-    import tifffile
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if levels is None:
-        levels, cur = [], level0
-        while max(cur.shape[:2]) > 2 * tile:
-            h, w = -(-cur.shape[0] // 2), -(-cur.shape[1] // 2)
-            cur = cv2.resize(cur, (w, h), interpolation=cv2.INTER_AREA)
-            levels.append(cur)
-    kw = dict(photometric="rgb", tile=(tile, tile), compression=compression)
-    res = {}
-    if um_per_px:
-        res = dict(resolution=(1e4 / um_per_px, 1e4 / um_per_px), resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path, bigtiff=level0.nbytes > 2 ** 31) as tif:
-        tif.write(level0, subifds=len(levels), **kw, **res)
-        for k, lv in enumerate(levels, start=1):
-            kres = {}
-            if um_per_px:
-                kres = dict(resolution=(1e4 / (um_per_px * 2 ** k),) * 2,
-                            resolutionunit="CENTIMETER")
-            tif.write(lv, subfiletype=1, **kw, **kres)
-    return path

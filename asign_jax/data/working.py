@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from asign_jax.data import pixel_size
 from asign_jax.data import slide as slidemod
 from asign_jax.data.lattice import PITCH_UM, fit_lattice, infer_lattice
 from asign_jax.data.section import Sample, Section
@@ -54,8 +55,8 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
         return section                          # spots checked by prepare, as before
     slide = slidemod.open_slide(path)
     try:
-        slidemod.check_spots_in_slide(path, section.pixel_xy, slide.size)
-        mpp, source = slidemod.resolve_um_per_px(path, slide, slide_um_per_px,
+        pixel_size.check_spots_in_slide(path, section.pixel_xy, slide.size)
+        mpp, source = pixel_size.resolve_um_per_px(path, slide, slide_um_per_px,
                                                  section.um_per_px, None)
     finally:
         slide.close()
@@ -65,7 +66,7 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
         lat = (fit_lattice(section.array_xy, section.pixel_xy, kind, where=str(path))
                if not np.array_equal(section.array_xy, section.pixel_xy)
                else infer_lattice(section.pixel_xy, kind, where=str(path)))
-        slidemod.check_lattice_pixel_size(path, lat.pitch, mpp, pitch_um, LATTICE_TOLERANCE)
+        pixel_size.check_lattice_pixel_size(path, lat.pitch, mpp, pitch_um, LATTICE_TOLERANCE)
     scale = float(um_per_px) / mpp
     if abs(scale - 1.0) < 1e-9:
         scale = 1.0
