@@ -66,6 +66,12 @@ def get_config():
     c.train.select = "pcc_gene"
     c.model.asign.update(ASIGN_ONE_LAYER)
     c.train.feature_norm = "none"
+    # then (docs/validation.md, stage 3) --grid model.asign.spot_head_init=default,zeros
+    # --grid model.asign.lr_multiplier=1,0.2,0.04: a spot head started at zero (p_s = the ridge
+    # image path + a learned correction) at 1/25 of the baselines' rate, validation pcc_gene
+    # 0.344 (network half 0.279) against 0.312 (0.222) for the default head at the full rate
+    c.model.asign.spot_head_init = "zeros"
+    c.model.asign.lr_multiplier = 0.04
     # the paper's baselines (--config.model.name=stnet|egn|...) at CPU sizes: 128 wide, 2 deep
     cpu_baselines(c, dim=128)
     c.model.his2st.mixer_out = 8        # token grid 4 x 4 x 8 = 128 = his2st dim

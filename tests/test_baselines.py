@@ -144,6 +144,28 @@ def test_forward_shapes_and_finite_loss_on_poisoned_data(name, data):
         assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), name
 
 
+@pytest.mark.parametrize("name,weight,value", [("egn", "pcc", 2.0), ("bleep", "temperature", 0.1),
+                                               ("his2st", "zinb", 2.0), ("his2st", "bake", 0.0),
+                                               ("triplex", "alpha", 0.9)])
+def test_each_baseline_loss_weight_changes_its_loss(name, weight, value, data):
+    # model.<name>.loss.<weight> reaches the model's loss (and nothing else changes with it)
+    cfg, model, loss_fn, pool = build(name, data)
+    ex = pool.example()
+    variables = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+                           ex["spot"], ex["region"], ex["global"], ex["spot"].nodes["known"],
+                           train=False, **batches.model_extra(ex))
+    sample = jax.tree.map(lambda a: a[0], pool.arrays)
+    losses = []
+    for v in (cfg.model[name].loss[weight], value):
+        c = cfg.copy_and_resolve_references()
+        c.model[name].loss[weight] = v
+        loss, _ = jax.jit(lambda p, s, o=step_options(c): sample_loss(
+            p, s, jax.random.PRNGKey(2), model=model, loss_fn=loss_fn, **o))(
+            variables["params"], sample)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[0] != pytest.approx(losses[1], rel=1e-4), losses
+
+
 def _n(shapes, prefix=""):
     return sum(int(np.prod(x.shape)) for path, x in
                jax.tree_util.tree_flatten_with_path(shapes)[0]

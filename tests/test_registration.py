@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.errors import DataError
+from asign_jax.errors import ConfigError, DataError
 from asign_jax.preprocess.prepared import PreparedSample, PreparedSection
 from asign_jax.registration.affine import apply_affine
 from asign_jax.registration.ants_refine import ants_refine
@@ -354,3 +354,66 @@ def test_her2st_patient_c(her2st_root, tmp_path):
         n_ok += int((d < 2 * 112.0).sum())
         n_all += len(d)
     assert n_ok / n_all >= 0.8, n_ok / n_all
+
+
+# ---------------------------------------------------------------------------------------
+# (c) every registration knob reaches the code it names
+# ---------------------------------------------------------------------------------------
+
+def test_each_keypoint_setting_changes_the_fit(monkeypatch):
+    """detector, max_keypoints, estimator, robust, reproj_threshold, min_inliers,
+    allow_reflection and content_refine: each one set, and its effect seen."""
+    from asign_jax.registration import keypoints
+    fixed, _ = _tissue(seed=1)
+    truth = _about_centre(15.0, 1.05, (20, -35))
+    mv = load_section("m", _warp(fixed, np.linalg.inv(truth)), 512)
+    fx = load_section("f", fixed, 512)
+    truth_small = fx.to_small @ truth @ mv.to_full
+    seen = []
+    for name in ("estimateAffine2D", "estimateAffinePartial2D"):
+        real = getattr(cv2, name)
+        monkeypatch.setattr(cv2, name, lambda *a, _r=real, _n=name, **k: (
+            seen.append((_n, k["method"], k["ransacReprojThreshold"])) or _r(*a, **k)))
+    default = keypoints.initial_affine(mv, fx, _rcfg())
+    assert default.method == "sift" and seen[-1] == ("estimateAffine2D", cv2.USAC_MAGSAC, 3.0)
+    assert np.abs(default.matrix - truth_small).max() < 0.05 * np.abs(truth_small).max()
+    orb = keypoints.initial_affine(mv, fx, _rcfg(detector="orb"))
+    assert orb.method == "orb" and orb.n_matches != default.n_matches
+    few = keypoints.initial_affine(mv, fx, _rcfg(max_keypoints=30))
+    assert few.n_matches <= 30 < default.n_matches
+    part = keypoints.initial_affine(mv, fx, _rcfg(estimator="partial", robust="ransac",
+                                                  reproj_threshold=5.0))
+    assert seen[-1] == ("estimateAffinePartial2D", cv2.RANSAC, 5.0)
+    a = part.matrix[:2, :2]                       # a similarity: [[s c, -s s'], [s s', s c]]
+    assert abs(a[0, 0] - a[1, 1]) < 1e-9 and abs(a[0, 1] + a[1, 0]) < 1e-9
+    keypoints.initial_affine(mv, fx, _rcfg(robust="ransac"))
+    assert seen[-1] == ("estimateAffine2D", cv2.RANSAC, 3.0)
+    # too few inliers -> the mask-moments fallback; content_refine off keeps its raw answer
+    refined = keypoints.initial_affine(mv, fx, _rcfg(min_inliers=10 ** 6))
+    raw = keypoints.initial_affine(mv, fx, _rcfg(min_inliers=10 ** 6, content_refine=False))
+    moments, _ = keypoints.mask_moments_affine(mv, fx, allow_reflection=True)
+    assert refined.method == raw.method == "mask-moments"
+    np.testing.assert_array_equal(raw.matrix, moments)
+    assert not np.array_equal(refined.matrix, moments)
+    # a mirrored section is matched mirrored only when reflections are allowed
+    mirrored = load_section("mirror", np.ascontiguousarray(fixed[:, ::-1]), 512)
+    off = dict(min_inliers=10 ** 6, content_refine=False)
+    det = lambda **k: np.linalg.det(keypoints.initial_affine(mirrored, fx, _rcfg(**k)).matrix[:2, :2])
+    assert det(**off) < 0 and det(allow_reflection=False, **off) > 0
+
+
+def test_ants_metric_is_the_linear_stage_metric(monkeypatch, tmp_path):
+    from asign_jax.registration import ants_refine as ar
+    fixed, _ = _tissue(seed=2)
+    mv, fx = load_section("m", _warp(fixed, _about_centre(5.0, 1.0, (5, 5))), 512), \
+        load_section("f", fixed, 512)
+    calls = []
+    ants = ar.import_ants(1)
+    real = ants.registration
+    monkeypatch.setattr(ants, "registration", lambda *a, **k: calls.append(k) or real(*a, **k))
+    for metric in ("meansquares", "GC"):
+        ar.ants_refine(mv, fx, np.eye(3), _rcfg(ants_metric=metric, ants_iterations=(5, 2, 1)),
+                       tmp_path / metric)
+    assert [k.get("aff_metric") for k in calls] == ["meansquares", "GC"]
+    with pytest.raises(ConfigError, match="registration.ants_metric"):
+        ar.ants_refine(mv, fx, np.eye(3), _rcfg(ants_metric="mi"), tmp_path / "bad")

@@ -23,13 +23,10 @@ from typing import Optional
 
 import numpy as np
 
-from asign_jax.errors import ConfigError
+from asign_jax.config import check_choice
 from asign_jax.registration.preprocess import SectionImage
 
 log = logging.getLogger(__name__)
-
-TRANSFORMS = ("Affine", "Rigid", "SyN", "none")
-METRICS = ("mattes", "GC", "meansquares")
 
 
 def import_ants(threads: int = 2):
@@ -120,14 +117,10 @@ def ants_refine(moving: SectionImage, fixed: SectionImage, init: np.ndarray, cfg
     ants_syn_iterations, ants_threads. ``seed`` fixes
     ANTs' random metric sampling. Files go to ``tmpdir`` (keep it while a SyN warp is used).
     """
-    kind = str(cfg.ants_transform)
-    if kind not in TRANSFORMS:
-        raise ConfigError(f"registration.ants_transform={kind!r}: expected one of {TRANSFORMS}")
+    kind = check_choice("registration.ants_transform", str(cfg.ants_transform))
     if kind == "none":
         return Refinement(np.asarray(init, np.float64))
-    metric = str(cfg.ants_metric)
-    if metric not in METRICS:
-        raise ConfigError(f"registration.ants_metric={metric!r}: expected one of {METRICS}")
+    metric = check_choice("registration.ants_metric", str(cfg.ants_metric))
     threads = int(cfg.ants_threads)
     ants = import_ants(threads)
     its = tuple(int(i) for i in cfg.ants_iterations)

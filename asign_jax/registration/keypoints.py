@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from asign_jax.config import base_config
+from asign_jax.config import base_config, check_choice
 from asign_jax.data.image import resize_long_side
 from asign_jax.errors import ConfigError
 from asign_jax.registration.preprocess import SectionImage
@@ -117,21 +117,17 @@ def estimate_affine(pts_m: np.ndarray, pts_f: np.ndarray, estimator: str = "affi
     import cv2
     if len(pts_m) < 3:
         return None, 0
-    methods = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
-    fns = {"affine": cv2.estimateAffine2D, "partial": cv2.estimateAffinePartial2D}
-    if robust not in methods:
-        raise ConfigError(f"registration.robust={robust!r}: expected one of {sorted(methods)}")
-    if estimator not in fns:
-        raise ConfigError(f"registration.estimator={estimator!r}: expected one of {sorted(fns)}")
-    method = methods[robust]
+    method = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}[
+        check_choice("registration.robust", robust)]
+    fit = {"affine": cv2.estimateAffine2D, "partial": cv2.estimateAffinePartial2D}[
+        check_choice("registration.estimator", estimator)]
     if estimator == "partial" and robust == "magsac":
         # OpenCV's estimateAffinePartial2D has no USAC method (only RANSAC / LMEDS).
         log.debug("estimateAffinePartial2D does not support USAC_MAGSAC; using RANSAC")
         method = cv2.RANSAC
     cv2.setRNGSeed(int(seed))
-    m, inl = fns[estimator](pts_m.astype(np.float32), pts_f.astype(np.float32),
-                            method=method, ransacReprojThreshold=float(threshold),
-                            maxIters=5000, confidence=0.999)
+    m, inl = fit(pts_m.astype(np.float32), pts_f.astype(np.float32), method=method,
+                 ransacReprojThreshold=float(threshold), maxIters=5000, confidence=0.999)
     if m is None or inl is None:
         return None, 0
     return np.vstack([m, [0, 0, 1]]).astype(np.float64), int(inl.sum())
