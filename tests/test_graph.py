@@ -507,3 +507,12 @@ def test_edge_statistics_by_hand():
                             cross_mode="calibrated", cross_radius=300.0).stats
     assert cal["cross_iou0_share"] == 0.0 and cal["mean_weight"]["cross_no_overlap"] is None
     assert cal["mean_weight"]["cross_overlap"] < mw["cross_overlap"]
+
+
+def test_region_and_global_k_intra_reach_their_graphs():
+    # graph.{region,global}_k_intra are the same-layer neighbour counts of the tile graphs
+    c = base_config()
+    c.graph.region_k_intra, c.graph.global_k_intra = 3, 5
+    s = build._scale_settings(c.graph, c.data)
+    assert (s["spot"][0], s["region"][0], s["global"][0]) == (c.graph.k_intra, 3, 5)
+    assert s["region"][2] == c.data.region_size / 2 and s["global"][2] == c.data.global_size / 2

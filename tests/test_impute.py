@@ -548,3 +548,17 @@ def test_given_spots_off_tissue_or_at_another_pitch_are_refused(tmp_path, caplog
     with caplog.at_level("WARNING"):
         virtual.check_given_spots(frames, 1, off, lattice, 0, good, "s.csv", 0.2, allow=True)
     assert "imputing anyway (--allow_unusual_spots)" in caplog.text
+
+
+def test_figure_genes_come_from_impute_plot_genes(caplog):
+    from asign_jax.block.run import _plot_genes
+    c = base_config()
+    genes = ["ERBB2", "GNAS", "FASN", "ACTB"]
+    c.train.eval_genes = ("GNAS",)
+    assert _plot_genes(c, genes, None) == ["GNAS"]
+    c.impute.plot_genes = ("ACTB", "NOPE")
+    assert _plot_genes(c, genes, None) == ["ACTB"]
+    assert "impute.plot_genes: NOPE not among the 4 imputed genes" in caplog.text
+    assert _plot_genes(c, genes, ["FASN"]) == ["FASN"]
+    with pytest.raises(ConfigError, match="--genes"):
+        _plot_genes(c, genes, ["NOPE"])

@@ -389,3 +389,21 @@ def test_openslide_backend_reads_regions_and_pixel_size(tmp_path):
     assert np.array_equal(s.read_region(0, (10, 20, 110, 70)), img[20:70, 10:110])
     with pytest.raises(DataError, match=r"o\.tif: level 3 missing"):
         s.read_region(3, (0, 0, 4, 4))
+
+
+def test_hest_sections_prepare_with_the_histology_encoder(tmp_path):
+    # a HEST slide at 0.34375 um/px is read lazily at the working 0.6875 um/px (WorkingImage,
+    # scale 2); the histology descriptors read it box by box from the pyramid
+    from asign_jax.preprocess.prepare import prepare_samples
+    root = tmp_path / "hest"
+    for i, sid in enumerate(("S0", "S1")):
+        write_hest_sample(root, sid, order=i, seed=i + 1, size=(1400, 1600))
+    c = hest_config(root, "S0,S1")
+    c.features.encoder, c.data.n_genes = "histology", 4
+    c.data.spot_size, c.data.region_size, c.data.global_size = 64, 128, 256
+    samples = loaders.load_samples(c)
+    assert samples[0].sections[0].image_scale == 2.0
+    prepared = prepare_samples(samples, c, tmp_path / "w")
+    for s in prepared[0].sections:
+        assert s.spot_feats.shape[0] == 12 and np.isfinite(s.spot_feats).all()
+        assert np.isfinite(s.global_tokens).all()

@@ -107,3 +107,13 @@ def test_training_tiles_one_sample_each_and_no_test_labels():
     # each labelled spot is a core (loss) node of exactly one tile
     assert labelled == {"A": 300, "B": 100}
     assert pool.roles[pool.sample_ids.index(next(i for i in pool.sample_ids if i[0] == "B"))] == "test"
+
+
+def test_training_halo_is_train_subgraph_halo_or_gat_layers():
+    c = base_config()
+    c.train.max_graph_nodes = 500
+    assert subgraph.pool_options(c) == {"max_nodes": 500, "halo": c.model.asign.gat_layers}
+    c.train.subgraph_halo = 1
+    assert subgraph.pool_options(c)["halo"] == 1
+    c.model.asign.use_gat, c.train.subgraph_halo = False, -1
+    assert subgraph.pool_options(c)["halo"] == 0
