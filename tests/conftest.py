@@ -12,19 +12,10 @@ slow"`` is the fast subset; ``.ci/run`` runs everything.
 """
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import pytest
-
-# Cheap XLA CPU compilation for the whole suite (and the subprocesses it starts, which inherit
-# the environment): the tests need the numbers, not a fast binary, and most of their time is
-# compiling tiny programs (about 40 % less wall time). Set before anything imports jax; a
-# test that sets XLA_FLAGS itself (fake CPU devices) replaces it.
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if _FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA}".strip()
 
 ROOT = Path(__file__).resolve().parents[1]
 HER2ST = (ROOT / ".." / "shared" / "data" / "her2st").resolve()

@@ -27,7 +27,7 @@ from asign_jax.data.section import Sample, Section, dense_counts
 from asign_jax.data.stnet import read_stnet
 from asign_jax.data.visium import read_visium
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.pipeline import check_folds
+from asign_jax.stages import check_folds
 from asign_jax.registration.preprocess import read_small_rgb
 
 GENES = ["ERBB2", "GNAS", "FASN", "ACTB"]

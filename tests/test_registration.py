@@ -294,7 +294,7 @@ def test_single_section_and_bad_image(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_synthetic_tre_within_tenth_of_pitch(seed, tmp_path):
     from asign_jax.data.synthetic import generate
-    from asign_jax.pipeline import register
+    from asign_jax.stages import register
     from asign_jax.runfolder import NEW, RunFolder, stage_fields
 
     cfg = base_config()
