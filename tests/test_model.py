@@ -266,25 +266,23 @@ def test_ablation_switches(setup, switch, absent):
 def test_zero_spot_head_starts_at_the_image_path_plus_offset(setup):
     # spot_head_init=zeros: p_s at init is the spot head's bias (0) + the linear image path +
     # the known-mean offset, so the network starts from them and learns a correction
-    _, _, _, (spot, region, glob, known) = setup
+    _, default_params, _, (spot, region, glob, known) = setup
+    assert np.abs(np.asarray(default_params["params"]["spot_head"]["out"]["kernel"])).min() > 0
     model = ASIGN(_cfg(spot_head_init="zeros", image_skip=True, spot_offset="known"), GENES)
-    params = model.init(jax.random.key(0), spot, region, glob, known, train=False)
+    key = jax.random.key(0)
+    params = _compile(lambda k: model.init(k, spot, region, glob, known, train=False), key)(key)
+    assert not np.any(np.asarray(params["params"]["spot_head"]["out"]["kernel"]))
     w = jax.random.normal(jax.random.key(1), params["params"]["image_skip"]["kernel"].shape)
     params["params"]["image_skip"]["kernel"] = w
-    out = model.apply(params, spot, region, glob, known, train=False)
-    assert not np.any(np.asarray(params["params"]["spot_head"]["out"]["kernel"]))
+    out = _compile(lambda p: model.apply(p, spot, region, glob, known, train=False), params)(params)
     usable = np.asarray(known & spot.nodes["label_mask"] & node_mask(spot))
     offset = np.asarray(spot.nodes["label"])[usable].mean(0)
     np.testing.assert_allclose(out["spot_model"], np.asarray(spot.nodes["feat"]) @ np.asarray(w)
                                + params["params"]["image_skip"]["bias"] + offset,
                                rtol=1e-4, atol=1e-4)
-    default = ASIGN(_cfg(image_skip=True, spot_offset="known"), GENES)
-    kernel = default.init(jax.random.key(0), spot, region, glob, known,
-                          train=False)["params"]["spot_head"]["out"]["kernel"]
-    assert np.abs(np.asarray(kernel)).min() > 0
     with pytest.raises(ConfigError, match="model.asign.spot_head_init"):
-        ASIGN(_cfg(spot_head_init="ones"), GENES).init(jax.random.key(0), spot, region, glob,
-                                                       known, train=False)
+        jax.eval_shape(lambda: ASIGN(_cfg(spot_head_init="ones"), GENES).init(
+            jax.random.key(0), spot, region, glob, known, train=False))
 
 
 def test_vmaps_over_a_sample_axis(setup):
