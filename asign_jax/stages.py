@@ -255,7 +255,7 @@ def load_inputs(config, workdir, *, overwrite: bool = False, build: bool = True)
 
     ``build=False`` (evaluate, export) only reuses: a missing or stale stage is an error.
     The graphs' image features are standardised per sample (``train.feature_norm``,
-    ``preprocess.standardize``): everything downstream sees the model's input view.
+    ``training.standardize``): everything downstream sees the model's input view.
 
     genes: list[str]; graphs: {sample id: SampleGraph}; oracle: {sample id: (N, G) noise-free
     expression} on synthetic data (``references.oracle_labels``), else None.

@@ -258,7 +258,7 @@ class WorkingImage:
     """A slide seen at the working resolution (``scale`` level-0 px per working px).
 
     ``shape`` is (H, W, 3) in working px; ``crop_patches(centers_xy, size)`` gives the same
-    patches as ``preprocess.patches.crop_patches`` on the decoded image (reflect padding at the
+    patches as ``features.patches.crop_patches`` on the decoded image (reflect padding at the
     border) without holding level 0 whole.
     """
 

@@ -3,7 +3,7 @@
 the oracle ceiling.
 
 The references read ONLY the known layer's spot labels, and they read them from the masked
-sample that training sees (``asign_jax.training.batches.mask_sample``), so a test label cannot
+sample that training sees (``asign_jax.graph.roles.mask_sample``), so a test label cannot
 reach them.
 
 known_mean: every spot gets the known layer's mean expression profile.

@@ -142,7 +142,7 @@ class Head(nn.Module):
 
 def feature_stats(feat: jnp.ndarray, real: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(mean, std + 1e-3), each (D,), of ``feat`` (N, D) over the real rows: the per-sample
-    statistics ``preprocess.standardize`` uses for the cached features (and their tokens)."""
+    statistics ``training.standardize`` uses for the cached features (and their tokens)."""
     n = jnp.maximum(real.sum(), 1)
     mean = jnp.sum(jnp.where(real[:, None], feat, 0.0), 0) / n
     var = jnp.sum(jnp.where(real[:, None], (feat - mean) ** 2, 0.0), 0) / n

@@ -15,7 +15,7 @@ and eval steps pass them to the model as ``extra=``. Inputs (N = padded spots of
                L2 distance of the frozen (cached, z-scored) spot features, never from the
                query's own section (``nearest_exemplars``; K = model.egn.n_exemplars)
   spot_tokens  (N, T, D) float16: the cached token grid of the spot patch, z-scored with the
-               sample's spot-feature statistics (like ``preprocess.standardize``)
+               sample's spot-feature statistics (like ``training.standardize``)
   array_xy     (N, 2) int32: array-grid position, shifted to start at 0 in each section
   grid_adj     (N, k) int32 + grid_adj_mask: His2ST's grid graph (k nearest spots of the same
                section by array distance, kept if <= model.his2st.grid_max_dist)
