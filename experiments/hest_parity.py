@@ -1,7 +1,7 @@
 """Checks that a dataset converted by experiments/to_hest.py prepares to the same arrays.
 
     python experiments/hest_parity.py --a configs/her2st.py --b configs/hest.py \
-        --b_root ../shared/hest_her2st --workdir runs/hest_parity
+        --b_root ../shared/hest_her2st --out runs/hest_parity
 
 Loads both configs' samples, prepares them with a pixel-checksum extractor (per patch /
 tile: the 3 channel means and a position-weighted pixel sum, so equal features = identical
@@ -12,20 +12,18 @@ status 1 when anything differs.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from asign_jax.data.loaders import load_samples  # noqa: E402
-from asign_jax.features.patches import crop_patches  # noqa: E402
-from asign_jax.preprocess.prepare import prepare_samples  # noqa: E402
-from asign_jax.registration.preprocess import load_section  # noqa: E402
-from asign_jax.registration.stack import section_image  # noqa: E402
+from asign_jax import entry
+from asign_jax.data.loaders import load_samples
+from asign_jax.features.patches import crop_patches
+from asign_jax.preprocess.prepare import prepare_samples
+from asign_jax.registration.preprocess import load_section
+from asign_jax.registration.stack import section_image
 
 KEYS = ("pixel_xy", "array_xy", "spot_counts", "spot_labels", "region_origin", "region_labels",
         "global_origin", "global_labels", "spot_region", "spot_global", "region_global",
@@ -61,19 +59,12 @@ def _config(path, root):
     return c
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", default="configs/her2st.py")
-    ap.add_argument("--b", default="configs/hest.py")
-    ap.add_argument("--a_root", default="")
-    ap.add_argument("--b_root", default="")
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+def parity(args) -> int:
+    """Prints the comparison; returns the number of differing samples / sections."""
     prepared = {}
     for tag, cfg_path, root in (("a", args.a, args.a_root), ("b", args.b, args.b_root)):
         cfg = _config(cfg_path, root)
-        prepared[tag] = prepare_samples(load_samples(cfg), cfg, Path(args.workdir) / tag,
+        prepared[tag] = prepare_samples(load_samples(cfg), cfg, Path(args.out) / tag,
                                         extractor=ChecksumExtractor())
         long_side = int(cfg.registration.long_side)
     bad = 0
@@ -105,8 +96,17 @@ def main(argv=None):
             print(f"  {sa.name} vs {sb.name} (scale {sb.image_scale}): "
                   + ("all identical" if not nz else f"DIFFER {nz}"))
     print("PARITY OK" if not bad else f"PARITY FAILED ({bad})")
-    return 0 if not bad else 1
+    return bad
+
+
+def main(args):
+    if parity(args):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry.run_script(main, "hest_parity", config="none",
+                     a=("configs/her2st.py", "First config file."),
+                     b=("configs/hest.py", "Second config file (the converted layout)."),
+                     a_root=("", "data.root of the first (default: its config's)."),
+                     b_root=("", "data.root of the second (default: its config's)."))

@@ -2,6 +2,8 @@
 
     python experiments/to_hest.py --config configs/her2st.py --out ../shared/hest_her2st
 
+(``--out`` defaults to ``runs/experiments/to_hest``; ``--root`` overrides ``data.root``.)
+
 Reads the sections of ``--config`` (any ``data.format``; the HER2ST subset by default) WITHOUT
 the gene intersection, and writes ``st/<id>.h5ad`` (X raw counts as CSR, the file's genes,
 obs_names the spot ids, obsm['spatial'] the spot centres in level-0 px, obs array_col/array_row
@@ -15,20 +17,20 @@ Section ids keep their names (C2, ..., B4).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pandas as pd
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from asign_jax.data import her2st, pyramid, slide  # noqa: E402
-from asign_jax.data.image import read_rgb  # noqa: E402
-from asign_jax.data.lattice import DIAMETER_UM, FORMAT_KIND, PITCH_UM  # noqa: E402
-from asign_jax.data.loaders import parse_section_list  # noqa: E402
+from asign_jax import entry
+from asign_jax.data import her2st, pyramid, slide
+from asign_jax.data.image import read_rgb
+from asign_jax.data.lattice import DIAMETER_UM, FORMAT_KIND, PITCH_UM
+from asign_jax.data.loaders import parse_section_list
+from asign_jax.errors import ConfigError
 
 
 def jpeg_levels(path: Path) -> list[np.ndarray]:
@@ -68,35 +70,32 @@ def write_section(out: Path, sid: str, patient: str, layer: int, section, um_per
     return meta
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/her2st.py")
-    ap.add_argument("--root", default="", help="data.root override")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--um_per_px", type=float, default=slide.HER2ST_UM_PER_PX)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cfg", args.config)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    root = args.root or cfg.data.root
+def convert(cfg, out, um_per_px: float, root: str = "") -> Path:
+    """Writes the sections of ``cfg`` (HER2ST layout) under ``out`` in the HEST-1k layout;
+    returns the CSV's path."""
+    root = root or cfg.data.root
     if cfg.data.format not in ("her2st", "synthetic"):
-        raise SystemExit(f"--config data.format={cfg.data.format!r}: only the HER2ST layout "
-                         "is converted by this script")
+        raise ConfigError(f"--config data.format={cfg.data.format!r}: only the HER2ST layout "
+                          "is converted by this script")
     samples = her2st.read_her2st(root, parse_section_list(cfg.data.sections), images_only=True)
-    out = Path(args.out)
+    out = Path(out)
     rows = []
     kind = FORMAT_KIND[cfg.data.format]
     for s in samples:
         for layer, x in enumerate(s.sections):
-            rows.append(write_section(out, x.name, s.sample_id, layer, x, args.um_per_px, kind))
+            rows.append(write_section(out, x.name, s.sample_id, layer, x, um_per_px, kind))
             logging.info("wrote %s (%d spots x %d genes)", x.name, x.n_spots, len(x.genes))
-    pd.DataFrame(rows).drop(columns=["source_image"]).to_csv(out / "HEST_v1_asign.csv",
-                                                             index=False)
-    logging.info("wrote %s", out / "HEST_v1_asign.csv")
+    csv = out / "HEST_v1_asign.csv"
+    pd.DataFrame(rows).drop(columns=["source_image"]).to_csv(csv, index=False)
+    logging.info("wrote %s", csv)
+    return csv
+
+
+def main(args):
+    convert(args.config, args.out, args.um_per_px, args.root)
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "to_hest", config="required",
+                     root=("", "data.root override (default: the config's)."),
+                     um_per_px=(slide.HER2ST_UM_PER_PX, "Pixel size written to the metadata."))

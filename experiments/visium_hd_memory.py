@@ -17,14 +17,14 @@ step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 
-import numpy as np  # noqa: E402
+from asign_jax import entry
 
 
 def peak_gib() -> float:
@@ -89,16 +89,7 @@ class ZeroFeatures:
                 "global_tokens": z(global_origin)[:, None]}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--bins", type=int, default=500_000)
-    ap.add_argument("--genes", type=int, default=18_000)
-    ap.add_argument("--nnz_per_bin", type=int, default=60)
-    ap.add_argument("--um_per_px", type=float, default=1.0)
-    ap.add_argument("--n_genes", type=int, default=250)
-    ap.add_argument("--write", action="store_true")
-    args = ap.parse_args(argv)
+def main(args):
     out = Path(args.out)
     if args.write or not (out / "S1").is_dir():
         t = time.perf_counter()
@@ -127,4 +118,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    entry.run_script(main, "visium_hd_memory", config="none",
+                     bins=(500_000, "Bins of the synthetic section."),
+                     genes=(18_000, "Genes of the synthetic section."),
+                     nnz_per_bin=(60, "Non-zero genes per bin."),
+                     um_per_px=(1.0, "Pixel size of the written image."),
+                     n_genes=(250, "Genes kept by the preparation."),
+                     write=(False, "Write the section first (default when --out has none)."))

@@ -234,13 +234,10 @@ def test_her2st_converted_to_hest_prepares_the_same_arrays(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "hest"
-    cfg_file = tmp_path / "cfg.py"
-    cfg_file.write_text("from asign_jax.config import base_config\n"
-                        "def get_config():\n    c = base_config()\n"
-                        f"    c.data.root = {str(her)!r}\n    c.data.sections = 'C1,C2'\n"
-                        "    return c\n")
+    src = base_config()
+    src.data.root, src.data.sections = str(her), "C1,C2"
     # 100 px between array neighbours = 200 um: 2 um/px (working resolution too: scale 1)
-    mod.main(["--config", str(cfg_file), "--out", str(out), "--um_per_px", "2.0"])
+    mod.convert(src, out, 2.0)
 
     def cfg(fmt, root):
         c = base_config()
