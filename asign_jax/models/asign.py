@@ -170,6 +170,16 @@ class ASIGN(nn.Module):
         return (("cli", m * float(self.cfg.cli_lr_multiplier)),
                 ("image_skip", m * float(self.cfg.skip_lr_multiplier)), ("*", m))
 
+    def output_init(self) -> dict:
+        """How ``training.loop`` starts this model from the training labels before step 0:
+        ``relative_spot_bias`` (the spot head's bias relative to the known spots' mean, which
+        ``spot_offset="known"`` adds) and ``image_skip`` (the labels the linear image path's
+        ridge fit reads, ``skip_fit``; None without the path). A model without this method
+        keeps a plain head bias at the mean training label."""
+        c = self.cfg
+        return {"relative_spot_bias": c.spot_offset == "known",
+                "image_skip": str(c.skip_fit) if c.image_skip else None}
+
     @nn.compact
     def __call__(self, spot: jraph.GraphsTuple, region: jraph.GraphsTuple,
                  glob: jraph.GraphsTuple, known: jnp.ndarray, *, train: bool) -> dict:

@@ -23,7 +23,6 @@ from asign_jax import atomic
 from asign_jax.config import check_choice
 from asign_jax.errors import ConfigError, TrainingError
 from asign_jax.evaluation import references
-from asign_jax.models.asign import ASIGN
 from asign_jax.training import checkpoint, selection, sharding
 from asign_jax.training.state import TrainState, create_train_state, make_schedule
 from asign_jax.training.step import make_train_step
@@ -186,14 +185,14 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
                            fold_index, start, total)
     else:
         logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
-        # spot_offset / image_skip are ASIGN's (asign, asign2d); a baseline trained with the same
-        # dataset config keeps its plain head bias at the mean training label
-        is_asign = isinstance(model, ASIGN)
-        relative = is_asign and config.model.asign.spot_offset == "known"
+        # the model's own start from the training labels (ASIGN.output_init); a baseline keeps
+        # its plain head bias at the mean training label
+        init = model.output_init() if hasattr(model, "output_init") else {}
+        relative = bool(init.get("relative_spot_bias"))
         if tc.init_output_bias:
             state = init_output_bias(state, pool, ("spot",) if relative else ())
-        if is_asign and config.model.asign.image_skip:
-            state, penalty = init_image_skip(state, pool, relative, str(config.model.asign.skip_fit))
+        if init.get("image_skip"):
+            state, penalty = init_image_skip(state, pool, relative, init["image_skip"])
             logger.info("fold %d: linear image path at the ridge fit of the training labels "
                         "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
     if log_path is not None:
