@@ -12,13 +12,13 @@ status 1 when anything differs.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from asign_jax import entry
+from asign_jax.block.sources import load_config
 from asign_jax.data.loaders import load_samples
 from asign_jax.features.patches import crop_patches
 from asign_jax.preprocess.prepare import prepare_samples
@@ -50,10 +50,7 @@ class ChecksumExtractor:
 
 
 def _config(path, root):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(path)
     if root:
         c.data.root = root
     return c

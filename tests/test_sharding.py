@@ -93,8 +93,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_step_matches_single_device():
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), NPROC="8",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", NPROC="8",
                JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,

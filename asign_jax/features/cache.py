@@ -41,23 +41,6 @@ def image_hash(image) -> str:
     return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
 
 
-def read_box(image, x0: int, y0: int, x1: int, y1: int, downsample: int = 1) -> np.ndarray:
-    """(h, w, 3) uint8 of the box [x0, x1) x [y0, y1) of ``image``, shrunk ``downsample`` times
-    (area average; h, w = box side // downsample). An array is sliced; a slide read lazily
-    (``WorkingImage``) is read from the pyramid level nearest the shrunk resolution, so a
-    whole-slide box never has to be held at full resolution."""
-    import cv2
-    w, h = (x1 - x0) // downsample, (y1 - y0) // downsample
-    if hasattr(image, "read_working"):
-        small = image.rescaled(downsample) if downsample > 1 else image
-        return small.read_working(x0 // downsample, y0 // downsample,
-                                  x0 // downsample + max(w, 1), y0 // downsample + max(h, 1))
-    crop = image[y0:y1, x0:x1]
-    if downsample > 1:
-        crop = cv2.resize(crop, (max(1, w), max(1, h)), interpolation=cv2.INTER_AREA)
-    return crop
-
-
 def load_cache(path: Path, n: int, r: int, q: int) -> Optional[dict]:
     if not path.exists():
         return None

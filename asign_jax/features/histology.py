@@ -49,10 +49,11 @@ import numpy as np
 from tqdm import tqdm
 
 from asign_jax.errors import ConfigError, DataError
-from asign_jax.features.cache import (coords_hash, image_hash, load_cache, read_box,
-                                      safe_name, save_cache, section_inputs)
+from asign_jax.features.cache import (coords_hash, image_hash, load_cache, safe_name,
+                                      save_cache, section_inputs)
 from asign_jax.features.histology_cells import (HISTOLOGY_DIM, descriptors_from_sums,
                                                 section_cells, standardize, token_boxes)
+from asign_jax.features.patches import read_box
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""Square patches centred on points, with reflect padding at the image border."""
+"""Square patches centred on points, with reflect padding at the image border, and boxes of
+an image (an array, or a slide read by region: ``data.slide.WorkingImage``)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -46,3 +48,19 @@ def count_outside(image_shape, centers_xy: np.ndarray, size: int) -> int:
     tl = np.round(np.asarray(centers_xy, dtype=np.float64)).astype(np.int64) - size // 2
     out = (tl[:, 0] < 0) | (tl[:, 1] < 0) | (tl[:, 0] + size > w) | (tl[:, 1] + size > h)
     return int(out.sum())
+
+
+def read_box(image, x0: int, y0: int, x1: int, y1: int, downsample: int = 1) -> np.ndarray:
+    """(h, w, 3) uint8 of the box [x0, x1) x [y0, y1) of ``image``, shrunk ``downsample`` times
+    (area average; h, w = box side // downsample). An array is sliced; a slide read by region
+    is read from the pyramid level nearest the shrunk resolution, so a whole-slide box is never
+    held at full resolution."""
+    w, h = (x1 - x0) // downsample, (y1 - y0) // downsample
+    if not isinstance(image, np.ndarray):      # a slide read by region (data.slide)
+        small = image.rescaled(downsample) if downsample > 1 else image
+        return small.read_working(x0 // downsample, y0 // downsample,
+                                  x0 // downsample + max(w, 1), y0 // downsample + max(h, 1))
+    crop = image[y0:y1, x0:x1]
+    if downsample > 1:
+        crop = cv2.resize(crop, (max(1, w), max(1, h)), interpolation=cv2.INTER_AREA)
+    return crop

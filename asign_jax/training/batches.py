@@ -15,9 +15,7 @@ import jax
 import numpy as np
 
 from asign_jax.graph.padding import budget_for, pad_sample, stack_samples
-from asign_jax.graph.roles import (HELD_OUT_ROLES, INPUT_FIELDS, LABEL_FIELDS, fold_view,  # noqa: F401
-                                   graph_dict, hidden_tiles, isolate_hidden, mask_sample,
-                                   unpadded_nodes)
+from asign_jax.graph.roles import fold_view, graph_dict
 from asign_jax.training import subgraph
 
 logger = logging.getLogger(__name__)
