@@ -27,21 +27,10 @@ import pandas as pd
 
 from asign_jax import entry
 from asign_jax.data import her2st, pyramid, slide
-from asign_jax.data.image import read_rgb
+from asign_jax.data.image import jpeg_reductions, read_rgb
 from asign_jax.data.lattice import DIAMETER_UM, FORMAT_KIND, PITCH_UM
 from asign_jax.data.loaders import parse_section_list
 from asign_jax.errors import ConfigError
-
-
-def jpeg_levels(path: Path) -> list[np.ndarray]:
-    """The 1/2, 1/4, 1/8 reductions OpenCV's libjpeg decodes (JPEG only; else INTER_AREA)."""
-    if path.suffix.lower() not in (".jpg", ".jpeg"):
-        return None
-    out = []
-    for flag in (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4,
-                 cv2.IMREAD_REDUCED_COLOR_8):
-        out.append(cv2.cvtColor(cv2.imread(str(path), flag), cv2.COLOR_BGR2RGB))
-    return out
 
 
 def write_section(out: Path, sid: str, patient: str, layer: int, section, um_per_px: float,
@@ -58,7 +47,7 @@ def write_section(out: Path, sid: str, patient: str, layer: int, section, um_per
     ad.write_h5ad(out / "st" / f"{sid}.h5ad")
     img = read_rgb(section.image_path)
     pyramid.write_pyramid_tiff(out / "wsis" / f"{sid}.tif", img, um_per_px,
-                             levels=jpeg_levels(Path(section.image_path)))
+                             levels=jpeg_reductions(Path(section.image_path)))
     meta = {"id": sid, "patient": patient, "section_order": layer, "st_technology":
             "Spatial Transcriptomics" if kind == "square" else "Visium",
             "pixel_size_um_estimated": um_per_px, "spot_diameter": DIAMETER_UM[kind],

@@ -266,6 +266,7 @@ def tiny_config():
     c.synthetic.n_samples, c.synthetic.n_sections, c.synthetic.n_genes = 1, 3, 30
     c.synthetic.n_types, c.synthetic.image_size, c.synthetic.spot_pitch = 3, 768, 96
     c.data.n_genes = 12
+    c.data.um_per_px = 200 / 96          # the synthetic array's 96 px pitch is ST's 200 µm
     c.registration.long_side = 384
     c.registration.ants_transform = "none"
     c.model.asign.hidden, c.model.asign.heads, c.model.asign.gat_layers = 8, 2, 1
@@ -421,6 +422,60 @@ def test_block_above_max_graph_nodes_trains_and_imputes_in_tiles(block, tmp_path
     stnet, _ = factory.build(base, len(genes))
     with pytest.raises(ConfigError, match="spatial tiles do not carry"):
         pools.fold_pool(base, stnet, graphs, fold, work)
+
+
+@pytest.mark.slow
+def test_block_of_whole_slide_tiffs_imputes_like_its_jpegs(block, tmp_path, monkeypatch):
+    """The block as pyramidal TIFFs 4x finer than its JPEGs (level 0 at um_per_px / 4; level 2
+    = the JPEG's pixels, levels 3+ its DCT reductions; spots in level-0 px): impute reads every
+    patch and thumbnail by region from level 2 or coarser, never level 0 or 1, and writes the
+    same volume as the JPEG block."""
+    import anndata as ad
+    import pandas as pd
+
+    from asign_jax.data import pyramid, slide
+    from asign_jax.data.image import jpeg_reductions, read_rgb
+
+    d, config = block["data"], block["config"]
+    um = float(config.data.um_per_px) / 4
+    tif = {}
+    for n in ("A1", "A2", "A3"):
+        jpg = next((d / "ST-imgs" / "A" / n).glob("*.jpg"))
+        tif[n] = pyramid.write_upsampled_pyramid(tmp_path / f"{n}.tif", read_rgb(jpg), 4, um,
+                                                 reductions=jpeg_reductions(jpg), tile=128)
+    sel = pd.read_csv(d / "ST-spotfiles" / "A2_selection.tsv", sep="\t")
+    sel[["pixel_x", "pixel_y"]] *= 4
+    sel.to_csv(tmp_path / "A2_selection.tsv", sep="\t", index=False)
+    given = (block["root"] / "spots" / "A3.csv").read_text().splitlines()
+    (tmp_path / "spots").mkdir()
+    (tmp_path / "spots" / "A3.csv").write_text("\n".join(given[:1] + [
+        f"{i},{float(x) * 4},{float(y) * 4}" for i, x, y in (r.split(",") for r in given[1:])]))
+    manifest = yaml_manifest(tmp_path, f"""
+sample: A
+thickness_um: 4
+sections:
+  - {{name: A1, image: {tif['A1']}}}
+  - name: A2
+    image: {tif['A2']}
+    st: {{format: her2st, counts: {d / 'ST-cnts' / 'A2.tsv.gz'}, spots: A2_selection.tsv}}
+  - {{name: A3, image: {tif['A3']}, um_per_px: {um!r}}}
+""")
+    levels = set()
+    read = slide.TiffSlide._read
+    monkeypatch.setattr(slide.TiffSlide, "_read",
+                        lambda self, level, *box: levels.add(level) or read(self, level, *box))
+    summary = impute_block(manifest, tmp_path / "out", config, extractor=ColourFeatures(),
+                           spots_from=str(tmp_path / "spots"), progress=False)
+    assert levels and min(levels) == 2
+    want = ad.read_h5ad(block["out"] / "volume.h5ad")
+    got = ad.read_h5ad(tmp_path / "out" / "volume.h5ad")
+    assert list(got.obs_names) == list(want.obs_names)
+    np.testing.assert_array_equal(got.obsm["spatial"], want.obsm["spatial"])
+    np.testing.assert_array_equal(got.X, want.X)
+    assert [r["dice_after"] for r in summary["sections"]] == \
+        [r["dice_after"] for r in block["summary"]["sections"]]
+    lib = got.uns["spatial"]["A1"]            # the images line up with working-px spots
+    assert lib["scalefactors"] == want.uns["spatial"]["A1"]["scalefactors"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from asign_jax.config import base_config
-from asign_jax.data import loaders, pixel_size, pyramid, slide
+from asign_jax.data import hest, loaders, pixel_size, pyramid, slide
 from asign_jax.data.lattice import PITCH_UM
 from asign_jax.errors import DataError
 from asign_jax.features.patches import crop_patches
@@ -278,8 +279,21 @@ def test_impute_manifest_accepts_hest_sections(tmp_path):
     np.testing.assert_array_equal(section.counts.toarray(), counts)
     np.testing.assert_allclose(section.pixel_xy, xy)
     assert section.image_scale == 1.0 and lattice.pitch == pytest.approx(200 / 0.6875 / 4)
-    with pytest.raises(DataError, match=r"H2\.tif: slide at 0.25 µm/px but data.um_per_px"):
-        sources.read_measured(m.sections[1], base_config().data)
+    # a slide at another pixel size is read at the working resolution (2.75 px per working px)
+    h2, lattice = sources.read_measured(m.sections[1], base_config().data)
+    assert h2.image_scale == pytest.approx(2.75) and h2.um_per_px == 0.25
+    np.testing.assert_allclose(h2.pixel_xy * 2.75, hest.read_section(root, "H2").pixel_xy)
+    assert lattice.pitch * 0.6875 == pytest.approx(200 / 4)
+    # an image-only slide: its size from the manifest (this TIFF has no resolution tags)
+    with pytest.raises(DataError, match=r"H2\.tif: no pixel size .* manifest's um_per_px"):
+        sources.image_scale(m.sections[2], base_config().data)
+    assert sources.image_scale(dataclasses.replace(m.sections[2], um_per_px=0.25),
+                               base_config().data) == pytest.approx(2.75)
+    (tmp_path / "bad.yaml").write_text(
+        "sections:\n  - {name: H1, image: hest/wsis/H1.tif, st: {format: hest, root: hest}}\n"
+        "  - {name: H3, image: hest/wsis/H2.tif, um_per_px: -1}\n")
+    with pytest.raises(DataError, match=r"bad.yaml: section 2 \('H3'\): um_per_px must be > 0"):
+        load_manifest(tmp_path / "bad.yaml")
 
 
 # ---------------------------------------------------------------------------- SpatialData

@@ -20,6 +20,9 @@ YAML (``.yaml`` / ``.yml``)::
       - name: C4
         image: ST-imgs/C/C4/HE.jpg
         spots_from: my_spots/C4.csv  # image only, spot centres given by the user (x, y px)
+      - name: C5
+        image: slides/C5.svs       # a whole-slide image: read by region at the working
+        um_per_px: 0.25            # resolution; level-0 µm/px (default: the slide's metadata)
 
 ``st`` per format: ``her2st``: ``counts`` + ``spots`` (``ST-cnts/<S>.tsv.gz``,
 ``ST-spotfiles/<S>_selection.tsv``), or ``root`` (a HER2ST folder: both found by name);
@@ -33,8 +36,13 @@ first column the spot id) + ``spots`` (csv: ``id, x, y`` in image pixels, option
 A HER2ST folder can stand for the whole list: ``layout: {format: her2st, root: DIR,
 sections: [C2, C3, ...]}``; a section whose count file is absent is image-only.
 
+Pixel sizes: spot coordinates (ST files, ``spots_from``) are in the image's level-0 px. A
+section's level-0 µm/px is its ``um_per_px``, else ``data.slide_um_per_px``, else the HEST
+metadata or the slide's own (SVS / TIFF tags); a JPEG / PNG without any is taken at the
+working resolution ``data.um_per_px``; a slide without any stops with one line.
+
 CSV: a header with ``name, image`` and any of ``format, counts, spots, path, root,
-spots_from``; an empty ``format`` = image-only. Lines starting with ``#`` are skipped.
+spots_from, um_per_px``; an empty ``format`` = image-only. Lines starting with ``#`` are skipped.
 
 Every problem is a `DataError` naming the manifest, the section and the file.
 """
@@ -53,9 +61,10 @@ from asign_jax.errors import DataError
 
 ST_FORMATS = ("her2st", "stnet", "visium", "generic", "hest")
 TOP_KEYS = {"sample", "root", "thickness_um", "config", "train_with", "sections", "layout"}
-SECTION_KEYS = {"name", "image", "st", "spots_from"}
+SECTION_KEYS = {"name", "image", "st", "spots_from", "um_per_px"}
 ST_KEYS = {"format", "counts", "spots", "path", "root"}
-CSV_COLUMNS = ("name", "image", "format", "counts", "spots", "path", "root", "spots_from")
+CSV_COLUMNS = ("name", "image", "format", "counts", "spots", "path", "root", "spots_from",
+               "um_per_px")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +91,7 @@ class SectionEntry:
     st: Optional[StSource] = None
     spots_from: Optional[Path] = None
     where: str = ""
+    um_per_px: float = 0.0          # level-0 µm/px given in the manifest (0 = not given)
 
     @property
     def measured(self) -> bool:
@@ -198,7 +208,20 @@ def _section(base: Path, row: dict, where: str) -> SectionEntry:
     if st is not None and spots_from is not None:
         raise DataError(f"{where}: a measured section ('st') takes its spots from its ST data; "
                         "drop 'spots_from'")
-    return SectionEntry(name, image, st, spots_from, where)
+    return SectionEntry(name, image, st, spots_from, where, _um_per_px(row.get("um_per_px"), where))
+
+
+def _um_per_px(value, where: str) -> float:
+    if value in (None, ""):
+        return 0.0
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: um_per_px must be a number (level-0 µm per px), got "
+                        f"{value!r}") from None
+    if not (v > 0 and v < 1e3):
+        raise DataError(f"{where}: um_per_px must be > 0 (level-0 µm per px), got {v}")
+    return v
 
 
 def _layout(base: Path, spec, where: str) -> list[dict]:
@@ -261,8 +284,9 @@ def _read_csv(path: Path) -> dict:
             row["st"] = {k: r[k] for k in ST_KEYS if r.get(k)}
         elif any(r.get(k) for k in ("counts", "spots", "path", "root")):
             raise DataError(f"{path}: section {r['name']!r} lists ST files but no 'format'")
-        if r.get("spots_from"):
-            row["spots_from"] = r["spots_from"]
+        for k in ("spots_from", "um_per_px"):
+            if r.get(k):
+                row[k] = r[k]
         sections.append(row)
     return {"sections": sections}
 

@@ -35,7 +35,7 @@ from asign_jax.graph import io as graph_io
 from asign_jax.models import factory
 from asign_jax.preprocess.genes import select_genes
 from asign_jax.preprocess.prepare import check_data_config, prepare_samples
-from asign_jax.registration.stack import register_sample
+from asign_jax.registration.stack import image_for, register_sample
 from asign_jax.runfolder import REUSE, RunFolder, capturing_warnings, stage_fields
 from asign_jax.training import pools
 
@@ -203,8 +203,11 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
     # 2. register -------------------------------------------------------------------------
     t = time.perf_counter()
     print(f"\nregistering {len(entries)} sections (images only) ...")
+    scales = [measured[l].image_scale if l in measured else sources.image_scale(e, config.data)
+              for l, e in enumerate(entries)]
     frames = virtual.register_block(
-        manifest.sample_id, [e.image for e in entries], [e.name for e in entries],
+        manifest.sample_id, [image_for(e.image, sc) for e, sc in zip(entries, scales)],
+        [e.name for e in entries],
         [{"spot": measured[l].pixel_xy} if l in measured else {} for l in range(len(entries))],
         config, allow_poor=allow_poor_registration)
     times["register"] = time.perf_counter() - t
@@ -218,7 +221,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
             continue
         m = virtual.nearest_measured(l, list(measured))
         if given[l] is not None:
-            sections.append(sources.read_spots_from(e, given[l]))
+            sections.append(sources.read_spots_from(e, given[l], scales[l]))
             lattices[e.name] = virtual.section_lattice(frames, lattices[entries[m].name], m, l)
             virtual.check_given_spots(frames, l, sections[-1].pixel_xy, lattices[e.name], m,
                                       measured[m].pixel_xy, given[l],
@@ -229,7 +232,7 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
             k, xy, lattices[e.name] = virtual.virtual_grid(frames, lattices[entries[m].name],
                                                            m, l)
             ids = [f"virtual_{a}x{b}" for a, b in k]
-            sections.append(sources.image_only(e.name, e.image, ids, xy, k))
+            sections.append(sources.image_only(e.name, e.image, ids, xy, k, scales[l]))
             origins.append("virtual")
             logger.info("section %s: %d virtual spots on the %s grid of %s (pitch %.1f px in "
                         "its own image)", e.name, len(ids), lattices[e.name].kind,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from asign_jax.block.manifest import SectionEntry, load_manifest
-from asign_jax.data import generic, her2st, hest, stnet, validate, visium, working
+from asign_jax.data import generic, her2st, hest, pixel_size, stnet, validate, visium, working
+from asign_jax.data import slide as slidemod
 from asign_jax.data.lattice import Lattice, fit_lattice, infer_lattice
 from asign_jax.data.loaders import load_samples
 from asign_jax.data.section import Sample, Section
@@ -24,22 +26,30 @@ from asign_jax.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
-def to_block_px(section: Section, data_cfg) -> Section:
-    """A HEST section checked against its slide (spots inside, pixel size vs lattice) and
-    put in working px. The block pipeline places virtual spots in the images' own pixels, so
-    its slides must be at the working resolution (scale 1); otherwise one line says what to set.
+def to_block_px(section: Section, data_cfg, given_um: float = 0.0,
+                lattice_kind: Optional[str] = None) -> Section:
+    """A section checked against its slide (spots inside, pixel size vs lattice) and put in
+    working px (``pixel_xy`` / ``image_scale``; `data.working.section_to_working`).
+
+    Level-0 µm/px: ``given_um`` (the manifest's ``um_per_px``) > ``data.slide_um_per_px`` >
+    the dataset's metadata (HEST) > the slide's own; a JPEG / PNG with none is taken at the
+    working resolution, a slide with none stops with one line naming the file.
     """
-    um = float(data_cfg.um_per_px) if data_cfg is not None else None
-    given = float(data_cfg.slide_um_per_px or 0.0) if data_cfg is not None else 0.0
-    if um is None:
+    if data_cfg is None:
         return section
-    out = working.section_to_working(section, um, given, None)
-    if out.image_scale != 1.0:
-        raise DataError(f"{section.image_path}: slide at {out.um_per_px:.4g} µm/px but "
-                        f"data.um_per_px={um:g}; impute works on slides at the working "
-                        f"resolution: set --config.data.um_per_px={out.um_per_px:.6g} (and scale "
-                        "the config's px sizes) or give a downscaled slide")
-    return out
+    given = float(given_um or data_cfg.slide_um_per_px or 0.0)
+    return working.section_to_working(section, float(data_cfg.um_per_px), given, lattice_kind,
+                                      plain_at_working=True)
+
+
+def image_scale(entry: SectionEntry, data_cfg) -> float:
+    """Level-0 px per working px of an image-only section's slide (`to_block_px`'s rules)."""
+    if data_cfg is None:
+        return 1.0
+    probe = Section(name=entry.name, image_path=Path(entry.image), spot_ids=np.zeros(0, str),
+                    array_xy=np.zeros((0, 2)), pixel_xy=np.zeros((0, 2)), counts=None,
+                    genes=np.zeros(0, dtype=str))
+    return float(to_block_px(probe, data_cfg, entry.um_per_px).image_scale)
 
 
 def read_measured(entry: SectionEntry, data_cfg=None) -> tuple[Section, Lattice]:
@@ -58,8 +68,7 @@ def read_measured(entry: SectionEntry, data_cfg=None) -> tuple[Section, Lattice]
     else:
         section, has_array = generic.read_section(name, st.counts, st.spots, image)
     where = f"{entry.where}: {st.counts or st.path}"
-    if st.format == "hest":
-        section = to_block_px(section, data_cfg)
+    section = to_block_px(section, data_cfg, entry.um_per_px, st.lattice_kind or None)
     lattice = (fit_lattice(section.array_xy, section.pixel_xy, st.lattice_kind, where=where)
                if has_array and st.lattice_kind
                else infer_lattice(section.pixel_xy, st.lattice_kind or None, where=where))
@@ -69,23 +78,33 @@ def read_measured(entry: SectionEntry, data_cfg=None) -> tuple[Section, Lattice]
     return section, lattice
 
 
-def image_only(name: str, image: Path, spot_ids, pixel_xy, array_xy=None) -> Section:
-    """A `Section` without counts: spots on an image, nothing measured."""
+def image_only(name: str, image: Path, spot_ids, pixel_xy, array_xy=None,
+               image_scale: float = 1.0) -> Section:
+    """A `Section` without counts: spots on an image (``pixel_xy`` working px; ``image_scale``
+    level-0 px per working px), nothing measured."""
     pixel_xy = np.asarray(pixel_xy, np.float64).reshape(-1, 2)
     array_xy = pixel_xy if array_xy is None else np.asarray(array_xy, np.float64)
     validate.check_coordinates(pixel_xy, image, "spot pixel")
     return Section(name=name, image_path=Path(image), spot_ids=np.asarray(spot_ids, dtype=str),
                    array_xy=array_xy, pixel_xy=pixel_xy, counts=None,
-                   genes=np.zeros(0, dtype=str))
+                   genes=np.zeros(0, dtype=str), image_scale=float(image_scale))
 
 
-def read_spots_from(entry: SectionEntry, path: Path) -> Section:
-    """An image-only section whose spot centres the user gave (csv ``[id,] x, y`` px)."""
+def read_spots_from(entry: SectionEntry, path: Path, scale: float = 1.0) -> Section:
+    """An image-only section whose spot centres the user gave (csv ``[id,] x, y`` in the
+    image's level-0 px), in working px (``scale``: level-0 px per working px)."""
     ids, pixel, _ = generic.read_spots(path, "spots_from file")
     if len(ids) == 0:
         raise DataError(f"{path}: no spot for section {entry.name!r}")
+    if scale != 1.0:
+        slide = slidemod.open_slide(entry.image)
+        try:
+            pixel_size.check_spots_in_slide(path, pixel, slide.size)
+        finally:
+            slide.close()
     logger.info("section %s: %d spots from %s (image only)", entry.name, len(ids), path)
-    return image_only(entry.name, entry.image, ids, pixel)
+    return image_only(entry.name, entry.image, ids, np.asarray(pixel, np.float64) / scale,
+                      image_scale=scale)
 
 
 # ---- --train_with ---------------------------------------------------------------------------
@@ -116,10 +135,10 @@ def _detect_format(root: Path) -> str:
                     f"filtered_feature_bc_matrix.h5) or ST-Net (<subtype>/<patient>/) folder")
 
 
-def labelled_manifest(path: Path) -> Sample:
+def labelled_manifest(path: Path, data_cfg=None) -> Sample:
     """The sample of a manifest whose every section carries ST (extra training data)."""
     m = load_manifest(path, labelled=True)
-    return Sample(m.sample_id, [read_measured(e)[0] for e in m.sections])
+    return Sample(m.sample_id, [read_measured(e, data_cfg)[0] for e in m.sections])
 
 
 def train_with_samples(specs, config, taken: set) -> list[Sample]:
@@ -139,7 +158,7 @@ def train_with_samples(specs, config, taken: set) -> list[Sample]:
         elif path.suffix == ".py":
             samples = load_samples(_config_file(path))
         else:
-            samples = [labelled_manifest(path)]
+            samples = [labelled_manifest(path, config.data)]
         for s in samples:
             if s.sample_id in taken:
                 raise DataError(f"--train_with {path}: sample id {s.sample_id!r} is already "

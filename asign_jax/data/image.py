@@ -96,3 +96,15 @@ def resize_long_side(img: np.ndarray, long_side: int) -> tuple[np.ndarray, np.nd
     dst = (max(1, int(round(h * s))), max(1, int(round(w * s))))
     out = cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
     return out, scale_matrix((h, w), dst)
+
+
+def jpeg_reductions(path: Path):
+    """The 1/2, 1/4, 1/8 reductions OpenCV's libjpeg decodes in the DCT domain (what reduced
+    JPEG decoding gives registration), as RGB; None for anything but a JPEG."""
+    if Path(path).suffix.lower() not in (".jpg", ".jpeg"):
+        return None
+    out = []
+    for flag in (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4,
+                 cv2.IMREAD_REDUCED_COLOR_8):
+        out.append(cv2.cvtColor(cv2.imread(str(path), flag), cv2.COLOR_BGR2RGB))
+    return out

@@ -35,7 +35,8 @@ LATTICE_TOLERANCE = 0.2
 
 
 def section_to_working(section: Section, um_per_px: float, slide_um_per_px: float = 0.0,
-                       lattice_kind: Optional[str] = None, legacy: bool = False) -> Section:
+                       lattice_kind: Optional[str] = None, legacy: bool = False,
+                       plain_at_working: bool = False) -> Section:
     """The section with ``pixel_xy`` in working px and ``image_scale`` set (see module doc).
 
     Args:
@@ -47,6 +48,8 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
       legacy: a pixel-only format (her2st, stnet, visium, synthetic): without
         ``slide_um_per_px`` its images are taken at the working resolution whatever their
         file says (scale 1, exactly the behaviour before pixel sizes existed).
+      plain_at_working: a JPEG / PNG (no pixel size in the file) with no size given is taken
+        at the working resolution (the impute manifest's images); a slide still needs one.
     """
     if section.image_path is None:
         return section
@@ -56,8 +59,9 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
     slide = slidemod.open_slide(path)
     try:
         pixel_size.check_spots_in_slide(path, section.pixel_xy, slide.size)
+        default = um_per_px if plain_at_working and slidemod.is_plain(path) else None
         mpp, source = pixel_size.resolve_um_per_px(path, slide, slide_um_per_px,
-                                                 section.um_per_px, None)
+                                                 section.um_per_px, default)
     finally:
         slide.close()
     pitch_um = section.pitch_um or (PITCH_UM.get(lattice_kind) if lattice_kind else None)

@@ -303,13 +303,17 @@ def _pair_dice(mv: SectionImage, fx: SectionImage, m: np.ndarray,
     return dice(w, fx.mask)
 
 
+def image_for(path, scale: float = 1.0):
+    """An image for registration: its path for a JPEG / PNG in its own pixels (reduced JPEG
+    decoding, as always), else a `data.slide.WorkingImage` (read from a low pyramid level)."""
+    if is_plain(path) and float(scale) == 1.0:
+        return path
+    return WorkingImage(open_slide(path), float(scale))
+
+
 def section_image(section):
-    """A prepared section's image for registration: its path for a JPEG / PNG in its own pixels
-    (reduced JPEG decoding, as always), else a `data.slide.WorkingImage` (low pyramid level)."""
-    scale = float(getattr(section, "image_scale", 1.0))
-    if is_plain(section.image_path) and scale == 1.0:
-        return section.image_path
-    return WorkingImage(open_slide(section.image_path), scale)
+    """A prepared section's image for registration (`image_for`)."""
+    return image_for(section.image_path, float(getattr(section, "image_scale", 1.0)))
 
 
 def register_sample(prepared, config, workdir: Path,
