@@ -15,6 +15,7 @@ project: prepared/, registration/, graphs/, checkpoints/fold_0/, metrics.jsonl):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from asign_jax import atomic, pipeline, stages
-from asign_jax.block import figures, model as block_model, sources, virtual, volume
+from asign_jax.block import figures, model as block_model, report, sources, virtual, volume
 from asign_jax.block.manifest import load_manifest
 from asign_jax.data import validate
 from asign_jax.data.section import Sample
@@ -125,8 +126,83 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
     """
     warnings = [] if warnings is None else warnings
     t0 = time.perf_counter()
+    times = {}
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path, thickness_um=thickness_um)
+    config, ckpt = _config_and_checkpoint(manifest, manifest_path, config, checkpoint, finetune)
+    out = Path(out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    train_specs = [str(p) for p in manifest.train_with] + [str(p) for p in train_with]
+    options = {"train_with": train_specs, "checkpoint": str(ckpt.fold_dir) if ckpt else "",
+               "finetune": bool(finetune), "spots_from": str(spots_from or ""),
+               "thickness_um": manifest.thickness_um}
+    _check_workdir(work, _fingerprint(manifest_path, config, options), overwrite)
+    rf = RunFolder(work, overwrite=overwrite, remedy="use a new --out or pass --overwrite")
+
+    t = time.perf_counter()                                          # 1. read
+    read = _read_block(manifest, manifest_path, config, rf, ckpt, train_specs, spots_from,
+                       finetune, options)
+    times["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()                                          # 2. register
+    print(f"\nregistering {len(manifest.sections)} sections (images only) ...")
+    entries = manifest.sections
+    scales = [read.measured[l].image_scale if l in read.measured
+              else sources.image_scale(e, config.data) for l, e in enumerate(entries)]
+    frames = virtual.register_block(
+        manifest.sample_id, [image_for(e.image, sc) for e, sc in zip(entries, scales)],
+        [e.name for e in entries],
+        [{"spot": read.measured[l].pixel_xy} if l in read.measured else {}
+         for l in range(len(entries))], config, allow_poor=allow_poor_registration)
+    times["register"] = time.perf_counter() - t
+
+    sections, origins = _block_spots(manifest, read, frames, scales, config,  # 3. spots
+                                     allow_unusual_spots)
+
+    t = time.perf_counter()                                          # 4. prepare, graphs
+    block = Sample(manifest.sample_id, sections)
+    prepared = prepare_samples([block] + read.extra, config, work, extractor=extractor,
+                               genes=read.genes)
+    for p in prepared[1:]:
+        if p.n_layers >= 2:
+            register_sample(p, config, work)
+    registered = virtual.registered_sample(
+        prepared[0], frames, config, work,
+        spot_radius=read.lattices[entries[manifest.measured[0]].name].spot_diameter / 2)
+    graph_io.build_all(work, config)
+    genes, graphs, _ = stages.read_inputs(config, work)
+    times["prepare"] = time.perf_counter() - t
+
+    t = time.perf_counter()                                          # 5. model
+    preds, model_info = _model(config, read, rf, ckpt, finetune, graphs, work,
+                               manifest.sample_id, warnings, progress)
+    times["model"] = time.perf_counter() - t
+
+    t = time.perf_counter()                                          # 6. outputs
+    spots = volume.block_spots(prepared[0], registered, origins)
+    written, libraries = volume.write_outputs(
+        out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info,
+        read.lattices, str(config.data.normalization), manifest.thickness_um,
+        affines=frames.affines)
+    same = _check_measured_unchanged(written["volume"], spots)
+    import anndata as ad
+
+    figs = figures.plot_block(out / "figures", ad.read_h5ad(written["volume"]), libraries,
+                              _plot_genes(config, genes, plot_genes, work))
+    times["outputs"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+
+    summary = report.summary(manifest, sections, origins, frames, read.lattices, genes, model_info,
+                       same, warnings, times, written, figs, out, work)
+    atomic.write_json(out / "summary.json", summary)
+    report.print_summary(summary, out)
+    return summary
+
+
+def _config_and_checkpoint(manifest, manifest_path: Path, config, checkpoint, finetune):
+    """The validated config (``--config`` or the manifest's) and the checkpoint to start from
+    (None = train on the block)."""
     if config is None:
         if manifest.config is None:
             raise ConfigError(f"{manifest_path}: no config; pass --config configs/<dataset>.py "
@@ -140,19 +216,34 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
     if ckpt is not None and ckpt.normalization != config.data.normalization:
         raise ConfigError(f"--checkpoint {ckpt.run_dir}: trained on {ckpt.normalization!r} "
                           f"labels, but data.normalization={config.data.normalization!r}")
-    out = Path(out)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    train_specs = [str(p) for p in manifest.train_with] + [str(p) for p in train_with]
-    options = {"train_with": train_specs, "checkpoint": str(ckpt.fold_dir) if ckpt else "",
-               "finetune": bool(finetune), "spots_from": str(spots_from or ""),
-               "thickness_um": manifest.thickness_um}
-    _check_workdir(work, _fingerprint(manifest_path, config, options), overwrite)
-    rf = RunFolder(work, overwrite=overwrite, remedy="use a new --out or pass --overwrite")
-    times = {}
+    return config, ckpt
 
-    # 1. read (every input file recorded with its content fingerprint) ---------------------
-    t = time.perf_counter()
+
+@dataclasses.dataclass
+class _Read:
+    """Stage 1's result: the measured sections {layer: Section} (genes intersected), their
+    lattices {name: Lattice}, the user-given spot files {layer: path | None} of the image-only
+    sections, the ``--train_with`` samples, the gene panel, the block's fold, and the training
+    stage's record (``rec``, ``stage_cfg``, ``stage_in``, ``state``; ``trains`` = a model is
+    trained or fine-tuned here)."""
+
+    measured: dict
+    lattices: dict
+    given: dict
+    extra: list
+    genes: list
+    fold: object
+    rec: object
+    trains: bool
+    stage_cfg: dict = dataclasses.field(default_factory=dict)
+    stage_in: dict = dataclasses.field(default_factory=dict)
+    state: object = None
+
+
+def _read_block(manifest, manifest_path: Path, config, rf: RunFolder, ckpt, train_specs,
+                spots_from, finetune: bool, options: dict) -> _Read:
+    """Stage 1: the measured sections, ``--train_with``, genes and the fold; every input file
+    recorded with its content fingerprint; the training stage checked before any work."""
     entries = manifest.sections
     spots_dir = Path(spots_from) if spots_from else None
     if spots_dir is not None and not spots_dir.is_dir():
@@ -184,83 +275,66 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
         logger.warning("%s", w)
     measured = dict(zip(measured, labelled[0].sections))
     extra = labelled[1:]
-    if ckpt is not None:
-        genes = list(ckpt.genes)
-    else:
-        genes = [str(g) for g in select_genes(list(measured.values()), int(config.data.n_genes))]
+    genes = (list(ckpt.genes) if ckpt is not None else
+             [str(g) for g in select_genes(list(measured.values()), int(config.data.n_genes))])
     fold = block_model.block_fold(manifest.sample_id, [s.sample_id for s in extra],
                                   {manifest.sample_id: len(entries),
                                    **{s.sample_id: s.n_layers for s in extra}}, config,
                                   manifest.measured)
-    trains = ckpt is None or finetune
-    if trains:       # the training stage is checked before any work (registration, features)
-        stage_cfg = training_fields(config, fold, genes, options)
-        stage_in = {"checkpoint": ckpt.fold_dir.name + ":" + str(
+    read = _Read(measured, lattices, given, extra, genes, fold, rec,
+                 trains=ckpt is None or finetune)
+    if read.trains:  # the training stage is checked before any work (registration, features)
+        read.stage_cfg = training_fields(config, fold, genes, options)
+        read.stage_in = {"checkpoint": ckpt.fold_dir.name + ":" + str(
             (RunFolder(ckpt.run_dir).read(ckpt.fold_dir.name) or {}).get("build"))} if ckpt else {}
-        state = rf.check(fold.name, stage_cfg, stage_in)
-    times["read"] = time.perf_counter() - t
+        read.state = rf.check(fold.name, read.stage_cfg, read.stage_in)
+    return read
 
-    # 2. register -------------------------------------------------------------------------
-    t = time.perf_counter()
-    print(f"\nregistering {len(entries)} sections (images only) ...")
-    scales = [measured[l].image_scale if l in measured else sources.image_scale(e, config.data)
-              for l, e in enumerate(entries)]
-    frames = virtual.register_block(
-        manifest.sample_id, [image_for(e.image, sc) for e, sc in zip(entries, scales)],
-        [e.name for e in entries],
-        [{"spot": measured[l].pixel_xy} if l in measured else {} for l in range(len(entries))],
-        config, allow_poor=allow_poor_registration)
-    times["register"] = time.perf_counter() - t
 
-    # 3. spots of the image-only sections ---------------------------------------------------
+def _block_spots(manifest, read: _Read, frames, scales, config, allow_unusual_spots: bool):
+    """Stage 3: the block's sections in layer order (measured; user-given spots; a virtual
+    grid on the tissue) and the origin of each ("measured" | "given" | "virtual")."""
     sections, origins = [], []
+    entries = manifest.sections
     for l, e in enumerate(entries):
-        if l in measured:
-            sections.append(measured[l])
+        if l in read.measured:
+            sections.append(read.measured[l])
             origins.append("measured")
             continue
-        m = virtual.nearest_measured(l, list(measured))
-        if given[l] is not None:
-            sections.append(sources.read_spots_from(e, given[l], scales[l]))
-            lattices[e.name] = virtual.section_lattice(frames, lattices[entries[m].name], m, l)
-            virtual.check_given_spots(frames, l, sections[-1].pixel_xy, lattices[e.name], m,
-                                      measured[m].pixel_xy, given[l],
+        m = virtual.nearest_measured(l, list(read.measured))
+        ref = read.lattices[entries[m].name]
+        if read.given[l] is not None:
+            sections.append(sources.read_spots_from(e, read.given[l], scales[l]))
+            read.lattices[e.name] = virtual.section_lattice(frames, ref, m, l)
+            virtual.check_given_spots(frames, l, sections[-1].pixel_xy, read.lattices[e.name],
+                                      m, read.measured[m].pixel_xy, read.given[l],
                                       float(config.impute.max_spots_off_tissue),
                                       allow=allow_unusual_spots)
             origins.append("given")
         else:
-            k, xy, lattices[e.name] = virtual.virtual_grid(frames, lattices[entries[m].name],
-                                                           m, l)
+            k, xy, read.lattices[e.name] = virtual.virtual_grid(frames, ref, m, l)
             ids = [f"virtual_{a}x{b}" for a, b in k]
             sections.append(sources.image_only(e.name, e.image, ids, xy, k, scales[l]))
             origins.append("virtual")
             logger.info("section %s: %d virtual spots on the %s grid of %s (pitch %.1f px in "
-                        "its own image)", e.name, len(ids), lattices[e.name].kind,
-                        entries[m].name, lattices[e.name].pitch)
-    block = Sample(manifest.sample_id, sections)
+                        "its own image)", e.name, len(ids), read.lattices[e.name].kind,
+                        entries[m].name, read.lattices[e.name].pitch)
+    return sections, origins
 
-    # 4. preprocess, registered coordinates, graphs ----------------------------------------
-    t = time.perf_counter()
-    prepared = prepare_samples([block] + extra, config, work, extractor=extractor, genes=genes)
-    for p in prepared[1:]:
-        if p.n_layers >= 2:
-            register_sample(p, config, work)
-    registered = virtual.registered_sample(
-        prepared[0], frames, config, work,
-        spot_radius=lattices[entries[manifest.measured[0]].name].spot_diameter / 2)
-    graph_io.build_all(work, config)
-    genes, graphs, _ = stages.read_inputs(config, work)
-    times["prepare"] = time.perf_counter() - t
 
-    # 5. model ------------------------------------------------------------------------------
-    t = time.perf_counter()
-    net, loss_fn = factory.build(config, len(genes))
-    if trains:
-        if state == REUSE:
+def _model(config, read: _Read, rf: RunFolder, ckpt, finetune: bool, graphs, work: Path,
+           sample_id: str, warnings: list, progress: bool):
+    """Stage 5: the model (trained on the block, or a checkpoint, optionally fine-tuned) and
+    its prediction of every spot of the block with every measured spot known; returns
+    (predictions, model_info)."""
+    net, loss_fn = factory.build(config, len(read.genes))
+    fold = read.fold
+    if read.trains:
+        if read.state == REUSE:
             logger.info("model: reusing %s (same data, genes and config)",
                         pipeline.fold_dir(work, fold))
         else:
-            rf.start(fold.name, stage_cfg, stage_in, state)
+            rf.start(fold.name, read.stage_cfg, read.stage_in, read.state)
     if ckpt is not None:
         pool = pools.fold_pool(config, net, graphs, fold, work)
         params, step = block_model.restore(config, net, pool, ckpt.fold_dir)
@@ -271,78 +345,28 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
     else:
         pool, params, step = block_model.fit(config, net, loss_fn, graphs, fold, work,
                                              progress=progress)
-    if trains and state != REUSE:
-        rf.finish(fold.name, files=rec.files, warnings=warnings)
-    preds = block_model.predict(config, net, params, graphs[manifest.sample_id], pool)
-    times["model"] = time.perf_counter() - t
-    model_info = {"checkpoint": str(ckpt.fold_dir if ckpt and not finetune
-                                    else work / "checkpoints" / fold.name),
-                  "source": ("checkpoint" if ckpt and not finetune else
-                             "checkpoint fine-tuned on the block" if ckpt else
-                             "trained on the block"),
-                  "step": int(step), "trained_on": list(fold.test_samples + fold.train_samples),
-                  "validation_samples": list(fold.val_samples),
-                  "validation": fold.describe().split("; ", 1)[1] if fold.has_validation else "",
-                  "model": str(config.model.name),
-                  "config": json.loads(config.to_json_best_effort())}
+    if read.trains and read.state != REUSE:
+        rf.finish(fold.name, files=read.rec.files, warnings=warnings)
+    preds = block_model.predict(config, net, params, graphs[sample_id], pool)
+    info = {"checkpoint": str(ckpt.fold_dir if ckpt and not finetune
+                              else work / "checkpoints" / fold.name),
+            "source": ("checkpoint" if ckpt and not finetune else
+                       "checkpoint fine-tuned on the block" if ckpt else
+                       "trained on the block"),
+            "step": int(step), "trained_on": list(fold.test_samples + fold.train_samples),
+            "validation_samples": list(fold.val_samples),
+            "validation": fold.describe().split("; ", 1)[1] if fold.has_validation else "",
+            "model": str(config.model.name),
+            "config": json.loads(config.to_json_best_effort())}
+    return preds, info
 
-    # 6. outputs ----------------------------------------------------------------------------
-    t = time.perf_counter()
-    spots = volume.block_spots(prepared[0], registered, origins)
-    written, libraries = volume.write_outputs(
-        out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info, lattices,
-        str(config.data.normalization), manifest.thickness_um, affines=frames.affines)
+
+def _check_measured_unchanged(volume_path: Path, spots) -> bool:
+    """The written volume keeps every measured spot's values exactly (else RuntimeError)."""
     import anndata as ad
 
-    adata = ad.read_h5ad(written["volume"])
+    adata = ad.read_h5ad(volume_path)
     kept = spots.is_measured
-    same = bool(np.array_equal(adata.X[kept], spots.measured[kept]))
-    if not same:
-        raise RuntimeError(f"{written['volume']}: measured spots were not written unchanged")
-    figs = figures.plot_block(out / "figures", adata, libraries,
-                              _plot_genes(config, genes, plot_genes, work))
-    times["outputs"] = time.perf_counter() - t
-    times["total"] = time.perf_counter() - t0
-
-    rows = []
-    qc = {s["name"]: s for s in frames.qc["sections"]}
-    for l, (s, o) in enumerate(zip(sections, origins)):
-        rows.append({"section": s.name, "layer": l, "z": manifest.z()[l], "origin": o,
-                     "spots": s.n_spots, "dice_after": qc[s.name]["dice_after"],
-                     "pitch_px": round(lattices[s.name].pitch, 1)})
-    summary = {"sample": manifest.sample_id, "sections": rows, "genes": len(genes),
-               "model": {k: v for k, v in model_info.items() if k != "config"},
-               "measured_unchanged": bool(same), "warnings": list(warnings),
-               "seconds": {k: round(v, 1) for k, v in times.items()},
-               "written": {"volume": str(written["volume"]),
-                           "sections": [str(written[s.name]) for s in sections],
-                           "figures": [str(p) for p in figs],
-                           "registration": str(work / "registration" / manifest.sample_id),
-                           "work": str(work)}}
-    atomic.write_json(out / "summary.json", summary)
-    _print_summary(summary, out)
-    return summary
-
-
-def _print_summary(summary: dict, out: Path) -> None:
-    head = ("section", "layer", "z", "origin", "spots", "dice_after", "pitch_px")
-    cells = [head] + [tuple("-" if r[k] is None else str(r[k]) for k in head)
-                      for r in summary["sections"]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    print(f"\nblock {summary['sample']}: {summary['genes']} genes; model "
-          f"{summary['model']['source']} (step {summary['model']['step']}, "
-          f"{summary['model']['checkpoint']})")
-    for c in cells:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(c, widths)))
-    w = summary["written"]
-    print(f"\nvolume:       {w['volume']} (every spot; X imputed, layers['measured'])")
-    print(f"per section:  {out / 'sections'}/<section>.h5ad (squidpy / sc.pl.spatial)")
-    print(f"figures:      {out / 'figures'} ({len(w['figures'])} files)")
-    print(f"registration: {w['registration']} (qc.json, overlay.png)")
-    print(f"summary:      {out / 'summary.json'}; intermediate stages: {w['work']}")
-    if summary.get("warnings"):
-        print(f"\n{len(summary['warnings'])} warning(s), also in summary.json:")
-        for w in summary["warnings"]:
-            print(f"  WARNING: {w}")
-    print(f"time:         {summary['seconds']['total']:.0f} s "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"))
+    if not np.array_equal(adata.X[kept], spots.measured[kept]):
+        raise RuntimeError(f"{volume_path}: measured spots were not written unchanged")
+    return True
