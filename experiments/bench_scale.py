@@ -114,7 +114,7 @@ def run_size(n: int, a) -> dict:
     # the pipeline's tiled imputation (``subgraph.tiled_eval``): the network in tiles with a
     # gat_layers-hop halo, then the CLI over the whole graph
     row["tiles_impute"] = len(subgraph.plan_tiles(masked, int(a.max_nodes),
-                                                   subgraph.halo_for(c.model.asign, exact=False)))
+                                                   factory.graph_hops(c, exact=False)))
     t0 = time.perf_counter()
     out = subgraph.tiled_eval(lambda s: fn(params, cast(s, dtype)), c)(masked)
     row["impute_s"] = round(time.perf_counter() - t0, 1)

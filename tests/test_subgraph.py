@@ -46,9 +46,9 @@ def test_tiled_imputation_equals_full_graph(whole_graph_cli, start):
     ref = {k: np.asarray(v) for k, v in eval_fn(full).items()}
     assert np.ptp(ref["node_alpha"][:300]) > 0.01
 
-    exact = subgraph.halo_for(c.model.asign, exact=True)
+    exact = factory.graph_hops(c, exact=True)
     assert exact == 3                                              # 1 GAT layer + 2 CLI hops
-    halo = subgraph.halo_for(c.model.asign, exact=False) if whole_graph_cli else exact
+    halo = factory.graph_hops(c, exact=False) if whole_graph_cli else exact
     tiles = subgraph.tiles_of(masked, 150, halo, hide_halo_labels=False)
     assert len(tiles) > 1 and max(len(t.nodes["spot"]) for t in tiles) <= 150
     cores = np.concatenate([t.nodes["spot"][t.core["spot"]] for t in tiles])
@@ -117,3 +117,19 @@ def test_training_halo_is_train_subgraph_halo_or_gat_layers():
     assert subgraph.pool_options(c)["halo"] == 1
     c.model.asign.use_gat, c.train.subgraph_halo = False, -1
     assert subgraph.pool_options(c)["halo"] == 0
+
+
+def test_tile_halo_is_the_chosen_models_own_hops():
+    """The halo comes from the model being trained: ASIGN's gat_layers (+ cli_iterations for
+    exact tiles); a per-spot baseline reads no edges (0), whatever ASIGN's block says."""
+    c = base_config()
+    c.model.asign.gat_layers, c.model.asign.cli_iterations = 3, 5
+    assert factory.graph_hops(c) == 3 and factory.graph_hops(c, exact=True) == 8
+    c.model.asign.use_cli = False
+    assert factory.graph_hops(c, exact=True) == 3
+    c.model.name = "asign2d"
+    assert factory.graph_hops(c) == 3
+    for name in ("stnet", "triplex", "egn"):
+        c.model.name = name
+        assert factory.graph_hops(c, exact=True) == 0
+        assert subgraph.pool_options(c)["halo"] == 0

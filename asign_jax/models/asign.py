@@ -170,6 +170,16 @@ class ASIGN(nn.Module):
         return (("cli", m * float(self.cfg.cli_lr_multiplier)),
                 ("image_skip", m * float(self.cfg.skip_lr_multiplier)), ("*", m))
 
+    @staticmethod
+    def graph_hops(cfg, exact: bool) -> int:
+        """Hops over the spot graph a spatial tile's halo needs (``training.subgraph``):
+        gat_layers (the network exact on a tile's core nodes), plus cli_iterations when
+        ``exact`` (the propagation too). ``cfg``: ``config.model.asign``."""
+        hops = int(cfg.gat_layers) if cfg.use_gat else 0
+        if exact and cfg.use_cli:
+            hops += int(cfg.cli_iterations)
+        return hops
+
     def output_init(self) -> dict:
         """How ``training.loop`` starts this model from the training labels before step 0:
         ``relative_spot_bias`` (the spot head's bias relative to the known spots' mean, which

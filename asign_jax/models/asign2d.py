@@ -22,3 +22,11 @@ def ASIGN2D(cfg: ml_collections.ConfigDict, n_genes: int) -> ASIGN:  # noqa: N80
     c.use_cli = False
     c.cross_layer_edges = False
     return ASIGN(cfg=ml_collections.FrozenConfigDict(c), n_genes=n_genes)
+
+
+def _graph_hops(cfg, exact: bool) -> int:
+    """A tile's halo (``models.factory.graph_hops``): ASIGN's, with the CLI off."""
+    return ASIGN.graph_hops(ml_collections.ConfigDict({**cfg.to_dict(), "use_cli": False}), exact)
+
+
+ASIGN2D.graph_hops = _graph_hops

@@ -70,3 +70,13 @@ def build(config, n_genes: int) -> tuple[object, Callable]:
     cfg = model_config(config)            # checks model.name
     module, loss = MODELS[str(config.model.name)]
     return module(cfg=ml_collections.FrozenConfigDict(cfg), n_genes=int(n_genes)), loss
+
+
+def graph_hops(config, exact: bool = False) -> int:
+    """Message-passing hops of the chosen model over the spot graph, i.e. the halo a spatial
+    tile needs: the model class's ``graph_hops(model_cfg, exact)``; 0 for a model that reads
+    no edges (the per-spot baselines; His2ST's neighbour tables are per-sample inputs, which
+    tiles refuse)."""
+    cls = MODELS[str(config.model.name)][0] if str(config.model.name) in MODELS else None
+    hops = getattr(cls, "graph_hops", None)
+    return int(hops(config.model[block_name(str(config.model.name))], exact)) if hops else 0

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from asign_jax.graph.contract import EDGE_CROSS, SCALES, SampleGraph
 from asign_jax.graph.padding import budget_for, pad_sample
-from asign_jax.models import cli
+from asign_jax.models import cli, factory
 
 logger = logging.getLogger(__name__)
 
@@ -328,15 +328,6 @@ def _propagate_whole(sample: SampleGraph, out: dict, n_iter: int, cross_layer: b
             "spot": cli.mix(pred, imputed, alpha).astype(dtype)}
 
 
-def halo_for(model_cfg, exact: bool) -> int:
-    """Hops a tile needs: gat_layers (network exact on core nodes), plus cli_iterations when
-    ``exact`` (the whole output, propagation included, equals the full graph's)."""
-    hops = int(model_cfg.gat_layers) if model_cfg.use_gat else 0
-    if exact and model_cfg.use_cli:
-        hops += int(model_cfg.cli_iterations)
-    return hops
-
-
 def sizes(sample: SampleGraph) -> dict:
     """{scale: real node count} of an unpadded sample graph."""
     return {s: int(np.asarray(sample.graph(s).n_node)[0]) for s in SCALES}
@@ -352,25 +343,26 @@ def tiles_of(sample: SampleGraph, max_nodes: Optional[int], halo: int,
 
 def pool_options(config) -> dict:
     """``batches.build_pool`` keywords from the config: ``train.max_graph_nodes`` (0 = never
-    tile) and the training halo ``train.subgraph_halo`` (< 0 = ``gat_layers``)."""
+    tile) and the training halo ``train.subgraph_halo`` (< 0 = the model's network hops,
+    ``models.factory.graph_hops``: ASIGN's gat_layers, 0 for a per-spot baseline)."""
     halo = int(config.train.subgraph_halo)
     return {"max_nodes": int(config.train.max_graph_nodes),
-            "halo": halo_for(config.model.asign, exact=False) if halo < 0 else halo}
+            "halo": factory.graph_hops(config, exact=False) if halo < 0 else halo}
 
 
 def tiled_eval(eval_fn: Callable, config) -> Callable:
     """``masked SampleGraph -> output dict`` imputing a sample in tiles of at most
     ``train.max_graph_nodes`` spots (``impute_tiled``), the same result as the full graph. ASIGN
     with its CLI: network tiles with a gat_layers-hop halo, then the propagation on the whole
-    graph; other models: exact tiles (halo ``halo_for(exact=True)``).
+    graph; other models: exact tiles (halo ``models.factory.graph_hops(exact=True)``).
     For ``scoring.evaluate_fold`` with ``pad_fn`` = identity.
     """
     max_nodes = int(config.train.max_graph_nodes) or 1 << 62
     if config.model.name == "asign" and config.model.asign.use_cli:
-        halo = halo_for(config.model.asign, exact=False)
+        halo = factory.graph_hops(config, exact=False)
         return lambda sample: impute_tiled(
             eval_fn, sample, max_nodes, halo, cli_iterations=int(config.model.asign.cli_iterations),
             cli_cross_layer=bool(config.model.asign.cross_layer_edges),
             cli_start=str(config.model.asign.cli_start))
-    halo = halo_for(config.model.asign, exact=True)
+    halo = factory.graph_hops(config, exact=True)
     return lambda sample: impute_tiled(eval_fn, sample, max_nodes, halo)
