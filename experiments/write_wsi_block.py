@@ -39,7 +39,7 @@ import numpy as np
 
 from asign_jax import entry
 from asign_jax.data import her2st, pyramid
-from asign_jax.data.image import jpeg_reductions, read_rgb
+from asign_jax.data.image import header_size, jpeg_reductions, read_rgb
 from asign_jax.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def manifest(path: Path, images: dict, measured: str, counts: Path, spots: Path,
 
 
 def write_block(config, out: Path, sections: list[str], measured: str, um_per_px: float,
-                canvas: int, tile: int) -> dict:
+                canvas: int, tile: int, keep: bool = False) -> dict:
     """Writes the two blocks (module docstring); returns {"jpeg": manifest, "wsi": manifest,
     "factor", "canvas", "seconds", "bytes"}."""
     root = Path(config.data.root)
@@ -97,21 +97,27 @@ def write_block(config, out: Path, sections: list[str], measured: str, um_per_px
         src = her2st.find_image(root, name)
         if src is None:
             raise DataError(f"{root}: no image for section {name}")
-        img, off = frame(read_rgb(src), canvas)
-        jpegs[name] = out / "jpeg" / f"{name}.jpg"
-        jpegs[name].parent.mkdir(parents=True, exist_ok=True)
-        import cv2
-        cv2.imwrite(str(jpegs[name]), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-        del img
-        decoded = read_rgb(jpegs[name])
-        tifs[name] = pyramid.write_upsampled_pyramid(
-            out / "wsi" / f"{name}.tif", decoded, factor, um_per_px, tile=tile,
-            reductions=jpeg_reductions(jpegs[name]) if power_of_two else None)
-        del decoded
+        h, w = header_size(src)
+        off = np.array([(canvas - w) // 2, (canvas - h) // 2])
+        jpegs[name] = (out / "jpeg" / f"{name}.jpg").resolve()
+        tifs[name] = (out / "wsi" / f"{name}.tif").resolve()
+        if jpegs[name].is_file() and tifs[name].is_file() and keep:
+            print(f"{name}: kept {tifs[name]} and {jpegs[name]} (--keep)", flush=True)
+        else:
+            img, off = frame(read_rgb(src), canvas)
+            jpegs[name].parent.mkdir(parents=True, exist_ok=True)
+            import cv2
+            cv2.imwrite(str(jpegs[name]), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            del img
+            decoded = read_rgb(jpegs[name])
+            pyramid.write_upsampled_pyramid(
+                tifs[name], decoded, factor, um_per_px, tile=tile,
+                reductions=jpeg_reductions(jpegs[name]) if power_of_two else None)
+            del decoded
         if name == measured:
             sel = root / "ST-spotfiles" / f"{name}_selection.tsv"
-            write_spots(sel, out / "jpeg" / sel.name, off, 1.0)
-            write_spots(sel, out / "wsi" / sel.name, off, factor)
+            write_spots(sel, (out / "jpeg" / sel.name).resolve(), off, 1.0)
+            write_spots(sel, (out / "wsi" / sel.name).resolve(), off, factor)
         info["seconds"][name] = round(time.perf_counter() - t, 1)
         info["bytes"][name] = tifs[name].stat().st_size
         print(f"{name}: {tifs[name]} ({info['bytes'][name] / 2 ** 30:.2f} GiB, level 0 "
@@ -119,8 +125,10 @@ def write_block(config, out: Path, sections: list[str], measured: str, um_per_px
               f"({canvas} px), {info['seconds'][name]:.0f} s", flush=True)
     counts = root / "ST-cnts" / f"{measured}.tsv.gz"
     sel = f"{measured}_selection.tsv"
-    info["jpeg"] = str(manifest(out / "jpeg.yaml", jpegs, measured, counts, out / "jpeg" / sel))
-    info["wsi"] = str(manifest(out / "wsi.yaml", tifs, measured, counts, out / "wsi" / sel))
+    info["jpeg"] = str(manifest(out / "jpeg.yaml", jpegs, measured, counts.resolve(),
+                                (out / "jpeg" / sel).resolve()))
+    info["wsi"] = str(manifest(out / "wsi.yaml", tifs, measured, counts.resolve(),
+                               (out / "wsi" / sel).resolve()))
     return info
 
 
@@ -160,7 +168,7 @@ def main(args):
     if args.measured not in sections:
         raise ConfigError(f"--measured {args.measured!r} is not in --sections {sections}")
     report = {"block": write_block(args.config, out, sections, args.measured, args.um_per_px,
-                                   args.canvas, args.tile)}
+                                   args.canvas, args.tile, args.keep)}
     if args.impute:
         from absl import flags
         from ml_collections import config_flags
@@ -181,4 +189,5 @@ if __name__ == "__main__":
         um_per_px=(0.171875, "Level-0 µm/px of the TIFFs."),
         canvas=(0, "Frame side, working px (0 = level 0 >= 60,000 px)."),
         tile=(256, "TIFF tile side, px."),
+        keep=(False, "Keep a section's TIFF and JPEG when both exist (same flags)."),
         impute=(False, "Run impute on both blocks and compare."))
