@@ -45,18 +45,15 @@ from asign_jax.errors import ConfigError, DataError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def frame(img: np.ndarray, canvas: int) -> tuple[np.ndarray, np.ndarray]:
-    """``img`` centred in a canvas x canvas frame of its border's median colour; returns the
-    frame and the (x, y) offset of ``img`` in it."""
+def frame(img: np.ndarray, canvas: int, off: np.ndarray) -> np.ndarray:
+    """``img`` at (x, y) offset ``off`` in a canvas x canvas frame of its border's median
+    colour."""
     h, w = img.shape[:2]
-    if canvas < max(h, w):
-        raise ConfigError(f"--canvas {canvas} is smaller than the {w} x {h} px section")
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     out = np.empty((canvas, canvas, 3), np.uint8)
     out[:] = np.median(border, axis=0).astype(np.uint8)
-    off = np.array([(canvas - w) // 2, (canvas - h) // 2])
     out[off[1]:off[1] + h, off[0]:off[0] + w] = img
-    return out, off
+    return out
 
 
 def write_spots(src: Path, dst: Path, offset: np.ndarray, factor: float) -> None:
@@ -98,13 +95,15 @@ def write_block(config, out: Path, sections: list[str], measured: str, um_per_px
         if src is None:
             raise DataError(f"{root}: no image for section {name}")
         h, w = header_size(src)
-        off = np.array([(canvas - w) // 2, (canvas - h) // 2])
+        if canvas < max(h, w):
+            raise ConfigError(f"--canvas {canvas} is smaller than the {w} x {h} px section {name}")
+        off = np.array([(canvas - w) // 2, (canvas - h) // 2])   # centred
         jpegs[name] = (out / "jpeg" / f"{name}.jpg").resolve()
         tifs[name] = (out / "wsi" / f"{name}.tif").resolve()
         if jpegs[name].is_file() and tifs[name].is_file() and keep:
             print(f"{name}: kept {tifs[name]} and {jpegs[name]} (--keep)", flush=True)
         else:
-            img, off = frame(read_rgb(src), canvas)
+            img = frame(read_rgb(src), canvas, off)
             jpegs[name].parent.mkdir(parents=True, exist_ok=True)
             import cv2
             cv2.imwrite(str(jpegs[name]), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])

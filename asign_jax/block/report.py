@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def summary(manifest, sections, origins, frames, lattices, genes, model_info, same,
-             warnings, times, written, figs, out: Path, work: Path) -> dict:
-    """``summary.json``: one row per section, the model, the files written, the times."""
+def summary(manifest, sections, origins, frames, lattices, genes, model_info, warnings,
+            times, written, figs, out: Path, work: Path) -> dict:
+    """``summary.json``: one row per section, the model, the files written (the volume read
+    back with its measured spots unchanged, else impute stopped), the times."""
     rows = []
     qc = {s["name"]: s for s in frames.qc["sections"]}
     for l, (s, o) in enumerate(zip(sections, origins)):
@@ -17,7 +18,7 @@ def summary(manifest, sections, origins, frames, lattices, genes, model_info, sa
                      "pitch_px": round(lattices[s.name].pitch, 1)})
     return {"sample": manifest.sample_id, "sections": rows, "genes": len(genes),
             "model": {k: v for k, v in model_info.items() if k != "config"},
-            "measured_unchanged": bool(same), "warnings": list(warnings),
+            "measured_unchanged": True, "warnings": list(warnings),
             "seconds": {k: round(v, 1) for k, v in times.items()},
             "written": {"volume": str(written["volume"]),
                         "sections": [str(written[s.name]) for s in sections],

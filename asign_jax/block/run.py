@@ -185,16 +185,14 @@ def run_block(manifest_path, out, config=None, *, train_with: Sequence[str] = ()
         out, spots, preds, genes, prepared[0], manifest.z(), frames.qc, model_info,
         read.lattices, str(config.data.normalization), manifest.thickness_um,
         affines=frames.affines)
-    same = _check_measured_unchanged(written["volume"], spots)
-    import anndata as ad
-
-    figs = figures.plot_block(out / "figures", ad.read_h5ad(written["volume"]), libraries,
+    adata = _read_checked_volume(written["volume"], spots)
+    figs = figures.plot_block(out / "figures", adata, libraries,
                               _plot_genes(config, genes, plot_genes, work))
     times["outputs"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
 
-    summary = report.summary(manifest, sections, origins, frames, read.lattices, genes, model_info,
-                       same, warnings, times, written, figs, out, work)
+    summary = report.summary(manifest, sections, origins, frames, read.lattices, genes,
+                             model_info, warnings, times, written, figs, out, work)
     atomic.write_json(out / "summary.json", summary)
     report.print_summary(summary, out)
     return summary
@@ -361,12 +359,13 @@ def _model(config, read: _Read, rf: RunFolder, ckpt, finetune: bool, graphs, wor
     return preds, info
 
 
-def _check_measured_unchanged(volume_path: Path, spots) -> bool:
-    """The written volume keeps every measured spot's values exactly (else RuntimeError)."""
+def _read_checked_volume(volume_path: Path, spots):
+    """The written ``volume.h5ad``, read back; RuntimeError unless it keeps every measured
+    spot's values exactly."""
     import anndata as ad
 
     adata = ad.read_h5ad(volume_path)
     kept = spots.is_measured
     if not np.array_equal(adata.X[kept], spots.measured[kept]):
         raise RuntimeError(f"{volume_path}: measured spots were not written unchanged")
-    return True
+    return adata

@@ -37,8 +37,8 @@ def to_block_px(section: Section, data_cfg, given_um: float = 0.0,
     """
     if data_cfg is None:
         return section
-    given = float(given_um or data_cfg.slide_um_per_px or 0.0)
-    return working.section_to_working(section, float(data_cfg.um_per_px), given, lattice_kind,
+    return working.section_to_working(section, float(data_cfg.um_per_px),
+                                      _given_um(given_um, data_cfg), lattice_kind,
                                       plain_at_working=True)
 
 
@@ -46,10 +46,19 @@ def image_scale(entry: SectionEntry, data_cfg) -> float:
     """Level-0 px per working px of an image-only section's slide (`to_block_px`'s rules)."""
     if data_cfg is None:
         return 1.0
-    probe = Section(name=entry.name, image_path=Path(entry.image), spot_ids=np.zeros(0, str),
-                    array_xy=np.zeros((0, 2)), pixel_xy=np.zeros((0, 2)), counts=None,
-                    genes=np.zeros(0, dtype=str))
-    return float(to_block_px(probe, data_cfg, entry.um_per_px).image_scale)
+    slide = slidemod.open_slide(entry.image)
+    try:
+        return working.slide_scale(slide, float(data_cfg.um_per_px),
+                                   _given_um(entry.um_per_px, data_cfg),
+                                   plain_at_working=True)[2]
+    finally:
+        slide.close()
+
+
+def _given_um(given_um: float, data_cfg) -> float:
+    """The level-0 µm/px given for a section: the manifest's, else ``data.slide_um_per_px``
+    (0 = from the metadata / the slide)."""
+    return float(given_um or data_cfg.slide_um_per_px or 0.0)
 
 
 def read_measured(entry: SectionEntry, data_cfg=None) -> tuple[Section, Lattice]:

@@ -23,23 +23,23 @@ def write_pyramid_tiff(path, level0: np.ndarray, um_per_px: Optional[float] = No
     path.parent.mkdir(parents=True, exist_ok=True)
     if levels is None:
         levels, cur = [], level0
-        while max(cur.shape[:2]) > 2 * tile:
-            h, w = -(-cur.shape[0] // 2), -(-cur.shape[1] // 2)
+        for w, h in level_sizes(level0.shape[1], level0.shape[0], tile)[1:]:
             cur = cv2.resize(cur, (w, h), interpolation=cv2.INTER_AREA)
             levels.append(cur)
     kw = dict(photometric="rgb", tile=(tile, tile), compression=compression)
-    res = {}
-    if um_per_px:
-        res = dict(resolution=(1e4 / um_per_px, 1e4 / um_per_px), resolutionunit="CENTIMETER")
     with tifffile.TiffWriter(path, bigtiff=level0.nbytes > 2 ** 31) as tif:
-        tif.write(level0, subifds=len(levels), **kw, **res)
+        tif.write(level0, subifds=len(levels), **kw, **_resolution(um_per_px, 0))
         for k, lv in enumerate(levels, start=1):
-            kres = {}
-            if um_per_px:
-                kres = dict(resolution=(1e4 / (um_per_px * 2 ** k),) * 2,
-                            resolutionunit="CENTIMETER")
-            tif.write(lv, subfiletype=1, **kw, **kres)
+            tif.write(lv, subfiletype=1, **kw, **_resolution(um_per_px, k))
     return path
+
+
+def _resolution(um_per_px: Optional[float], level: int) -> dict:
+    """tifffile's resolution tags (px per cm) of pyramid level ``level`` (downsample 2^level);
+    {} without a pixel size."""
+    if not um_per_px:
+        return {}
+    return dict(resolution=(1e4 / (um_per_px * 2 ** level),) * 2, resolutionunit="CENTIMETER")
 
 
 def level_sizes(width: int, height: int, tile: int = 256) -> list[tuple[int, int]]:
@@ -87,12 +87,12 @@ def write_upsampled_pyramid(path, working: np.ndarray, factor: float, um_per_px:
     sizes = level_sizes(int(round(w * factor)), int(round(h * factor)), tile)
     reductions = list(reductions or [])
     kw = dict(photometric="rgb", tile=(tile, tile), compression="zlib",
-              compressionargs={"level": int(level)}, resolutionunit="CENTIMETER")
+              compressionargs={"level": int(level)})
     coarse = working
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for k, (lw, lh) in enumerate(sizes):
             extra = dict(subifds=len(sizes) - 1) if k == 0 else dict(subfiletype=1)
-            res = dict(resolution=(1e4 / (um_per_px * 2 ** k),) * 2)
+            res = _resolution(um_per_px, k)
             if lw > w or lh > h:
                 tif.write(_nearest_tiles(working, (lw, lh), tile), shape=(lh, lw, 3),
                           dtype=np.uint8, **kw, **res, **extra)

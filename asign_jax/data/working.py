@@ -59,9 +59,8 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
     slide = slidemod.open_slide(path)
     try:
         pixel_size.check_spots_in_slide(path, section.pixel_xy, slide.size)
-        default = um_per_px if plain_at_working and slidemod.is_plain(path) else None
-        mpp, source = pixel_size.resolve_um_per_px(path, slide, slide_um_per_px,
-                                                 section.um_per_px, default)
+        mpp, source, scale = slide_scale(slide, um_per_px, slide_um_per_px, section.um_per_px,
+                                         plain_at_working)
     finally:
         slide.close()
     pitch_um = section.pitch_um or (PITCH_UM.get(lattice_kind) if lattice_kind else None)
@@ -71,13 +70,22 @@ def section_to_working(section: Section, um_per_px: float, slide_um_per_px: floa
                if not np.array_equal(section.array_xy, section.pixel_xy)
                else infer_lattice(section.pixel_xy, kind, where=str(path)))
         pixel_size.check_lattice_pixel_size(path, lat.pitch, mpp, pitch_um, LATTICE_TOLERANCE)
-    scale = float(um_per_px) / mpp
-    if abs(scale - 1.0) < 1e-9:
-        scale = 1.0
     logger.info("section %s: %s at %.4g µm/px (%s), %.4g image px per working px", section.name,
                 path, mpp, source, scale)
     return dataclasses.replace(section, pixel_xy=np.asarray(section.pixel_xy, np.float64) / scale,
                                image_scale=scale, um_per_px=mpp)
+
+
+def slide_scale(slide, um_per_px: float, slide_um_per_px: float = 0.0,
+                metadata: Optional[float] = None, plain_at_working: bool = False
+                ) -> tuple[float, str, float]:
+    """(level-0 µm/px, where it came from, level-0 px per working px) of an open slide
+    (`pixel_size.resolve_um_per_px`; ``plain_at_working``: see `section_to_working`)."""
+    default = um_per_px if plain_at_working and slidemod.is_plain(slide.path) else None
+    mpp, source = pixel_size.resolve_um_per_px(slide.path, slide, slide_um_per_px, metadata,
+                                               default)
+    scale = float(um_per_px) / mpp
+    return mpp, source, 1.0 if abs(scale - 1.0) < 1e-9 else scale
 
 
 def samples_to_working(samples: list[Sample], data_cfg, lattice_kind: Optional[str],

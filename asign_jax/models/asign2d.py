@@ -25,8 +25,10 @@ def ASIGN2D(cfg: ml_collections.ConfigDict, n_genes: int) -> ASIGN:  # noqa: N80
 
 
 def _graph_hops(cfg, exact: bool) -> int:
-    """A tile's halo (``models.factory.graph_hops``): ASIGN's, with the CLI off."""
-    return ASIGN.graph_hops(ml_collections.ConfigDict({**cfg.to_dict(), "use_cli": False}), exact)
+    """A tile's halo (``models.factory.graph_hops``): ASIGN's without the CLI (off here), so
+    exact or not, its GAT layers."""
+    del exact
+    return ASIGN.graph_hops(cfg, exact=False)
 
 
 ASIGN2D.graph_hops = _graph_hops

@@ -77,6 +77,6 @@ def graph_hops(config, exact: bool = False) -> int:
     tile needs: the model class's ``graph_hops(model_cfg, exact)``; 0 for a model that reads
     no edges (the per-spot baselines; His2ST's neighbour tables are per-sample inputs, which
     tiles refuse)."""
-    cls = MODELS[str(config.model.name)][0] if str(config.model.name) in MODELS else None
-    hops = getattr(cls, "graph_hops", None)
-    return int(hops(config.model[block_name(str(config.model.name))], exact)) if hops else 0
+    cfg = model_config(config)            # checks model.name
+    hops = getattr(MODELS[str(config.model.name)][0], "graph_hops", None)
+    return int(hops(cfg, exact)) if hops else 0
