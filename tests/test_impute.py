@@ -241,6 +241,9 @@ def test_generic_reader_and_spots_from(tmp_path):
     (tmp_path / "bad.csv").write_text("id,x\ns1,3\n")
     with pytest.raises(DataError, match=r"bad.csv: spots_from file lacks column\(s\) \['y'\]"):
         sources.read_spots_from(entry, tmp_path / "bad.csv")
+    (tmp_path / "far.csv").write_text("id,x,y\ns1,10,20\ns2,10,90000\n")   # a JPEG / PNG too
+    with pytest.raises(DataError, match=r"far.csv: 1 of 2 spot centres lie outside the"):
+        sources.read_spots_from(entry, tmp_path / "far.csv")
 
 
 # ---- a tiny synthetic block end to end -------------------------------------------------------

@@ -105,12 +105,11 @@ def read_spots_from(entry: SectionEntry, path: Path, scale: float = 1.0) -> Sect
     ids, pixel, _ = generic.read_spots(path, "spots_from file")
     if len(ids) == 0:
         raise DataError(f"{path}: no spot for section {entry.name!r}")
-    if scale != 1.0:
-        slide = slidemod.open_slide(entry.image)
-        try:
-            pixel_size.check_spots_in_slide(path, pixel, slide.size)
-        finally:
-            slide.close()
+    slide = slidemod.open_slide(entry.image)     # header only: nothing is decoded
+    try:
+        pixel_size.check_spots_in_slide(path, pixel, slide.size)
+    finally:
+        slide.close()
     logger.info("section %s: %d spots from %s (image only)", entry.name, len(ids), path)
     return image_only(entry.name, entry.image, ids, np.asarray(pixel, np.float64) / scale,
                       image_scale=scale)

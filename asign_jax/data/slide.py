@@ -285,10 +285,6 @@ class WorkingImage:
         """What the pixels depend on (file identity and scale), for feature-cache keys."""
         return hashlib.sha256(f"{self.slide.fingerprint()}@{self.scale!r}".encode()).hexdigest()[:32]
 
-    def rescaled(self, factor: float) -> "WorkingImage":
-        """The same slide seen ``factor`` times coarser (working px of ``factor`` of these)."""
-        return WorkingImage(self.slide, self.scale * float(factor))
-
     def read_working(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """(y1-y0, x1-x0, 3) uint8 of a box inside the working frame."""
         if self.scale == 1.0:

@@ -52,15 +52,17 @@ def count_outside(image_shape, centers_xy: np.ndarray, size: int) -> int:
 
 def read_box(image, x0: int, y0: int, x1: int, y1: int, downsample: int = 1) -> np.ndarray:
     """(h, w, 3) uint8 of the box [x0, x1) x [y0, y1) of ``image``, shrunk ``downsample`` times
-    (area average; h, w = box side // downsample). An array is sliced; a slide read by region
-    is read from the pyramid level nearest the shrunk resolution, so a whole-slide box is never
-    held at full resolution."""
+    (area average; h, w = box side // downsample).
+
+    An array is sliced; a slide read by region gives the box at the working resolution (from
+    its pyramid level at or finer than it, never level 0 whole) and is then shrunk the same
+    way, so a slide and the same image as an array give the same pixels (a coarser pyramid
+    level would be another reduction: a JPEG's DCT halving, a scanner's own filter)."""
     w, h = (x1 - x0) // downsample, (y1 - y0) // downsample
-    if not isinstance(image, np.ndarray):      # a slide read by region (data.slide)
-        small = image.rescaled(downsample) if downsample > 1 else image
-        return small.read_working(x0 // downsample, y0 // downsample,
-                                  x0 // downsample + max(w, 1), y0 // downsample + max(h, 1))
-    crop = image[y0:y1, x0:x1]
+    if isinstance(image, np.ndarray):
+        crop = image[y0:y1, x0:x1]
+    else:                                      # a slide read by region (data.slide)
+        crop = image.read_working(x0, y0, x1, y1)
     if downsample > 1:
         crop = cv2.resize(crop, (max(1, w), max(1, h)), interpolation=cv2.INTER_AREA)
     return crop
