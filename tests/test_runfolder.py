@@ -21,6 +21,7 @@ import pytest
 from asign_jax import pipeline, runfolder, stages
 from asign_jax.errors import ConfigError, DataError, RunFolderError
 from asign_jax.models import factory
+from asign_jax.preprocess.prepared import PreparedSection
 from asign_jax.config import set_field
 from asign_jax.runfolder import NEW, RESUME, REUSE, RunFolder, stage_fields
 from asign_jax.training import step
@@ -54,8 +55,17 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = load_test_config()
     step.forget_compiled()        # an equal model trained by an earlier test shares the step
-    agg = pipeline.train_and_evaluate(config, workdir, progress=False)
+    load = PreparedSection.load
+    PreparedSection.load = classmethod(lambda cls, path: SECTION_READS.append(Path(path)) or
+                                       load(path))
+    try:
+        agg = pipeline.train_and_evaluate(config, workdir, progress=False)
+    finally:
+        PreparedSection.load = load
     return config, workdir, agg
+
+
+SECTION_READS: list = []      # every prepared section file the `trained` run read
 
 
 def copy_run(trained, dst: Path) -> Path:
@@ -64,6 +74,15 @@ def copy_run(trained, dst: Path) -> Path:
 
 
 # ---- a finished run ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_run_reads_its_prepared_data_once(trained):
+    """prepare writes the sections; registration, graphs, model inputs, the references and the
+    prediction writer all use them, and each section file is read from disk once."""
+    files = sorted((trained[1] / "prepared").glob("*/*.npz"))
+    assert files and sorted(SECTION_READS) == files
+    assert list((trained[1] / "predictions").glob("*.h5ad"))
+
 
 @pytest.mark.slow
 def test_run_records_its_config_commit_and_command(trained):

@@ -161,15 +161,44 @@ class PreparedSample:
 
     @classmethod
     def load(cls, workdir: Path, sample_id: str) -> "PreparedSample":
+        """The prepared sample, read from disk once per process and run folder: every later
+        stage of a run (registration, graphs, model inputs, evaluation, the prediction
+        writer) gets the same object while its files are unchanged (name, size, mtime), so a
+        run reads its prepared data once. The arrays are read-only, so no caller can change
+        what another reads; a rewritten sample (another config, ``--overwrite``) is read again."""
         d = Path(workdir) / "prepared" / sample_id
         meta_path = d / "sample.json"
         if not meta_path.exists():
             raise DataError(f"{meta_path}: prepared sample {sample_id!r} not found; "
                             "run `python -m asign_jax.prepare` first")
+        key, stamp = str(d.resolve()), _stamp(d)
+        hit = _READ.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
         meta = json.loads(meta_path.read_text())
         sections = [PreparedSection.load(d / f"{n}.npz") for n in meta["sections"]]
-        return cls(sample_id=meta["sample_id"], genes=np.asarray(meta["genes"]),
-                   sections=sections, normalization=meta.get("normalization", "asign"))
+        for sec in sections:
+            for k in _ARRAY_FIELDS:
+                v = getattr(sec, k)
+                if isinstance(v, np.ndarray):
+                    v.setflags(write=False)
+        out = cls(sample_id=meta["sample_id"], genes=np.asarray(meta["genes"]),
+                  sections=sections, normalization=meta.get("normalization", "asign"))
+        root = str(Path(workdir).resolve())
+        for k in [k for k in _READ if not k.startswith(root + "/")]:   # one run folder held
+            del _READ[k]
+        _READ[key] = (stamp, out)
+        return out
+
+
+# {resolved sample folder: (file stamp, PreparedSample)} of the run folder read last
+_READ: dict = {}
+
+
+def _stamp(d: Path) -> tuple:
+    """(name, size, mtime_ns) of every file of a prepared sample folder."""
+    return tuple(sorted((f.name, st.st_size, st.st_mtime_ns)
+                        for f in d.iterdir() if f.is_file() for st in (f.stat(),)))
 
 
 def list_prepared(workdir: Path) -> list[str]:
