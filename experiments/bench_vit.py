@@ -6,7 +6,8 @@ Random weights (``vit_weights.random_state_dict``: the speed does not depend on 
 ``asign_jax.features.vit.ARCHS`` (``uni`` = ViT-L/16), through ``ViTExtractor.encode`` (the
 jitted forward, the arch's output rule and a 4 x 4 token grid, as the pipeline runs it).
 One warm-up batch compiles; the timed batches give seconds per 1,000 patches (extrapolated
-from ``batch * batches`` patches). Writes ``<out>/bench_vit.json``.
+from ``batch * batches`` patches). ``--dtypes`` is comma-separated. Prints one JSON line per
+dtype and writes them to ``<out>/bench_vit.json`` (default ``runs/experiments/bench_vit``).
 """
 
 from __future__ import annotations
@@ -16,21 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from asign_jax.config import base_config  # noqa: E402
-from asign_jax.features.vit import get_arch  # noqa: E402
-from asign_jax.features.vit_extractor import ViTExtractor  # noqa: E402
-from asign_jax.features.vit_weights import random_state_dict, state_dict_to_params  # noqa: E402
-
-_ARCH = flags.DEFINE_string("arch", "uni", "a row of asign_jax.features.vit.ARCHS")
-_SIZE = flags.DEFINE_integer("size", 224, "input side, px")
-_BATCH = flags.DEFINE_integer("batch", 8, "patches per batch")
-_BATCHES = flags.DEFINE_integer("batches", 2, "timed batches (after one warm-up batch)")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
-_OUT = flags.DEFINE_string("out", "runs/experiments/bench_vit", "output folder")
+from asign_jax import entry
+from asign_jax.config import base_config
+from asign_jax.errors import ConfigError
+from asign_jax.features.vit import get_arch
+from asign_jax.features.vit_extractor import ViTExtractor
+from asign_jax.features.vit_weights import random_state_dict, state_dict_to_params
 
 
 def bench(arch_name: str, size: int, batch: int, batches: int, dtype: str) -> dict:
@@ -54,16 +47,22 @@ def bench(arch_name: str, size: int, batch: int, batches: int, dtype: str) -> di
             "feature_dim": int(f.shape[1]), "finite": bool(np.isfinite(f).all())}
 
 
-def main(argv):
-    del argv
-    rows = [bench(_ARCH.value, _SIZE.value, _BATCH.value, _BATCHES.value, d)
-            for d in _DTYPES.value]
+def main(args):
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes:
+        raise ConfigError("--dtypes: give at least one compute dtype (e.g. float32,bfloat16)")
+    rows = [bench(args.arch, args.size, args.batch, args.batches, d) for d in dtypes]
     for r in rows:
         print(json.dumps(r))
-    out = Path(_OUT.value)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_vit.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run_script(main, "bench_vit", config="none",
+                     arch=("uni", "A row of asign_jax.features.vit.ARCHS."),
+                     size=(224, "Input side, px."),
+                     batch=(8, "Patches per batch."),
+                     batches=(2, "Timed batches (after one warm-up batch)."),
+                     dtypes=("float32,bfloat16", "Compute dtypes, comma-separated."))

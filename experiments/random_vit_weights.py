@@ -1,10 +1,12 @@
 """Writes a randomly initialised checkpoint of an arch of ``asign_jax.features.vit.ARCHS``.
 
-    python experiments/random_vit_weights.py --arch tiny_test --out runs/h20/tiny_test.safetensors
+    python experiments/random_vit_weights.py --arch tiny_test --out runs/h20
 
-timm key names (HF for Phikon's ``keys == "hf"`` archs is not written: timm names only);
-``.safetensors`` (needs the ``safetensors`` package), ``.pth`` / ``.bin`` (needs torch) or
-``.npz``. For the end-to-end check and benchmarks without real weights; the features of a
+writes ``<out>/<arch>.<format>`` (here ``runs/h20/tiny_test.safetensors``; ``--out`` defaults
+to ``runs/experiments/random_vit_weights``) and prints its path. timm key names (HF for
+Phikon's ``keys == "hf"`` archs is not written: timm names only); ``--format safetensors``
+(the default; needs the ``safetensors`` package), ``pth`` / ``pt`` / ``bin`` (needs torch) or
+``npz``. For the end-to-end check and benchmarks without real weights; the features of a
 random network carry no pathology.
 """
 
@@ -13,25 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
 
-ROOT = Path(__file__).resolve().parents[1]
+from asign_jax import entry
+from asign_jax.errors import ConfigError
+from asign_jax.features.vit import get_arch
+from asign_jax.features.vit_weights import random_state_dict
 
-from asign_jax.features.vit import get_arch  # noqa: E402
-from asign_jax.features.vit_weights import random_state_dict  # noqa: E402
-
-_ARCH = flags.DEFINE_string("arch", "tiny_test", "a row of asign_jax.features.vit.ARCHS")
-_OUT = flags.DEFINE_string("out", "runs/experiments/random_vit_weights/tiny_test.safetensors",
-                           "checkpoint to write (.safetensors, .pth, .bin or .npz)")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the random weights")
+FORMATS = ("safetensors", "pth", "pt", "bin", "npz")
 
 
 def write(arch_name: str, out, seed: int = 0) -> Path:
+    """Writes the random checkpoint to the file ``out`` (its suffix picks the format)."""
     arch = get_arch(arch_name)
     if arch.keys != "timm":
-        raise app.UsageError(f"{arch_name}: only timm-named archs are written")
-    sd = random_state_dict(arch, seed)
+        raise ConfigError(f"--arch {arch_name}: only timm-named archs are written")
     out = Path(out)
+    if out.suffix.lstrip(".") not in FORMATS:
+        raise ConfigError(f"{out}: use .safetensors, .pth, .pt, .bin or .npz")
+    sd = random_state_dict(arch, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         from safetensors.numpy import save_file
@@ -39,17 +40,17 @@ def write(arch_name: str, out, seed: int = 0) -> Path:
     elif out.suffix in (".pth", ".pt", ".bin"):
         import torch
         torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, out)
-    elif out.suffix == ".npz":
-        np.savez(out, **sd)
     else:
-        raise app.UsageError(f"{out}: use .safetensors, .pth, .pt, .bin or .npz")
+        np.savez(out, **sd)
     return out
 
 
-def main(argv):
-    del argv
-    print(write(_ARCH.value, _OUT.value, _SEED.value))
+def main(args):
+    print(write(args.arch, Path(args.out) / f"{args.arch}.{args.format}", args.seed))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run_script(main, "random_vit_weights", config="none",
+                     arch=("tiny_test", "A row of asign_jax.features.vit.ARCHS."),
+                     seed=(0, "Seed of the random weights."),
+                     format=("safetensors", "Checkpoint format: <out>/<arch>.<format>.", FORMATS))

@@ -7,34 +7,28 @@
 For every imaged section of the config it encodes, with ``config.features``, the patches the
 pipeline cuts (spot patches centred on the spots, region and global tiles from their
 origins) and writes one folder per patch size, ``<out>/spot_<S>px``, ``region_<R>px``,
-``global_<G>px``, each holding ``<section>.h5`` in TRIDENT's layout (``features`` (N, D),
-``coords`` (N, 2) level-0 top-left px with ``patch_size_level0`` on ``coords``). Training
-with ``--config.features.encoder=patch_features --config.features.patch_features=<the three
-folders, comma-separated>`` then reads patches that coincide with the windows, so it must
-give the direct encoder's numbers (the round trip in docs/foundation_models.md).
+``global_<G>px`` (``--out`` defaults to ``runs/experiments/write_trident``), each holding
+``<section>.h5`` in TRIDENT's layout (``features`` (N, D), ``coords`` (N, 2) level-0 top-left
+px with ``patch_size_level0`` on ``coords``); the encoder's feature cache goes to
+``<out>/cache``. Training with ``--config.features.encoder=patch_features
+--config.features.patch_features=<the three folders, comma-separated>`` then reads patches
+that coincide with the windows, so it must give the direct encoder's numbers (the round trip
+in docs/foundation_models.md).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from asign_jax.config_checks import validate  # noqa: E402
-from asign_jax.data.loaders import load_samples  # noqa: E402
-from asign_jax.features.encoders import make_extractor  # noqa: E402
-from asign_jax.features.patch_features import write_trident  # noqa: E402
-from asign_jax.preprocess.tiles import assign_tiles  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
-_OUT = flags.DEFINE_string("out", "runs/experiments/write_trident/run",
-                           "output folder (one sub-folder per patch size)")
+from asign_jax import entry
+from asign_jax.data.loaders import load_samples
+from asign_jax.errors import ConfigError
+from asign_jax.features.encoders import make_extractor
+from asign_jax.features.patch_features import write_trident
+from asign_jax.preprocess.tiles import assign_tiles
 
 
 def level_folders(out, data_cfg) -> dict[str, Path]:
@@ -63,14 +57,11 @@ def write_section(extractor, name: str, image: np.ndarray, spot_xy: np.ndarray, 
             for lv, (tl, side) in tops.items()}
 
 
-def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO)
-    config = _CONFIG.value
-    validate(config)
+def main(args):
+    config = args.config
     if config.data.format == "synthetic" and not config.data.root:
-        raise app.UsageError("synthetic data: set --config.data.root to a generated folder")
-    out = Path(_OUT.value)
+        raise ConfigError("synthetic data: set --config.data.root to a generated folder")
+    out = Path(args.out)
     samples = load_samples(config)
     extractor = make_extractor(config.features)
     sections = [x for s in samples for x in s.sections if x.has_image]
@@ -84,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run_script(main, "write_trident", config="required")
