@@ -90,29 +90,10 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     p0 = jnp.where(known[:, None], labels, pred)
 
     if dense:
-        # padded / invalid edges add exact zeros; every row of p is finite (masked above)
-        mat = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].add(w)
-        mat = mat / safe_denom[:, None]                                     # (N_recv, N_send)
-        adj = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].max(
-            valid.astype(w.dtype))
-
-        def average(p):
-            return jnp.matmul(mat, p, precision=jax.lax.Precision.HIGHEST)
-
-        def reached_from(reached):
-            return adj @ reached.astype(w.dtype) > 0
+        average, reached_from = _dense_steps(w, valid, senders, receivers, safe_denom, n_node)
     else:
-        # sum_j alpha_j e_ij p_j = A_e (alpha * p): a CSR product with the FIXED graph weights
-        # (no per-edge gradient), alpha enters through an (N, G) elementwise product
-        lay = sparse.layout(senders, receivers, n_node)
-
-        def average(p):
-            return sparse.spmm(e, alpha[:, None].astype(p.dtype) * p, lay) / \
-                safe_denom[:, None]
-
-        def reached_from(reached):
-            return jax.ops.segment_max((valid & reached[senders]).astype(jnp.int32),
-                                       receivers, n_node) > 0
+        average, reached_from = _sparse_steps(e, alpha, valid, senders, receivers, safe_denom,
+                                              n_node)
 
     def body(_, carry):
         p, reached = carry
@@ -126,6 +107,44 @@ def propagate(pred: jnp.ndarray, labels: jnp.ndarray, known: jnp.ndarray,
     p = jnp.where(known[:, None], labels, p)
     p = jnp.where(node_mask[:, None], p, 0.0)
     return p, reached & node_mask
+
+
+def _dense_steps(w, valid, senders, receivers, safe_denom, n_node):
+    """``propagate``'s two per-iteration maps in the dense form: ``average(p)`` (N, G) -> (N, G)
+    is one matmul with the row-normalised (N_recv, N_send) weight matrix built from the (E,)
+    weights ``w`` = alpha_j e_ij; ``reached_from(reached)`` (N,) bool -> (N,) bool marks nodes
+    with a valid in-edge from a reached node (a 0/1 adjacency matvec)."""
+    # padded / invalid edges add exact zeros; every row of p is finite (masked by the caller)
+    mat = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].add(w)
+    mat = mat / safe_denom[:, None]                                         # (N_recv, N_send)
+    adj = jnp.zeros((n_node, n_node), w.dtype).at[receivers, senders].max(
+        valid.astype(w.dtype))
+
+    def average(p):
+        return jnp.matmul(mat, p, precision=jax.lax.Precision.HIGHEST)
+
+    def reached_from(reached):
+        return adj @ reached.astype(w.dtype) > 0
+
+    return average, reached_from
+
+
+def _sparse_steps(e, alpha, valid, senders, receivers, safe_denom, n_node):
+    """The same two maps as ``_dense_steps`` in the CSR form, linear in E x G: e (E,) are the
+    masked graph weights e_ij, alpha (N,) the masked sender trust."""
+    # sum_j alpha_j e_ij p_j = A_e (alpha * p): a CSR product with the FIXED graph weights
+    # (no per-edge gradient), alpha enters through an (N, G) elementwise product
+    lay = sparse.layout(senders, receivers, n_node)
+
+    def average(p):
+        return sparse.spmm(e, alpha[:, None].astype(p.dtype) * p, lay) / \
+            safe_denom[:, None]
+
+    def reached_from(reached):
+        return jax.ops.segment_max((valid & reached[senders]).astype(jnp.int32),
+                                   receivers, n_node) > 0
+
+    return average, reached_from
 
 
 propagate_jit = jax.jit(propagate, static_argnames=("n_iter", "dense"))

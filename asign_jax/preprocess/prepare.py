@@ -172,6 +172,59 @@ def section_summary(sample_id: str, section: PreparedSection, spot_size: int) ->
             "padded_spots": count_outside(section.image_shape, section.pixel_xy, spot_size)}
 
 
+def _sample_ids(samples: Sequence[Sample]) -> list[str]:
+    """The sample ids in input order, after checking that there are samples, that their ids are
+    unique and that each has sections with unique names (DataError otherwise)."""
+    if not samples:
+        raise DataError("no samples to prepare (the loader returned none)")
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"duplicate sample ids: {ids}")
+    for s in samples:
+        names = [x.name for x in s.sections]
+        if not names:
+            raise DataError(f"sample {s.sample_id!r} has no sections")
+        if len(set(names)) != len(names):
+            raise DataError(f"sample {s.sample_id!r}: duplicate section names {names}")
+    return ids
+
+
+def _genes_to_keep(measured: Sequence[Section], n_samples: int, data_cfg,
+                   genes: Optional[Sequence[str]]) -> np.ndarray:
+    """(G,) str genes to keep: the top ``data.n_genes`` over the ``measured`` sections (those
+    with counts) when ``genes`` is None, else ``genes`` as given, which every measured section
+    must have (DataError otherwise)."""
+    if genes is None:
+        logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
+                    len(measured), n_samples)
+        return select_genes(measured, data_cfg.n_genes,
+                            rank_sections(measured, data_cfg.gene_selection_sections))
+    genes = np.asarray([str(g) for g in genes], dtype=str)
+    for x in measured:
+        missing = sorted(set(genes.tolist()) - set(x.genes.tolist()))
+        if missing:
+            raise DataError(f"section {x.name!r} lacks {len(missing)} of the {len(genes)} "
+                            f"genes to keep, e.g. {missing[:5]}")
+    return genes
+
+
+def _prepare_sample(sample: Sample, genes: np.ndarray, data_cfg, extractor, workdir: Path,
+                    cache_dir: Path, bar) -> PreparedSample:
+    """Prepares one sample's sections in layer order (advancing the progress ``bar`` by one per
+    section) and saves it under ``workdir``."""
+    sections = []
+    for layer, section in enumerate(sample.sections):
+        bar.set_postfix_str(f"{sample.sample_id}/{section.name}")
+        ps, _ = prepare_section(section, layer, genes, data_cfg, extractor, cache_dir)
+        sections.append(ps)
+        bar.update(1)
+    prepared = PreparedSample(sample_id=sample.sample_id, genes=genes, sections=sections,
+                              normalization=data_cfg.normalization)
+    path = prepared.save(workdir)
+    logger.info("sample %r: %d sections saved to %s", sample.sample_id, len(sections), path)
+    return prepared
+
+
 def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optional[Any] = None,
                     genes: Optional[Sequence[str]] = None) -> list[PreparedSample]:
     """Prepares and saves every sample; see the module docstring for the steps.
@@ -193,17 +246,7 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     """
     data_cfg = config.data
     check_data_config(data_cfg)
-    if not samples:
-        raise DataError("no samples to prepare (the loader returned none)")
-    ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"duplicate sample ids: {ids}")
-    for s in samples:
-        names = [x.name for x in s.sections]
-        if not names:
-            raise DataError(f"sample {s.sample_id!r} has no sections")
-        if len(set(names)) != len(names):
-            raise DataError(f"sample {s.sample_id!r}: duplicate section names {names}")
+    ids = _sample_ids(samples)
 
     workdir = Path(workdir)
     out_dir = workdir / "prepared"
@@ -215,18 +258,7 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     measured = [x for x in all_sections if x.has_counts]
     if not measured:
         raise DataError(f"no section of samples {ids} has counts; genes cannot be selected")
-    if genes is None:
-        logger.info("selecting %d genes over %d sections of %d samples", data_cfg.n_genes,
-                    len(measured), len(samples))
-        genes = select_genes(measured, data_cfg.n_genes,
-                             rank_sections(measured, data_cfg.gene_selection_sections))
-    else:
-        genes = np.asarray([str(g) for g in genes], dtype=str)
-        for x in measured:
-            missing = sorted(set(genes.tolist()) - set(x.genes.tolist()))
-            if missing:
-                raise DataError(f"section {x.name!r} lacks {len(missing)} of the {len(genes)} "
-                                f"genes to keep, e.g. {missing[:5]}")
+    genes = _genes_to_keep(measured, len(samples), data_cfg, genes)
     (out_dir / "genes.txt").write_text("\n".join(genes) + "\n")
 
     if extractor is None:
@@ -236,17 +268,8 @@ def prepare_samples(samples: Sequence[Sample], config, workdir, extractor: Optio
     prepared_samples = []
     bar = tqdm(total=len(all_sections), desc="prepare sections", unit="section")
     for s in samples:
-        sections = []
-        for layer, section in enumerate(s.sections):
-            bar.set_postfix_str(f"{s.sample_id}/{section.name}")
-            ps, _ = prepare_section(section, layer, genes, data_cfg, extractor, cache_dir)
-            sections.append(ps)
-            bar.update(1)
-        prepared = PreparedSample(sample_id=s.sample_id, genes=genes, sections=sections,
-                                  normalization=data_cfg.normalization)
-        path = prepared.save(workdir)
-        logger.info("sample %r: %d sections saved to %s", s.sample_id, len(sections), path)
-        prepared_samples.append(prepared)
+        prepared_samples.append(_prepare_sample(s, genes, data_cfg, extractor, workdir,
+                                                cache_dir, bar))
     bar.close()
 
     index = {"samples": ids, "genes": [str(g) for g in genes],

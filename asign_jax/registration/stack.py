@@ -186,7 +186,6 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
 
     from tqdm import tqdm
 
-
     t0 = time.perf_counter()
     n = len(images)
     if n == 0:
@@ -209,26 +208,7 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
     order = [l for l in range(n) if l != ref]
     with tempfile.TemporaryDirectory(prefix="asign_reg_") as tmp:
         for l in tqdm(order, desc=f"register to {names[ref]}", disable=n < 2):
-            f = l - 1 if l > ref else l + 1
-            mv, fx = sections[l], sections[f]
-            init = initial_affine(mv, fx, cfg, seed=seed)
-            refn = ants_refine(mv, fx, init.matrix, cfg, Path(tmp), tag=f"{l}_{f}", seed=seed)
-            d = {"identity": _pair_dice(mv, fx, identity_small(mv, fx), None),
-                 "initial": _pair_dice(mv, fx, init.matrix, None),
-                 "refined": _pair_dice(mv, fx, refn.matrix, refn.warp)}
-            choice, matrix, warp = "refined", refn.matrix, refn.warp
-            if d["refined"] < d["identity"]:
-                choice = "initial" if d["initial"] >= d["identity"] else "identity"
-                matrix = init.matrix if choice == "initial" else identity_small(mv, fx)
-                warp = None
-                log.warning("!!! %s -> %s: alignment LOWERS the mask Dice (identity %.3f, "
-                            "initial %.3f, refined %.3f); falling back to the %s transform",
-                            mv.name, fx.name, d["identity"], d["initial"], d["refined"], choice)
-            log.info("%s -> %s: %s, %d inliers, dice identity %.3f initial %.3f refined %.3f",
-                     mv.name, fx.name, init.method, init.inliers, d["identity"], d["initial"],
-                     d["refined"])
-            pairs[l] = PairResult(l, f, matrix, warp, init, refn.matrix, d, choice)
-
+            pairs[l] = _register_pair(sections, l, ref, cfg, Path(tmp), seed)
         res = StackResult(reference=ref, names=names, sections=sections,
                           affines=np.tile(np.eye(3), (n, 1, 1)), points=[], qc={},
                           pairs=pairs, fallback=[""] * n,
@@ -240,59 +220,94 @@ def register_stack(images: Sequence[ImageLike], points: Sequence[dict], cfg,
                 m = _pair_full(sections, p) @ m
             res.affines[l] = m
 
-        # Section-level Dice check against the reference, then map the points.
-        ref_mask = sections[ref].mask
-        qc_sections = []
-        for l in range(n):
-            sec = sections[l]
-            entry = {"name": names[l], "inliers": None, "method": "reference",
-                     "dice_before": 1.0, "dice_after": 1.0, "tre_px": None}
-            if l == ref:
-                res.points.append({k: np.asarray(v, np.float64).reshape(-1, 2).copy()
-                                   for k, v in points[l].items()})
-            else:
-                p = pairs[l]
-                before = dice(_warp_affine(sec.mask, identity_small(sec, sections[ref]),
-                                           sections[ref].shape, True), ref_mask)
-                warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
-                after = dice(warped_mask, ref_mask)
-                method = _method(p, kind)
-                if after < before:
-                    m_init = np.eye(3)
-                    for q in res.chain(l):
-                        m_init = (sections[q.fixed].to_full @ q.initial.matrix
-                                  @ sections[q.moving].to_small) @ m_init
-                    d_init = dice(_warp_affine(sec.mask, sections[ref].to_small @ m_init
-                                               @ sec.to_full, sections[ref].shape, True),
-                                  ref_mask)
-                    fb = "initial" if d_init > before else "identity"
-                    log.warning("!!! section %s: registration LOWERS the Dice with the reference "
-                                "%s (%.3f -> %.3f); falling back to the %s transform "
-                                "(dice %.3f)", names[l], names[ref], before, after, fb,
-                                max(d_init, before))
-                    res.fallback[l] = fb
-                    res.affines[l] = m_init if fb == "initial" else np.eye(3)
-                    warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
-                    after = max(d_init, before)
-                    method = f"{method}; section fallback: " + (
-                        f"{p.initial.method} chain" if fb == "initial" else "identity")
-                    res.points.append({k: apply_affine(res.affines[l], v)
-                                       for k, v in points[l].items()})
-                else:
-                    res.points.append({k: _map_chain(sections, res.chain(l), v)
-                                       for k, v in points[l].items()})
-                entry.update(inliers=int(p.initial.inliers), method=method,
-                             dice_before=round(float(before), 4),
-                             dice_after=round(float(after), 4))
-            if ground_truth is not None and tre_key in points[l]:
-                entry["tre_px"] = round(qcmod.tre(res.points[l][tre_key], points[l][tre_key],
-                                                  ground_truth[l], ground_truth[ref]), 3)
-            qc_sections.append(entry)
-            res.aligned_rgb.append(sec.rgb if l == ref else res.warp_to_reference(sec.rgb, l))
-            res.aligned_mask.append(ref_mask if l == ref else warped_mask)
+        # Section-level Dice check against the reference, then map the points (SyN: in tmp).
+        qc_sections = [_section_qc(res, l, points, kind, ground_truth, tre_key)
+                       for l in range(n)]
     res.qc = {"reference": names[ref], "sections": qc_sections}
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _register_pair(sections, l: int, ref: int, cfg, tmp: Path, seed: int) -> PairResult:
+    """Registers section l (moving) onto its neighbour f one step toward ``ref`` (fixed): initial
+    affine, ANTs refinement, then the pair-level Dice check (falls back to the initial affine or
+    the identity, loudly, when the refinement lowers the mask Dice below the identity's)."""
+    f = l - 1 if l > ref else l + 1
+    mv, fx = sections[l], sections[f]
+    init = initial_affine(mv, fx, cfg, seed=seed)
+    refn = ants_refine(mv, fx, init.matrix, cfg, tmp, tag=f"{l}_{f}", seed=seed)
+    d = {"identity": _pair_dice(mv, fx, identity_small(mv, fx), None),
+         "initial": _pair_dice(mv, fx, init.matrix, None),
+         "refined": _pair_dice(mv, fx, refn.matrix, refn.warp)}
+    choice, matrix, warp = "refined", refn.matrix, refn.warp
+    if d["refined"] < d["identity"]:
+        choice = "initial" if d["initial"] >= d["identity"] else "identity"
+        matrix = init.matrix if choice == "initial" else identity_small(mv, fx)
+        warp = None
+        log.warning("!!! %s -> %s: alignment LOWERS the mask Dice (identity %.3f, "
+                    "initial %.3f, refined %.3f); falling back to the %s transform",
+                    mv.name, fx.name, d["identity"], d["initial"], d["refined"], choice)
+    log.info("%s -> %s: %s, %d inliers, dice identity %.3f initial %.3f refined %.3f", mv.name,
+             fx.name, init.method, init.inliers, d["identity"], d["initial"], d["refined"])
+    return PairResult(l, f, matrix, warp, init, refn.matrix, d, choice)
+
+
+def _section_qc(res: StackResult, l: int, points: Sequence[dict], kind: str,
+                ground_truth: Optional[Sequence[np.ndarray]], tre_key: str) -> dict:
+    """Section l's QC entry (see ``qc.py``); appends its registered points, aligned RGB and
+    aligned mask to ``res`` (sections other than the reference via ``_check_section``)."""
+    sections, ref, names = res.sections, res.reference, res.names
+    sec, ref_mask = sections[l], sections[ref].mask
+    entry = {"name": names[l], "inliers": None, "method": "reference",
+             "dice_before": 1.0, "dice_after": 1.0, "tre_px": None}
+    if l == ref:
+        res.points.append({k: np.asarray(v, np.float64).reshape(-1, 2).copy()
+                           for k, v in points[l].items()})
+    else:
+        warped_mask = _check_section(res, l, points[l], kind, entry)
+    if ground_truth is not None and tre_key in points[l]:
+        entry["tre_px"] = round(qcmod.tre(res.points[l][tre_key], points[l][tre_key],
+                                          ground_truth[l], ground_truth[ref]), 3)
+    res.aligned_rgb.append(sec.rgb if l == ref else res.warp_to_reference(sec.rgb, l))
+    res.aligned_mask.append(ref_mask if l == ref else warped_mask)
+    return entry
+
+
+def _check_section(res: StackResult, l: int, pts: dict, kind: str, entry: dict) -> np.ndarray:
+    """Section-level Dice check of section l != reference (a chain that lowers the Dice below the
+    identity's falls back, loudly, to the chained initial affines or the identity, whichever is
+    higher); appends l's mapped ``pts`` to ``res.points``, fills ``entry`` and returns the warped
+    (h_ref, w_ref) bool mask."""
+    sections, ref, names = res.sections, res.reference, res.names
+    sec, ref_mask, p = sections[l], sections[ref].mask, res.pairs[l]
+    before = dice(_warp_affine(sec.mask, identity_small(sec, sections[ref]),
+                               sections[ref].shape, True), ref_mask)
+    warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
+    after = dice(warped_mask, ref_mask)
+    method = _method(p, kind)
+    if after < before:
+        m_init = np.eye(3)
+        for q in res.chain(l):
+            m_init = (sections[q.fixed].to_full @ q.initial.matrix
+                      @ sections[q.moving].to_small) @ m_init
+        d_init = dice(_warp_affine(sec.mask, sections[ref].to_small @ m_init
+                                   @ sec.to_full, sections[ref].shape, True), ref_mask)
+        fb = "initial" if d_init > before else "identity"
+        log.warning("!!! section %s: registration LOWERS the Dice with the reference %s (%.3f "
+                    "-> %.3f); falling back to the %s transform (dice %.3f)", names[l],
+                    names[ref], before, after, fb, max(d_init, before))
+        res.fallback[l] = fb
+        res.affines[l] = m_init if fb == "initial" else np.eye(3)
+        warped_mask = res.warp_to_reference(sec.mask, l, nearest=True)
+        after = max(d_init, before)
+        method = f"{method}; section fallback: " + (
+            f"{p.initial.method} chain" if fb == "initial" else "identity")
+        res.points.append({k: apply_affine(res.affines[l], v) for k, v in pts.items()})
+    else:
+        res.points.append({k: _map_chain(sections, res.chain(l), v) for k, v in pts.items()})
+    entry.update(inliers=int(p.initial.inliers), method=method,
+                 dice_before=round(float(before), 4), dice_after=round(float(after), 4))
+    return warped_mask
 
 
 def _pair_dice(mv: SectionImage, fx: SectionImage, m: np.ndarray,
