@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asign_jax.config import CHOICES
+from asign_jax.config import check_choice
 from asign_jax.errors import ConfigError
 
 
@@ -175,6 +175,32 @@ def make_folds(train_cfg, n_layers: Mapping[str, int], seed: int = 0) -> list[Fo
         take, or a known layer outside a sample's layers.
     """
     samples = sorted(n_layers)
+    extra, val, inner, frac, unit, edges = _check_roles(train_cfg, n_layers)
+    folds: list[Fold] = []
+    for fi, held in enumerate(_held_out_sets(train_cfg, n_layers, extra, val)):
+        train = tuple(s for s in samples if s not in held and s not in val)
+        fold_val = val
+        if inner:
+            cand = [s for s in train if n_layers[s] >= 2 and s not in extra]
+            if len(cand) < inner:
+                raise ConfigError(f"train.inner_val={inner}: fold {tuple(held)} has only "
+                                  f"{len(cand)} 3D training sample(s) ({cand}) to validate on")
+            fold_val = tuple(sorted(cand[(fi + j) % len(cand)] for j in range(inner)))
+            train = tuple(s for s in train if s not in fold_val)
+        for known in _known_sets(train_cfg, n_layers, held, tuple(held) + fold_val):
+            folds.append(Fold(index=len(folds), test_samples=tuple(held), train_samples=train,
+                              known_layer=dict(known), val_samples=fold_val,
+                              val_blocks=tuple(held) if frac > 0 else (),
+                              val_block_fraction=frac,
+                              val_block_px=float(train_cfg.val_block_px),
+                              val_block_unit=unit, val_block_edges=edges, val_seed=int(seed)))
+    return folds
+
+
+def _check_roles(train_cfg, n_layers: Mapping[str, int]) -> tuple:
+    """(extra, val, inner, val_known_fraction, val_block_unit, val_block_edges) of
+    ``train_cfg``, checked against the prepared samples (``make_folds``'s Raises)."""
+    samples = sorted(n_layers)
     extra = tuple(str(s) for s in train_cfg.extra_train_samples)
     for s in extra:
         if s not in n_layers:
@@ -198,14 +224,17 @@ def make_folds(train_cfg, n_layers: Mapping[str, int], seed: int = 0) -> list[Fo
         raise ConfigError(f"train.val_known_fraction must be in [0, 1), got {frac}")
     if frac and float(train_cfg.val_block_px) <= 0:
         raise ConfigError(f"train.val_block_px must be > 0, got {train_cfg.val_block_px}")
-    unit, edges = str(train_cfg.val_block_unit), str(train_cfg.val_block_edges)
-    if unit not in CHOICES["train.val_block_unit"]:
-        raise ConfigError(f"train.val_block_unit={unit!r}: expected one of "
-                          f"{CHOICES['train.val_block_unit']}")
-    if edges not in CHOICES["train.val_block_edges"]:
-        raise ConfigError(f"train.val_block_edges={edges!r}: expected one of "
-                          f"{CHOICES['train.val_block_edges']}")
-    folds_cfg: Sequence[Sequence[str]] = tuple(tuple(str(s) for s in f) for f in train_cfg.folds)
+    unit = check_choice("train.val_block_unit", str(train_cfg.val_block_unit))
+    edges = check_choice("train.val_block_edges", str(train_cfg.val_block_edges))
+    return extra, val, inner, frac, unit, edges
+
+
+def _held_out_sets(train_cfg, n_layers: Mapping[str, int], extra: tuple,
+                   val: tuple) -> Sequence[Sequence[str]]:
+    """The held-out (test) samples of each fold: ``train.folds``, or every 3D sample that is
+    neither an extra training nor a validation sample, one per fold; checked."""
+    samples = sorted(n_layers)
+    folds_cfg = tuple(tuple(str(s) for s in f) for f in train_cfg.folds)
     if not folds_cfg:
         folds_cfg = tuple((s,) for s in samples
                           if n_layers[s] >= 2 and s not in extra and s not in val)
@@ -227,35 +256,19 @@ def make_folds(train_cfg, n_layers: Mapping[str, int], seed: int = 0) -> list[Fo
             if n_layers[s] < 2:
                 raise ConfigError(f"train.folds: sample {s!r} has {n_layers[s]} layer(s); "
                                   "a held-out sample needs a known layer and >= 1 test layer")
+    return folds_cfg
 
-    folds: list[Fold] = []
-    for fi, held in enumerate(folds_cfg):
-        train = tuple(s for s in samples if s not in held and s not in val)
-        fold_val = val
-        if inner:
-            cand = [s for s in train if n_layers[s] >= 2 and s not in extra]
-            if len(cand) < inner:
-                raise ConfigError(f"train.inner_val={inner}: fold {tuple(held)} has only "
-                                  f"{len(cand)} 3D training sample(s) ({cand}) to validate on")
-            fold_val = tuple(sorted(cand[(fi + j) % len(cand)] for j in range(inner)))
-            train = tuple(s for s in train if s not in fold_val)
-        held_out = tuple(held) + fold_val
-        if train_cfg.rotate_known_layer:
-            rotations = range(max(n_layers[s] for s in held))
-            known_sets = [{s: r % n_layers[s] for s in held_out} for r in rotations]
-        else:
-            k = int(train_cfg.known_layer)
-            known = {}
-            for s in held_out:
-                if not -n_layers[s] <= k < n_layers[s]:
-                    raise ConfigError(f"train.known_layer={k}: sample {s!r} has {n_layers[s]} layers")
-                known[s] = k % n_layers[s]
-            known_sets = [known]
-        for known in known_sets:
-            folds.append(Fold(index=len(folds), test_samples=tuple(held), train_samples=train,
-                              known_layer=dict(known), val_samples=fold_val,
-                              val_blocks=tuple(held) if frac > 0 else (),
-                              val_block_fraction=frac,
-                              val_block_px=float(train_cfg.val_block_px),
-                              val_block_unit=unit, val_block_edges=edges, val_seed=int(seed)))
-    return folds
+
+def _known_sets(train_cfg, n_layers: Mapping[str, int], held, held_out: tuple) -> list[dict]:
+    """The known layer of every held-out (test and validation) sample, per fold copy: one set
+    (``train.known_layer``), or one per rotation (``train.rotate_known_layer``)."""
+    if train_cfg.rotate_known_layer:
+        rotations = range(max(n_layers[s] for s in held))
+        return [{s: r % n_layers[s] for s in held_out} for r in rotations]
+    k = int(train_cfg.known_layer)
+    known = {}
+    for s in held_out:
+        if not -n_layers[s] <= k < n_layers[s]:
+            raise ConfigError(f"train.known_layer={k}: sample {s!r} has {n_layers[s]} layers")
+        known[s] = k % n_layers[s]
+    return [known]

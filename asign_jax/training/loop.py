@@ -171,101 +171,34 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
     init_rng, rng = jax.random.split(fold_rng(int(config.seed), fold_index))
     state = create_train_state(model, tc, pool.example(), init_rng)
     mngr = checkpoint.checkpoint_manager(ckpt_dir)
-    start = 0
-    if mngr.latest_step() is not None:
-        try:
-            state = checkpoint.restore(mngr, state)
-        except BaseException:
-            mngr.close()
-            raise
-        start = int(state.step)
-        logger.info("fold %d: resumed from %s at step %d", fold_index, ckpt_dir, start)
-        if start > total:
-            logger.warning("fold %d: checkpoint step %d is beyond train.steps=%d; using it as is",
-                           fold_index, start, total)
-    else:
-        logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
-        # the model's own start from the training labels (ASIGN.output_init); a baseline keeps
-        # its plain head bias at the mean training label
-        init = model.output_init() if hasattr(model, "output_init") else {}
-        relative = bool(init.get("relative_spot_bias"))
-        if tc.init_output_bias:
-            state = init_output_bias(state, pool, ("spot",) if relative else ())
-        if init.get("image_skip"):
-            state, penalty = init_image_skip(state, pool, relative, init["image_skip"])
-            logger.info("fold %d: linear image path at the ridge fit of the training labels "
-                        "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
+    state, start = _start(state, mngr, model, pool, tc, fold_index, ckpt_dir)
     if log_path is not None:
         _truncate_log(Path(log_path), fold_index, start)
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     step_fn = make_train_step(model, loss_fn, config, mesh=mesh)
-    schedule = make_schedule(tc)
-
+    log = _StepLog(log_path, fold_index, make_schedule(tc), int(tc.log_every), total, mngr,
+                   ckpt_dir)
+    keep = None if validate is None else _Keeper(validate, log_path, fold_index, ckpt_dir,
+                                                 str(tc.select), total, start)
     val_every = int(tc.val_every)
-    select = str(tc.select)
-    prior = selection.load_selected(ckpt_dir) if validate is not None and start else None
-    best = -np.inf if prior is None else float(prior[1]["score"])
-
-    def run_validation(done: int) -> None:
-        nonlocal best
-        v = validate(jax.device_get(state.params))
-        _log_line(log_path, {"fold": fold_index, "step": done, "split": "val", **v.metrics,
-                             "score": v.score})
-        if (select == "last" and done == total) or (select != "last" and v.score > best):
-            best = v.score
-            selection.save_selected(ckpt_dir, done, v)
-
-    pending: list = []            # metrics of the steps not yet fetched (device arrays)
-    fetched: list = []            # fetched and checked, not yet in a log line
     bar = tqdm(total=total, initial=start, desc=f"fold {fold_index}", disable=not progress,
                dynamic_ncols=True)
-    t0 = time.time()
-
-    def flush(done: int) -> None:
-        """Fetch the metrics of the steps since the last flush (ONE host sync), fail on the
-        first non-finite loss among them, and log their mean at log steps. The steps are not
-        waited for one by one (big_vision-style: the host runs ahead and the loss is checked
-        at log, validation and checkpoint steps), so a NaN stops the fold at the next of those,
-        before any checkpoint or log line of a later step is written."""
-        nonlocal pending, fetched
-        got = jax.device_get(pending)
-        first = done - len(got) + 1
-        for i, m in enumerate(got):
-            loss = float(m["loss"])
-            if not np.isfinite(loss):
-                mngr.wait_until_finished()
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in m.items() if k != "loss")
-                kept = mngr.latest_step()
-                kept = f"checkpoint of step {kept} kept" if kept else "no checkpoint yet"
-                raise TrainingError(
-                    f"fold {fold_index}: training loss is {loss} at step {first + i} ({terms}); "
-                    f"stopped, {kept} in {ckpt_dir}: lower train.learning_rate or look for "
-                    "NaN/inf in the inputs")
-        pending, fetched = [], fetched + got
-        if fetched and (done % int(tc.log_every) == 0 or done == total):
-            mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            fetched = []
-            rec = {"fold": fold_index, "step": done, **mean,
-                   "lr": float(schedule(done - 1)), "seconds": round(time.time() - t0, 3)}
-            _log_line(log_path, rec)
-            bar.set_postfix(loss=f"{mean['loss']:.4f}")
-
     try:
         for step in range(start, total):
             batch = pool.take(pool.step_indices(step, int(tc.samples_per_step)))
             state, metrics = step_fn(state, batch, rng)
             done = step + 1
-            pending.append(metrics)
-            validating = validate is not None and (done == total or
-                                                   (val_every and done % val_every == 0))
+            log.pending.append(metrics)
+            validating = keep is not None and (done == total or
+                                               (val_every and done % val_every == 0))
             saving = done % int(tc.checkpoint_every) == 0 and done != total
             stopping = stop_after is not None and done >= stop_after and done != total
             if done % int(tc.log_every) == 0 or done == total or validating or saving or \
                     stopping:
-                flush(done)
+                log.flush(done, bar)
             if validating:
-                run_validation(done)
+                keep(state, done)
             bar.update(1)
             if saving:
                 checkpoint.save(mngr, state)
@@ -281,3 +214,95 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
         bar.close()
         mngr.close()
     return state
+
+
+def _start(state, mngr, model, pool, tc, fold_index: int, ckpt_dir: Path):
+    """(state, first step): the fold's latest checkpoint, or the fresh ``state`` started from
+    the training labels (head bias at the mean label; the model's own ``output_init``, e.g.
+    ASIGN's relative spot bias and its image path at the ridge fit)."""
+    if mngr.latest_step() is not None:
+        try:
+            state = checkpoint.restore(mngr, state)
+        except BaseException:
+            mngr.close()
+            raise
+        start = int(state.step)
+        logger.info("fold %d: resumed from %s at step %d", fold_index, ckpt_dir, start)
+        if start > int(tc.steps):
+            logger.warning("fold %d: checkpoint step %d is beyond train.steps=%d; using it as is",
+                           fold_index, start, int(tc.steps))
+        return state, start
+    logger.info("fold %d: training from scratch, checkpoints in %s", fold_index, ckpt_dir)
+    # the model's own start from the training labels (ASIGN.output_init); a baseline keeps
+    # its plain head bias at the mean training label
+    init = model.output_init() if hasattr(model, "output_init") else {}
+    relative = bool(init.get("relative_spot_bias"))
+    if tc.init_output_bias:
+        state = init_output_bias(state, pool, ("spot",) if relative else ())
+    if init.get("image_skip"):
+        state, penalty = init_image_skip(state, pool, relative, init["image_skip"])
+        logger.info("fold %d: linear image path at the ridge fit of the training labels "
+                    "(relative penalty %g, leave-one-sample-out CV)", fold_index, penalty)
+    return state, 0
+
+
+class _StepLog:
+    """The step metrics of a fold: ``pending`` (device arrays not yet fetched) are fetched in
+    ONE host sync per ``flush``, checked for a non-finite loss, and their mean is logged at log
+    steps. The steps are not waited for one by one (big_vision-style: the host runs ahead and
+    the loss is checked at log, validation and checkpoint steps), so a NaN stops the fold at
+    the next of those, before any checkpoint or log line of a later step is written."""
+
+    def __init__(self, log_path, fold_index: int, schedule, log_every: int, total: int, mngr,
+                 ckpt_dir: Path):
+        self.log_path, self.fold_index, self.schedule = log_path, fold_index, schedule
+        self.log_every, self.total, self.mngr, self.ckpt_dir = log_every, total, mngr, ckpt_dir
+        self.pending: list = []       # metrics of the steps not yet fetched (device arrays)
+        self.fetched: list = []       # fetched and checked, not yet in a log line
+        self.t0 = time.time()
+
+    def flush(self, done: int, bar) -> None:
+        got = jax.device_get(self.pending)
+        first = done - len(got) + 1
+        for i, m in enumerate(got):
+            loss = float(m["loss"])
+            if not np.isfinite(loss):
+                self.mngr.wait_until_finished()
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in m.items() if k != "loss")
+                kept = self.mngr.latest_step()
+                kept = f"checkpoint of step {kept} kept" if kept else "no checkpoint yet"
+                raise TrainingError(
+                    f"fold {self.fold_index}: training loss is {loss} at step {first + i} "
+                    f"({terms}); stopped, {kept} in {self.ckpt_dir}: lower "
+                    "train.learning_rate or look for NaN/inf in the inputs")
+        self.pending, self.fetched = [], self.fetched + got
+        if self.fetched and (done % self.log_every == 0 or done == self.total):
+            mean = {k: float(np.mean([m[k] for m in self.fetched])) for k in self.fetched[0]}
+            self.fetched = []
+            rec = {"fold": self.fold_index, "step": done, **mean,
+                   "lr": float(self.schedule(done - 1)), "seconds": round(time.time() - self.t0, 3)}
+            _log_line(self.log_path, rec)
+            bar.set_postfix(loss=f"{mean['loss']:.4f}")
+
+
+class _Keeper:
+    """Scores the validation role (``validate``: params -> Validation), logs it as a
+    ``"split": "val"`` line and keeps the step ``train.select`` chooses (the best score, ties
+    to the earlier step, or the last step) with ``selection.save_selected``; a resumed fold
+    starts from the score of the step it had kept."""
+
+    def __init__(self, validate, log_path, fold_index: int, ckpt_dir: Path, select: str,
+                 total: int, start: int):
+        self.validate, self.log_path, self.fold_index = validate, log_path, fold_index
+        self.ckpt_dir, self.select, self.total = ckpt_dir, select, total
+        prior = selection.load_selected(ckpt_dir) if start else None
+        self.best = -np.inf if prior is None else float(prior[1]["score"])
+
+    def __call__(self, state, done: int) -> None:
+        v = self.validate(jax.device_get(state.params))
+        _log_line(self.log_path, {"fold": self.fold_index, "step": done, "split": "val",
+                                  **v.metrics, "score": v.score})
+        if (self.select == "last" and done == self.total) or \
+                (self.select != "last" and v.score > self.best):
+            self.best = v.score
+            selection.save_selected(self.ckpt_dir, done, v)

@@ -244,53 +244,12 @@ def attach(config, names: tuple, data_dir, pool):
     if "label_mean" in names:
         shared["label_mean"] = label[label_mask].astype(np.float64).mean(0).astype(np.float32)
     if "bank" in names or "exemplars" in names:
-        bank = build_bank(feat, label, label_mask, layer)
-        shared["bank"] = bank
-        for p in range(n_samples):
-            per_sample[p]["self"] = np.int32(p)
-        logger.info("retrieval bank: %d labelled spots of %s", int(bank["valid"].sum()),
-                    ", ".join(pool.sample_ids))
-        if "exemplars" in names:
-            for p in range(n_samples):
-                idx, ok = nearest_exemplars(feat[p], layer[p], p, bank, int(m.egn.n_exemplars))
-                per_sample[p]["exemplars"], per_sample[p]["exemplar_mask"] = idx, ok
-
-    geometry = {"spot_tokens", "array_xy", "grid_adj", "window", "peg", "counts", "patches"}
-    if geometry & set(names):
+        shared["bank"] = _retrieval(names, m, feat, label, label_mask, layer, per_sample,
+                                    pool.sample_ids)
+    if GEOMETRY & set(names):
         for p, sid in enumerate(pool.sample_ids):
-            n = int(n_real[p])
-            fields = _image_fields(data_dir, sid, "spot_tokens" in names)
-            if sum(len(f["pixel_xy"]) for f in fields) != n:
-                raise DataError(f"{Path(data_dir) / 'prepared' / sid}: "
-                                f"{sum(len(f['pixel_xy']) for f in fields)} prepared spots, "
-                                f"{n} graph nodes; the graphs are stale (rebuild them)")
-            out = per_sample[p]
-            lay = layer[p]
-            array_xy = np.concatenate([f["array_xy"] - f["array_xy"].min(0) for f in fields])
-            pixel_xy = np.concatenate([f["pixel_xy"] for f in fields])
-            if "spot_tokens" in names:
-                raw = np.concatenate([f["spot_feats"] for f in fields])
-                tokens = np.concatenate([f["spot_tokens"] for f in fields])
-                if str(config.train.feature_norm) == "sample":
-                    tokens = apply_stats(tokens, *feature_stats(raw, n))
-                out["spot_tokens"] = _pad(tokens.astype(np.float16), n_pad)
-            if "array_xy" in names:
-                out["array_xy"] = _pad(np.rint(array_xy).astype(np.int32), n_pad)
-            if "grid_adj" in names:
-                out["grid_adj"], out["grid_adj_mask"] = grid_adjacency(
-                    array_xy, lay, n, n_pad, int(m.his2st.grid_k), float(m.his2st.grid_max_dist))
-            if "window" in names:
-                out["window"], out["window_mask"] = tile_window(
-                    pixel_xy, lay, n, n_pad, int(m.triplex.window), float(config.data.spot_size))
-            if "peg" in names:
-                out["peg"], out["peg_mask"] = grid_offsets(array_xy, lay, n, n_pad)
-            if "counts" in names:
-                counts = _pad(_masked_counts(data_dir, sid, label_mask[p, :n]), n_pad)
-                out["counts"] = counts
-                out["size_factor"] = size_factors(counts, label_mask[p], lay)
-            if "patches" in names:
-                out["patches"] = _pad(_patches(fields, int(config.data.spot_size),
-                                               int(config.features.spot_input)), n_pad)
+            per_sample[p].update(_geometry(config, names, data_dir, sid, int(n_real[p]), n_pad,
+                                           layer[p], label_mask[p]))
         if "patches" in names:
             shared["backbone_stats"] = backbone_variables(
                 str(m.backbone_weights or ""), int(m.backbone_init_seed))["batch_stats"]
@@ -299,3 +258,61 @@ def attach(config, names: tuple, data_dir, pool):
     for k, v in shared.items():
         extra[k] = jax.tree.map(lambda a: np.broadcast_to(a, (n_samples,) + np.shape(a)), v)
     return dataclasses.replace(pool, arrays={**pool.arrays, "extra": extra})
+
+
+# the inputs read from a sample's prepared sections (positions, token grids, counts, patches)
+GEOMETRY = {"spot_tokens", "array_xy", "grid_adj", "window", "peg", "counts", "patches"}
+
+
+def _retrieval(names, m, feat, label, label_mask, layer, per_sample: list, sample_ids) -> dict:
+    """The pool's retrieval bank (``build_bank``); each sample's own index and, for
+    ``"exemplars"``, its ``model.egn.n_exemplars`` nearest bank spots go into ``per_sample``."""
+    bank = build_bank(feat, label, label_mask, layer)
+    for p in range(len(per_sample)):
+        per_sample[p]["self"] = np.int32(p)
+    logger.info("retrieval bank: %d labelled spots of %s", int(bank["valid"].sum()),
+                ", ".join(sample_ids))
+    if "exemplars" in names:
+        for p in range(len(per_sample)):
+            idx, ok = nearest_exemplars(feat[p], layer[p], p, bank, int(m.egn.n_exemplars))
+            per_sample[p]["exemplars"], per_sample[p]["exemplar_mask"] = idx, ok
+    return bank
+
+
+def _geometry(config, names, data_dir, sid: str, n: int, n_pad: int, lay: np.ndarray,
+              label_mask: np.ndarray) -> dict:
+    """The ``GEOMETRY`` inputs of one sample of ``n`` real nodes, padded to ``n_pad``; ``lay``
+    (n_pad,) its node layers, ``label_mask`` (n_pad,) its labelled nodes (counts elsewhere 0)."""
+    m = config.model
+    fields = _image_fields(data_dir, sid, "spot_tokens" in names)
+    if sum(len(f["pixel_xy"]) for f in fields) != n:
+        raise DataError(f"{Path(data_dir) / 'prepared' / sid}: "
+                        f"{sum(len(f['pixel_xy']) for f in fields)} prepared spots, "
+                        f"{n} graph nodes; the graphs are stale (rebuild them)")
+    out = {}
+    array_xy = np.concatenate([f["array_xy"] - f["array_xy"].min(0) for f in fields])
+    pixel_xy = np.concatenate([f["pixel_xy"] for f in fields])
+    if "spot_tokens" in names:
+        raw = np.concatenate([f["spot_feats"] for f in fields])
+        tokens = np.concatenate([f["spot_tokens"] for f in fields])
+        if str(config.train.feature_norm) == "sample":
+            tokens = apply_stats(tokens, *feature_stats(raw, n))
+        out["spot_tokens"] = _pad(tokens.astype(np.float16), n_pad)
+    if "array_xy" in names:
+        out["array_xy"] = _pad(np.rint(array_xy).astype(np.int32), n_pad)
+    if "grid_adj" in names:
+        out["grid_adj"], out["grid_adj_mask"] = grid_adjacency(
+            array_xy, lay, n, n_pad, int(m.his2st.grid_k), float(m.his2st.grid_max_dist))
+    if "window" in names:
+        out["window"], out["window_mask"] = tile_window(
+            pixel_xy, lay, n, n_pad, int(m.triplex.window), float(config.data.spot_size))
+    if "peg" in names:
+        out["peg"], out["peg_mask"] = grid_offsets(array_xy, lay, n, n_pad)
+    if "counts" in names:
+        counts = _pad(_masked_counts(data_dir, sid, label_mask[:n]), n_pad)
+        out["counts"] = counts
+        out["size_factor"] = size_factors(counts, label_mask, lay)
+    if "patches" in names:
+        out["patches"] = _pad(_patches(fields, int(config.data.spot_size),
+                                       int(config.features.spot_input)), n_pad)
+    return out
