@@ -68,6 +68,8 @@ def write_spots(src: Path, dst: Path, offset: np.ndarray, factor: float) -> None
 
 def manifest(path: Path, images: dict, measured: str, counts: Path, spots: Path,
              um_per_px: float = 0.0) -> Path:
+    """The block manifest; both blocks are the sample ``block``: the validation blocks of the
+    known layer are seeded by the sample id, so another id would train another model."""
     rows = []
     for name, image in images.items():
         row = f"  - name: {name}\n    image: {image}\n"
@@ -76,7 +78,7 @@ def manifest(path: Path, images: dict, measured: str, counts: Path, spots: Path,
         if name == measured:
             row += f"    st: {{format: her2st, counts: {counts}, spots: {spots}}}\n"
         rows.append(row)
-    path.write_text(f"sample: {path.stem}\nsections:\n" + "".join(rows))
+    path.write_text("sample: block\nsections:\n" + "".join(rows))
     return path
 
 
