@@ -9,8 +9,8 @@ D 1024, T 16, hidden 256, G 250, SGD-momentum). For each size:
   time summed into a part (``PARTS``). Thunks of one step may run concurrently on the 2 cores,
   so the parts add up to the summed thunk time, reported beside the wall time.
 * PyTorch: ``torch.profiler`` of the same number of steps; forward ops are attributed to the
-  part whose ``record_function`` range they run in (``bench_torch.torch_forward`` labels its
-  parts), backward ops to the part of the forward op with the same autograd sequence number.
+  part whose ``record_function`` range they run in (``bench_torch_model.torch_forward``
+  labels its parts), backward ops to the part of the forward op with the same autograd sequence number.
 * The cost analysis of the compiled JAX step (FLOPs, bytes; ``roofline.step_cost``).
 
 Writes ``<out>/results.json`` (default ``--out runs/experiments/profile_step``).
@@ -33,6 +33,7 @@ from pathlib import Path
 import jax
 
 import bench_torch   # experiments/ (the script's folder) is on sys.path
+import bench_torch_model
 import roofline
 
 from asign_jax import atomic, entry
@@ -149,7 +150,7 @@ def profile_torch(setup: dict, steps: int) -> dict:
     """Part -> seconds per step of the PyTorch port (self CPU time of its ops)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    bench_torch.PROFILE = True
+    bench_torch_model.PROFILE = True
     t_step = setup["t_step"]
     t_step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -188,7 +189,7 @@ def profile_torch(setup: dict, steps: int) -> dict:
             p = part_of(e) or ("optimiser" if "Optimizer" in e.name or "sgd" in e.name.lower()
                                else "other")
         parts[p] += e.cpu_time_total * 1e-6 / steps
-    bench_torch.PROFILE = False
+    bench_torch_model.PROFILE = False
     del torch
     return {"parts": dict(parts), "wall_s": wall}
 
