@@ -144,7 +144,45 @@ def build(spots: int, a) -> dict:
         l_torch = float(torch_loss(torch_forward(tp, tg, c, False), tg, lc))
     l_jax = float(jax.jit(lambda p: loss_fn(p, jax.random.key(0), False))(params))
 
-    # the CLI alone: 10 iterations, forward + backward w.r.t. the prediction and alpha
+    j_cli, t_cli, out_j, out_t = _cli_pair(spot, known, tg, c, a, jdt, dev, tdt)
+
+    key = jax.random.key(1)
+    state = [params, tx.init(params)]
+    mm_flops = roofline.matmul_flops(jax_step, state[0], state[1], key)
+    compiled = jax_step.lower(state[0], state[1], key).compile()
+    t0 = time.perf_counter()
+    state[:] = jax_step(state[0], state[1], key)[:2]
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t0
+    torch_opt = torch.optim.SGD(jax.tree.leaves(tp), lr=1e-4, momentum=0.9)
+    sync = (lambda: torch.cuda.synchronize()) if dev == "cuda" else (lambda: None)
+
+    def j_step():
+        *state[:], loss = jax_step(state[0], state[1], key)
+        jax.block_until_ready(loss)
+
+    def t_loss():
+        return torch_loss(torch_forward(tp, tg, c, True), tg, lc)
+
+    def make_t_step(loss_fn):
+        def t_step():
+            torch_opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            torch_opt.step()
+            sync()
+        return t_step
+
+    return {"j_step": j_step, "t_step": make_t_step(t_loss), "make_t_step": make_t_step,
+            "t_loss": t_loss, "j_cli": j_cli, "t_cli": t_cli, "compiled": compiled,
+            "compile_s": compile_s, "matmul_flops": mm_flops, "l_jax": l_jax, "l_torch": l_torch, "out_j": out_j,
+            "out_t": out_t, "nodes": n_node, "edges": n_edge, "regions": int(region.n_node[0]),
+            "globals": int(glob.n_node[0]), "data_s": t_data, "tp": tp, "tg": tg, "c": c,
+            "lc": lc}
+
+
+def _cli_pair(spot, known, tg: dict, c, a, jdt, dev: str, tdt):
+    """The CLI alone in both frameworks, 10 iterations, forward + backward w.r.t. the
+    prediction and alpha: (j_cli, t_cli) blocking timers and the two outputs (float32)."""
     rng = np.random.default_rng(2)
     pred = jnp.asarray(rng.normal(-5, 1, (len(known), a.genes)), jdt)
     alpha = jnp.asarray(rng.uniform(0.2, 0.8, len(known)), jdt)
@@ -173,31 +211,7 @@ def build(spots: int, a) -> dict:
     out_j = np.asarray(jax_cli(*cli_args)[0], np.float32)
     out_t = torch_cli().detach().float().cpu().numpy()
 
-    key = jax.random.key(1)
-    state = [params, tx.init(params)]
-    mm_flops = roofline.matmul_flops(jax_step, state[0], state[1], key)
-    compiled = jax_step.lower(state[0], state[1], key).compile()
-    t0 = time.perf_counter()
-    state[:] = jax_step(state[0], state[1], key)[:2]
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t0
-    torch_opt = torch.optim.SGD(jax.tree.leaves(tp), lr=1e-4, momentum=0.9)
     sync = (lambda: torch.cuda.synchronize()) if dev == "cuda" else (lambda: None)
-
-    def j_step():
-        *state[:], loss = jax_step(state[0], state[1], key)
-        jax.block_until_ready(loss)
-
-    def t_loss():
-        return torch_loss(torch_forward(tp, tg, c, True), tg, lc)
-
-    def make_t_step(loss_fn):
-        def t_step():
-            torch_opt.zero_grad(set_to_none=True)
-            loss_fn().backward()
-            torch_opt.step()
-            sync()
-        return t_step
 
     def j_cli():
         jax.block_until_ready(jax_cli(*cli_args))
@@ -205,12 +219,7 @@ def build(spots: int, a) -> dict:
     def t_cli():
         torch_cli()
         sync()
-    return {"j_step": j_step, "t_step": make_t_step(t_loss), "make_t_step": make_t_step,
-            "t_loss": t_loss, "j_cli": j_cli, "t_cli": t_cli, "compiled": compiled,
-            "compile_s": compile_s, "matmul_flops": mm_flops, "l_jax": l_jax, "l_torch": l_torch, "out_j": out_j,
-            "out_t": out_t, "nodes": n_node, "edges": n_edge, "regions": int(region.n_node[0]),
-            "globals": int(glob.n_node[0]), "data_s": t_data, "tp": tp, "tg": tg, "c": c,
-            "lc": lc}
+    return j_cli, t_cli, out_j, out_t
 
 
 def compile_torch_step(b: dict):

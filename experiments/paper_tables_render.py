@@ -64,40 +64,72 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     csv_rows = []
     for r in rows:
-        res = results[r]
-        cells = [label(r), res["encoder"], f"{res['n_params']:,}" if res.get("n_params") else "-",
-                 f"{res['seconds']:.0f}" if res.get("seconds") else "-"]
-        tu = res.get("tuned")
-        if tuned:
-            cells += ([tu["label"], ("undefined" if np.isnan(tu["val"]) else f"{tu['val']:.3f}")
-                       + ("" if tu["guard_ok"] else " (MSE > known_mean)"),
-                       f"{tu['candidates']} x {tu['steps']} steps"
-                       + (f" ({tu['n_failed']} diverged)" if tu["n_failed"] else "")]
-                      if tu else ["- (reference)" if ROWS[r][1] is None else "-", "-", "-"])
-        for m in METRICS:
-            mean, std = summarise(res["per_fold"][m])
-            star = "*" if pvals[r][m] < 0.05 else ""
-            cells.append("failed" if res.get("failed") else fmt(mean, std) + star)
         ref = paper.get(r)
-        cells += [f"{v:.3f}" for v in ref] if ref else ["-", "-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-        row = {"table": k, "dataset": dataset, "row": r, "label": label(r),
-               "encoder": res["encoder"], "n_params": res.get("n_params") or "",
-               "n_folds": res["n_folds"], "seconds": res.get("seconds") or ""}
-        if tuned:
-            tu = tu or {}
-            row.update(tuned_candidate=tu.get("chosen", ""),
-                       tuned_overrides=json.dumps(tu["overrides"]) if tu else "",
-                       tuned_metric=tu.get("metric", ""), tuned_val=tu.get("val", ""),
-                       tuned_val_mse=tu.get("val_mse", ""), tuned_guard_ok=tu.get("guard_ok", ""),
-                       budget_candidates=tu.get("candidates", ""),
-                       budget_steps=tu.get("steps", ""), budget_failed=tu.get("n_failed", ""))
-        for m in METRICS:
-            mean, std = summarise(res["per_fold"][m])
-            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_p_welch"] = mean, std, pvals[r][m]
-        for name, v in zip(("paper_mse", "paper_mae", "paper_pcc_spot"), ref or ("",) * 3):
-            row[name] = v
-        csv_rows.append(row)
+        lines.append("| " + " | ".join(_md_cells(r, results[r], label(r), tuned, pvals[r], ref))
+                     + " |")
+        csv_rows.append(_csv_row(k, dataset, r, results[r], label(r), tuned, pvals[r], ref))
+    lines += _footnotes(results, rows, label, base_id, tuned)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out_dir / f"table{k}.md", "\n".join(lines) + "\n")
+    with open(out_dir / f"table{k}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+        w.writeheader()
+        w.writerows(csv_rows)
+    tick = lambda r: (f"{label(r)} [c{results[r]['tuned']['chosen']}]"
+                      if results[r].get("tuned") else label(r))
+    plot_boxes(out_dir, k, dataset, [tick(r) for r in rows],
+               [results[r]["sections"] for r in rows], [pvals[r] for r in rows], label(base_id),
+               note=(f"\ntuned on validation: {tuned[0]['candidates']} candidates x "
+                     f"{tuned[0]['steps']} steps per row; [cN] = the chosen candidate"
+                     if tuned else ""))
+    return pvals
+
+
+
+def _md_cells(r: str, res: dict, label: str, tuned: list, pvals: dict, ref) -> list:
+    """The markdown cells of row ``r``: label, encoder, params, time, the tuned choice (with
+    ``--tune``), mean ± std of every metric (* = p < 0.05), the paper's three numbers."""
+    cells = [label, res["encoder"], f"{res['n_params']:,}" if res.get("n_params") else "-",
+             f"{res['seconds']:.0f}" if res.get("seconds") else "-"]
+    tu = res.get("tuned")
+    if tuned:
+        cells += ([tu["label"], ("undefined" if np.isnan(tu["val"]) else f"{tu['val']:.3f}")
+                   + ("" if tu["guard_ok"] else " (MSE > known_mean)"),
+                   f"{tu['candidates']} x {tu['steps']} steps"
+                   + (f" ({tu['n_failed']} diverged)" if tu["n_failed"] else "")]
+                  if tu else ["- (reference)" if ROWS[r][1] is None else "-", "-", "-"])
+    for m in METRICS:
+        mean, std = summarise(res["per_fold"][m])
+        star = "*" if pvals[m] < 0.05 else ""
+        cells.append("failed" if res.get("failed") else fmt(mean, std) + star)
+    return cells + ([f"{v:.3f}" for v in ref] if ref else ["-", "-", "-"])
+
+
+def _csv_row(k: int, dataset: str, r: str, res: dict, label: str, tuned: list, pvals: dict,
+             ref) -> dict:
+    """The csv row of row ``r`` (every number of its markdown row, unrounded)."""
+    row = {"table": k, "dataset": dataset, "row": r, "label": label,
+           "encoder": res["encoder"], "n_params": res.get("n_params") or "",
+           "n_folds": res["n_folds"], "seconds": res.get("seconds") or ""}
+    if tuned:
+        tu = res.get("tuned") or {}
+        row.update(tuned_candidate=tu.get("chosen", ""),
+                   tuned_overrides=json.dumps(tu["overrides"]) if tu else "",
+                   tuned_metric=tu.get("metric", ""), tuned_val=tu.get("val", ""),
+                   tuned_val_mse=tu.get("val_mse", ""), tuned_guard_ok=tu.get("guard_ok", ""),
+                   budget_candidates=tu.get("candidates", ""),
+                   budget_steps=tu.get("steps", ""), budget_failed=tu.get("n_failed", ""))
+    for m in METRICS:
+        mean, std = summarise(res["per_fold"][m])
+        row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_p_welch"] = mean, std, pvals[m]
+    for name, v in zip(("paper_mse", "paper_mae", "paper_pcc_spot"), ref or ("",) * 3):
+        row[name] = v
+    return row
+
+
+def _footnotes(results: dict, rows: list, label, base_id: str, tuned: list) -> list:
+    """The lines under the table: failed rows, what the columns mean, the tuning protocol."""
+    lines = []
     n_folds = max(res["n_folds"] for res in results.values())
     failed = [f"{label(r)}: {results[r]['failed']}" for r in rows if results[r].get("failed")]
     if failed:
@@ -121,20 +153,7 @@ def write_table(out_dir: Path, k: int, dataset: str, paper_set: str, results: di
                   "validation score (mean over folds); test: scored once, for it only. "
                   "References: read from ASIGN's chosen candidate. Every candidate's score: "
                   "tables/<dataset>/<row>/sweep.json."]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out_dir / f"table{k}.md", "\n".join(lines) + "\n")
-    with open(out_dir / f"table{k}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
-        w.writeheader()
-        w.writerows(csv_rows)
-    tick = lambda r: (f"{label(r)} [c{results[r]['tuned']['chosen']}]"
-                      if results[r].get("tuned") else label(r))
-    plot_boxes(out_dir, k, dataset, [tick(r) for r in rows],
-               [results[r]["sections"] for r in rows], [pvals[r] for r in rows], label(base_id),
-               note=(f"\ntuned on validation: {tuned[0]['candidates']} candidates x "
-                     f"{tuned[0]['steps']} steps per row; [cN] = the chosen candidate"
-                     if tuned else ""))
-    return pvals
+    return lines
 
 
 def plot_boxes(out_dir: Path, k: int, dataset: str, labels: list, sections: list,

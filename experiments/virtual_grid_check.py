@@ -75,81 +75,101 @@ def main(args):
     for name in names:
         if name == known_name:
             continue
-        layer = names.index(name)
-        real = her2st.read_section(args.data, name)
-        real = real.subset_genes(genes)
-        truth = normalize(real.counts, "asign")
-        real_ref = apply_affine(reg.affines[layer], real.pixel_xy)
-        rows = np.flatnonzero(sec_of == name)
-        vxy = vol.obsm["spatial_3d"][rows, :2]
-        d, j = cKDTree(vxy).query(real_ref)
-        ok = d <= lat["pitch_px"] / 2
-        pick = rows[j[ok]]
-        t = truth[ok]
-        res = {"section": name, "real_spots": real.n_spots, "matched": int(ok.sum()),
-               "median_offset_px": round(float(np.median(d[ok])), 1), "methods": []}
-        ov, _ = overlap(known_xy, known_y, vol.obsm["spatial_3d"][pick, :2], radius)
-        for label, pred in (("impute ASIGN (virtual spot)", vol.X[pick]),
-                            ("impute network half p_s", vol.layers["network"][pick]),
-                            ("impute propagation half p_i", vol.layers["propagation"][pick]),
-                            ("known_mean", np.broadcast_to(known_y.mean(0), t.shape)),
-                            ("overlap (at the virtual spot)", ov)):
-            res["methods"].append(_row(label, section_metrics(np.asarray(pred), t)[0]))
-        # cross-validation: its own genes and normalisation, all real spots (metrics.json) ...
-        cvs = cv_sections.get(name)
-        if cvs is not None:
-            for m in ("asign", "asign_propagation", "known_mean", "overlap"):
-                if m in cvs["methods"]:
-                    res["methods"].append(_row(f"CV {m} (all real spots)", cvs["methods"][m]))
-        # ... and on the matched real spots only
-        cv_rows = np.flatnonzero(cv_pred.obs["section"].to_numpy() == name)
-        ids = cv_pred.obs["spot_id"].to_numpy()[cv_rows]
-        pos = {s: i for i, s in enumerate(ids)}
-        sel = [pos[s] for s in real.spot_ids[ok] if s in pos]
-        if sel:
-            sub = cv_pred[cv_rows[sel]]
-            res["methods"].append(_row("CV asign (matched real spots)", section_metrics(
-                np.asarray(sub.X), np.asarray(sub.layers["truth"]))[0]))
-            # the two runs' predictions, on the shared genes, for the same real spot
-            gi = [list(genes).index(g) for g in common]
-            ci = [list(cv_pred.var_names).index(g) for g in common]
-            a = vol.X[pick][[i for i, s in enumerate(real.spot_ids[ok]) if s in pos]][:, gi]
-            b = np.asarray(sub.X)[:, ci]
-            res["agreement_pcc_gene"] = round(float(np.nanmean(
-                [np.corrcoef(a[:, g], b[:, g])[0, 1] for g in range(len(ci))
-                 if a[:, g].std() > 0 and b[:, g].std() > 0])), 4)
+        res = _score_section(args, name, names.index(name), vol, reg, genes, lat, radius,
+                             known_xy, known_y, cv_pred, cv_sections.get(name), common)
         report["sections"].append(res)
-        lines.append(f"{name}: {res['matched']}/{res['real_spots']} real spots matched "
-                     f"(median offset {res['median_offset_px']} px)"
-                     + (f"; impute vs CV prediction, pcc_gene over shared genes "
-                        f"{res['agreement_pcc_gene']}" if "agreement_pcc_gene" in res else ""))
-        w = max(len(r["method"]) for r in res["methods"])
-        lines.append(f"  {'method':<{w}}  " + "  ".join(f"{m:>8}" for m in METRICS))
-        for r in res["methods"]:
-            lines.append(f"  {r['method']:<{w}}  " + "  ".join(
-                f"{'-' if r[m] is None else format(r[m], '.4f'):>8}" for m in METRICS))
-        lines.append("")
-    means = {}
-    for r in report["sections"]:
-        for m in r["methods"]:
-            means.setdefault(m["method"], []).append([np.nan if m[k] is None else m[k]
-                                                      for k in METRICS])
-    with warnings.catch_warnings():           # known_mean has no pcc_gene (constant)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        report["mean"] = {k: dict(zip(METRICS, np.round(np.nanmean(v, 0), 4).tolist()))
-                          for k, v in means.items()}
-    w = max(map(len, means))
-    lines.append("mean over sections")
-    lines.append(f"  {'method':<{w}}  " + "  ".join(f"{m:>8}" for m in METRICS))
-    for k, v in report["mean"].items():
-        lines.append(f"  {k:<{w}}  " + "  ".join(
-            f"{'-' if not np.isfinite(v[m]) else format(v[m], '.4f'):>8}" for m in METRICS))
+        lines += _section_lines(res)
+    report["mean"] = _means(report["sections"])
+    lines += _mean_lines(report["mean"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "virtual_grid_check.json", report)
     atomic.write_text(out / "virtual_grid_check.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten: {out / 'virtual_grid_check.json'}, {out / 'virtual_grid_check.txt'}")
+
+
+def _score_section(args, name: str, layer: int, vol, reg, genes, lat: dict, radius: float,
+                   known_xy, known_y, cv_pred, cvs, common: list) -> dict:
+    """One image-only section: its real spots matched to the nearest virtual spot (within
+    half a pitch) in the block frame, the imputation and the references scored there, and the
+    CV run's numbers (all real spots, and the matched ones) beside them."""
+    real = her2st.read_section(args.data, name).subset_genes(genes)
+    truth = normalize(real.counts, "asign")
+    real_ref = apply_affine(reg.affines[layer], real.pixel_xy)
+    rows = np.flatnonzero(vol.obs["section"].to_numpy() == name)
+    d, j = cKDTree(vol.obsm["spatial_3d"][rows, :2]).query(real_ref)
+    ok = d <= lat["pitch_px"] / 2
+    pick = rows[j[ok]]
+    t = truth[ok]
+    res = {"section": name, "real_spots": real.n_spots, "matched": int(ok.sum()),
+           "median_offset_px": round(float(np.median(d[ok])), 1), "methods": []}
+    ov, _ = overlap(known_xy, known_y, vol.obsm["spatial_3d"][pick, :2], radius)
+    for label, pred in (("impute ASIGN (virtual spot)", vol.X[pick]),
+                        ("impute network half p_s", vol.layers["network"][pick]),
+                        ("impute propagation half p_i", vol.layers["propagation"][pick]),
+                        ("known_mean", np.broadcast_to(known_y.mean(0), t.shape)),
+                        ("overlap (at the virtual spot)", ov)):
+        res["methods"].append(_row(label, section_metrics(np.asarray(pred), t)[0]))
+    # cross-validation: its own genes and normalisation, all real spots (metrics.json) ...
+    if cvs is not None:
+        for m in ("asign", "asign_propagation", "known_mean", "overlap"):
+            if m in cvs["methods"]:
+                res["methods"].append(_row(f"CV {m} (all real spots)", cvs["methods"][m]))
+    # ... and on the matched real spots only
+    cv_rows = np.flatnonzero(cv_pred.obs["section"].to_numpy() == name)
+    ids = cv_pred.obs["spot_id"].to_numpy()[cv_rows]
+    pos = {s: i for i, s in enumerate(ids)}
+    sel = [pos[s] for s in real.spot_ids[ok] if s in pos]
+    if sel:
+        sub = cv_pred[cv_rows[sel]]
+        res["methods"].append(_row("CV asign (matched real spots)", section_metrics(
+            np.asarray(sub.X), np.asarray(sub.layers["truth"]))[0]))
+        # the two runs' predictions, on the shared genes, for the same real spot
+        gi = [list(genes).index(g) for g in common]
+        ci = [list(cv_pred.var_names).index(g) for g in common]
+        a = vol.X[pick][[i for i, s in enumerate(real.spot_ids[ok]) if s in pos]][:, gi]
+        b = np.asarray(sub.X)[:, ci]
+        res["agreement_pcc_gene"] = round(float(np.nanmean(
+            [np.corrcoef(a[:, g], b[:, g])[0, 1] for g in range(len(ci))
+             if a[:, g].std() > 0 and b[:, g].std() > 0])), 4)
+    return res
+
+
+def _section_lines(res: dict) -> list:
+    """The printed block of one section: matches, then one line per method."""
+    lines = [f"{res['section']}: {res['matched']}/{res['real_spots']} real spots matched "
+             f"(median offset {res['median_offset_px']} px)"
+             + (f"; impute vs CV prediction, pcc_gene over shared genes "
+                f"{res['agreement_pcc_gene']}" if "agreement_pcc_gene" in res else "")]
+    w = max(len(r["method"]) for r in res["methods"])
+    lines.append(f"  {'method':<{w}}  " + "  ".join(f"{m:>8}" for m in METRICS))
+    for r in res["methods"]:
+        lines.append(f"  {r['method']:<{w}}  " + "  ".join(
+            f"{'-' if r[m] is None else format(r[m], '.4f'):>8}" for m in METRICS))
+    return lines + [""]
+
+
+def _means(sections: list) -> dict:
+    """{method: {metric: mean over the sections}} (NaN where a metric is undefined)."""
+    means = {}
+    for r in sections:
+        for m in r["methods"]:
+            means.setdefault(m["method"], []).append([np.nan if m[k] is None else m[k]
+                                                      for k in METRICS])
+    with warnings.catch_warnings():           # known_mean has no pcc_gene (constant)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: dict(zip(METRICS, np.round(np.nanmean(v, 0), 4).tolist()))
+                for k, v in means.items()}
+
+
+def _mean_lines(mean: dict) -> list:
+    w = max(map(len, mean))
+    lines = ["mean over sections", f"  {'method':<{w}}  " + "  ".join(f"{m:>8}" for m in METRICS)]
+    for k, v in mean.items():
+        lines.append(f"  {k:<{w}}  " + "  ".join(
+            f"{'-' if not np.isfinite(v[m]) else format(v[m], '.4f'):>8}" for m in METRICS))
+    return lines
 
 
 if __name__ == "__main__":
