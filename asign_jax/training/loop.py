@@ -177,13 +177,13 @@ def train_fold(config, model, loss_fn: Callable, pool, fold_index: int, ckpt_dir
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     step_fn = make_train_step(model, loss_fn, config, mesh=mesh)
-    log = _StepLog(log_path, fold_index, make_schedule(tc), int(tc.log_every), total, mngr,
-                   ckpt_dir)
     keep = None if validate is None else _Keeper(validate, log_path, fold_index, ckpt_dir,
                                                  str(tc.select), total, start)
     val_every = int(tc.val_every)
     bar = tqdm(total=total, initial=start, desc=f"fold {fold_index}", disable=not progress,
                dynamic_ncols=True)
+    log = _StepLog(log_path, fold_index, make_schedule(tc), int(tc.log_every), total, mngr,
+                   ckpt_dir)                  # its clock starts with the steps, as before
     try:
         for step in range(start, total):
             batch = pool.take(pool.step_indices(step, int(tc.samples_per_step)))
