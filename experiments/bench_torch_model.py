@@ -52,26 +52,34 @@ def _ln(x, p):
     return F.layer_norm(x, x.shape[-1:], p["scale"], p["bias"], LN_EPS)
 
 
-def _mha(p, query, kv, idx, heads, drop, train):
-    v = _dg_in(kv, p["value"])
-    v = v if idx is None else v[idx]
+def _mha(p, query, sources, heads, drop, train):
+    """``MultiHeadAttention`` over the keys of ``sources`` ((tokens (M_i, L_i, D), index or
+    None), ...): each projected on its M_i sets, then gathered per node."""
+    per_node = lambda name: [_dg_in(kv, p[name]) if idx is None else _dg_in(kv, p[name])[idx]
+                             for kv, idx in sources]
+    v = per_node("value")
     n, lq = query.shape[:2]
-    if kv.shape[1] == 1:
-        w = torch.ones(n, heads, lq, 1, dtype=v.dtype)
+    if sum(kv.shape[1] for kv, _ in sources) == 1:
+        w = torch.ones(n, heads, lq, 1, dtype=v[0].dtype)
     else:
         q = _dg_in(query, p["query"])
-        k = _dg_in(kv, p["key"])
-        k = k if idx is None else k[idx]
-        w = torch.softmax(torch.einsum("nqhd,nkhd->nhqk", q, k) / q.shape[-1] ** 0.5, -1)
+        logits = torch.cat([torch.einsum("nqhd,nkhd->nhqk", q, k) for k in per_node("key")], -1)
+        w = torch.softmax(logits / q.shape[-1] ** 0.5, -1)
     w = F.dropout(w, drop, train)
-    return _dg_out(torch.einsum("nhqk,nkhd->nqhd", w, v), p["out"])
+    out, start = 0.0, 0
+    for v_i in v:
+        out = out + torch.einsum("nhqk,nkhd->nqhd", w[..., start:start + v_i.shape[1]], v_i)
+        start += v_i.shape[1]
+    return _dg_out(out, p["out"])
 
 
-def _transformer(p, x, heads, drop, train):
+def _transformer(p, x, context, heads, drop, train):
     """The node token's output (N, 1, H) only, as ``TransformerLayer(outputs=1)``: the context
-    tokens are keys/values; the same saving as the JAX model's (fair effort)."""
+    tokens ((rows (M_c, H), index), ...) are keys/values, normalised and projected on their
+    M_c rows before the gather; the same savings as the JAX model's (fair effort)."""
     y = _ln(x, p["ln_attn"])
-    x = x[:, :1] + F.dropout(_mha(p["attn"], y[:, :1], y, None, heads, drop, train), drop, train)
+    sources = [(y, None)] + [(_ln(rows, p["ln_attn"])[:, None], idx) for rows, idx in context]
+    x = x[:, :1] + F.dropout(_mha(p["attn"], y[:, :1], sources, heads, drop, train), drop, train)
     y = _dense(F.gelu(_dense(_ln(x, p["ln_mlp"]), p["mlp_in"]), approximate="tanh"), p["mlp_out"])
     return x + F.dropout(y, drop, train)
 
@@ -112,8 +120,8 @@ def _take(tree, i):
 
 
 def _block(p, h, ctx, g, c, train):
-    if ctx.shape[1]:
-        ctx = ctx + p["context_embedding"]
+    """``SpatialGraphBlock``; ctx: ((rows (M_c, H), index (N,)), ...), the context tokens."""
+    ctx = [(rows + p["context_embedding"][i], idx) for i, (rows, idx) in enumerate(ctx)]
     outs = []
     for layer in range(c.gat_layers):
         pl = _take(p["layers"], layer)
@@ -121,8 +129,7 @@ def _block(p, h, ctx, g, c, train):
             with part("GAT other"):
                 h = _gat(pl["gat"], h, g, c.heads, c.dropout, train)
         with part("node transformer"):
-            tokens = torch.cat([h[:, None], ctx], 1)
-            h = _transformer(pl["transformer"], tokens, c.heads, c.dropout, train)[:, 0]
+            h = _transformer(pl["transformer"], h[:, None], ctx, c.heads, c.dropout, train)[:, 0]
         outs.append(h)
     return torch.einsum("l,lnh->nh", torch.softmax(p["layer_weights"], 0), torch.stack(outs))
 
@@ -161,17 +168,17 @@ def torch_forward(p, tg, c, train):
     ridx, gidx = tg["spot"]["region_idx"], tg["spot"]["global_idx"]
     if c.use_cross_attention:
         with part("cross-attention"):
-            f_r = _mha(p["cross_attn_region"], f_s[:, None], tg["region"]["tokens"], ridx,
+            f_r = _mha(p["cross_attn_region"], f_s[:, None], [(tg["region"]["tokens"], ridx)],
                        c.heads, d, train)[:, 0]
-            f_g = _mha(p["cross_attn_global"], f_s[:, None], tg["global"]["tokens"], gidx,
+            f_g = _mha(p["cross_attn_global"], f_s[:, None], [(tg["global"]["tokens"], gidx)],
                        c.heads, d, train)[:, 0]
         with part("encoder dense"):
             fused = _dense(torch.cat([f_s, f_r, f_g], -1), p["fusion"])
     else:
         fused = f_s
-    spot_ctx = torch.stack([r_feat[ridx], g_feat[gidx]], 1)
-    region_ctx = g_feat[tg["region"]["global_idx"]][:, None]
-    glob_ctx = g_feat.new_zeros(g_feat.shape[0], 0, g_feat.shape[1])
+    spot_ctx = [(r_feat, ridx), (g_feat, gidx)]
+    region_ctx = [(g_feat, tg["region"]["global_idx"])]
+    glob_ctx = []
     h_s = _block(p["spot_block"], drop(fused), spot_ctx, tg["spot"]["graph"], c, train)
     h_r = _block(p["region_block"], drop(r_feat), region_ctx, tg["region"]["graph"], c, train)
     h_g = _block(p["global_block"], drop(g_feat), glob_ctx, tg["global"]["graph"], c, train)

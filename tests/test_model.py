@@ -334,6 +334,55 @@ def test_transformer_first_token_only_equals_the_full_layer(length):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("outputs", [None, 1])
+def test_transformer_context_rows_equal_appended_tokens(outputs):
+    """``TransformerLayer(context=((rows, index), ...))`` (the rewritten kernel: LayerNorm and
+    K/V projections on the M_c distinct context rows, then gathered) against the reference:
+    the same layer on tokens with the gathered rows appended. Outputs and gradients w.r.t. the
+    parameters, the node tokens and the rows (which collect the gathered copies' gradients)."""
+    rng = np.random.default_rng(12)
+    n, hidden = 7, 16
+    node = jnp.asarray(rng.normal(size=(n, 1, hidden)).astype(np.float32))
+    rows = [jnp.asarray(rng.normal(size=(m, hidden)).astype(np.float32)) for m in (3, 2)]
+    index = [jnp.asarray(rng.integers(0, m, n).astype(np.int32)) for m in (3, 2)]
+    layer = TransformerLayer(hidden, 2, outputs=outputs)
+    appended = lambda x, r: jnp.concatenate([x] + [r_i[i][:, None] for r_i, i in zip(r, index)],
+                                            axis=1)                       # (N, 3, H)
+    params = layer.init(jax.random.key(0), appended(node, rows), train=False)
+    assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), node, train=False,
+                                              context=tuple(zip(rows, index)))) == \
+        jax.tree.map(jnp.shape, params)
+
+    def ref(p, x, r):
+        return layer.apply(p, appended(x, r), train=False)[:, 0]
+
+    def new(p, x, r):
+        return layer.apply(p, x, train=False, context=tuple(zip(r, index)))[:, 0]
+    np.testing.assert_allclose(new(params, node, rows), ref(params, node, rows),
+                               rtol=1e-5, atol=1e-6)
+    loss = lambda f: lambda p, x, r: jnp.sum(jnp.sin(3.0 * f(p, x, r)))
+    g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(params, node, rows)
+    g_new = jax.grad(loss(new), argnums=(0, 1, 2))(params, node, rows)
+    assert float(jnp.max(jnp.abs(g_ref[2][0]))) > 1e-3      # the rows do get gradient
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_sources_equal_pregathered_keys():
+    """``MultiHeadAttention`` over two sources (per-node tokens and gathered tile tokens)
+    equals attending over the concatenated, pre-gathered token sets."""
+    rng = np.random.default_rng(13)
+    mha = MultiHeadAttention(hidden=16, heads=2)
+    q = jnp.asarray(rng.normal(size=(4, 1, 16)).astype(np.float32))
+    own = jnp.asarray(rng.normal(size=(4, 2, 16)).astype(np.float32))
+    tiles = jnp.asarray(rng.normal(size=(3, 5, 16)).astype(np.float32))
+    idx = jnp.asarray([2, 0, 2, 1], jnp.int32)
+    joined = jnp.concatenate([own, tiles[idx]], axis=1)                  # (4, 7, 16)
+    params = mha.init(jax.random.key(0), q, joined, train=False)
+    np.testing.assert_allclose(mha.apply(params, q, ((own, None), (tiles, idx)), train=False),
+                               mha.apply(params, q, joined, train=False), rtol=1e-5, atol=1e-6)
+
+
 def test_gat_layer_matches_hand_computation():
     rng = np.random.default_rng(6)
     n, hidden, heads = 5, 8, 2

@@ -43,8 +43,9 @@ from asign_jax.models.gat import GATLayer
 class _GraphLayer(nn.Module):
     """One layer of ``SpatialGraphBlock``: GAT (optional) then the per-node transformer.
 
-    (h (N, H), context (N, C, H), graph arrays, train) -> (h_l, h_l): the scan carry and the
-    per-layer output. ``train`` is positional because ``nn.scan`` broadcasts it.
+    (h (N, H), context ((rows (M_c, H), index (N,)), ...), graph arrays, train) -> (h_l, h_l):
+    the scan carry and the per-layer output. ``train`` is positional because ``nn.scan``
+    broadcasts it.
     """
 
     hidden: int
@@ -60,10 +61,11 @@ class _GraphLayer(nn.Module):
             h = GATLayer(self.hidden, self.heads, self.dropout, name="gat")(
                 h, senders, receivers, edge_weight, edge_type, edge_mask, train=train,
                 layout=layout)
-        tokens = jnp.concatenate([h[:, None, :], context], axis=1)         # (N, 1 + C, H)
-        # only the node token's output is kept: the context tokens are keys/values only
+        # tokens [h_n, rows_1[index_1[n]], ...]; only the node token's output is kept, the
+        # context tokens are keys / values only, projected on their distinct rows
         h = TransformerLayer(self.hidden, self.heads, self.mlp_ratio, self.dropout, outputs=1,
-                             name="transformer")(tokens, train=train)[:, 0]
+                             name="transformer")(h[:, None, :], train=train,
+                                                 context=context)[:, 0]
         return h, h
 
 
@@ -84,8 +86,10 @@ class SpatialGraphBlock(nn.Module):
     ``remat``: each layer's activations are recomputed in the backward pass
     (``nn.remat`` = jax.checkpoint) instead of stored: memory per node falls, time rises.
 
-    Shapes: h (N, H); context (N, C, H), C >= 0; graph arrays (E,) -> (N, H). A node's output
-    depends only on nodes within ``layers`` hops.
+    Shapes: h (N, H); context: C >= 0 pairs (rows (M_c, H), index (N,) int), node n's c-th
+    context token being rows[index[n]] (its region / global tile's feature: the LayerNorm and
+    K/V projections run on the M_c tiles, not on N gathered copies); graph arrays (E,) ->
+    (N, H). A node's output depends only on nodes within ``layers`` hops.
     """
 
     hidden: int
@@ -97,14 +101,15 @@ class SpatialGraphBlock(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, h: jnp.ndarray, context: jnp.ndarray, senders: jnp.ndarray,
+    def __call__(self, h: jnp.ndarray, context: tuple, senders: jnp.ndarray,
                  receivers: jnp.ndarray, edge_weight: jnp.ndarray, edge_type: jnp.ndarray,
                  edge_mask: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        n_ctx = context.shape[1]
+        n_ctx = len(context)
         if n_ctx:
             type_emb = self.param("context_embedding", nn.initializers.normal(0.02),
                                   (n_ctx, self.hidden))
-            context = context + type_emb
+            context = tuple((rows + type_emb[c], index)
+                            for c, (rows, index) in enumerate(context))
         # train (argument 9, self = 0) is a Python bool: static for the checkpoint
         layer = nn.remat(_GraphLayer, static_argnums=(9,), prevent_cse=False) if self.remat \
             else _GraphLayer
@@ -216,9 +221,11 @@ class ASIGN(nn.Module):
         block = lambda name: SpatialGraphBlock(hidden, c.heads, c.gat_layers,
                                                c.transformer_mlp_ratio, c.dropout, c.use_gat,
                                                bool(c.remat), name=name)
-        spot_ctx = jnp.stack([r_feat[ridx], g_feat[gidx]], axis=1)             # (N_s, 2, H)
-        region_ctx = g_feat[region.nodes["global_idx"]][:, None]               # (N_r, 1, H)
-        glob_ctx = jnp.zeros((g_feat.shape[0], 0, hidden), g_feat.dtype)       # (N_q, 0, H)
+        # context tokens as (tile rows, index per node): a spot's [region, global] features,
+        # a region node's global feature, none for a global node
+        spot_ctx = ((r_feat, ridx), (g_feat, gidx))
+        region_ctx = ((g_feat, region.nodes["global_idx"]),)
+        glob_ctx = ()
         cross = bool(c.cross_layer_edges)
         h_s = block("spot_block")(fused, spot_ctx, *_edges(spot, cross), train=train)
         h_r = block("region_block")(drop(r_feat, deterministic=not train), region_ctx,

@@ -22,6 +22,10 @@ class MultiHeadAttention(nn.Module):
     projections run on the M distinct token sets BEFORE the gather (many spots share one
     region tile), which is the same result as gathering first, for less compute.
     Without ``kv_index``, M == N and node n attends over ``key_value[n]``.
+    ``key_value`` may also be a tuple of SOURCES ``((tokens_i (M_i, L_i, Dkv), index_i),
+    ...)``, index_i (N,) or None (M_i == N): each source is projected on its own M_i sets and
+    gathered by its index, and node n attends over the keys of all sources in order
+    (Lk = sum L_i); one source is the form above.
 
     Softmax scale is 1/sqrt(head_dim) (paper eq. 2, per head). Dropout acts on the attention
     probabilities. With a single key (Lk = 1) the weights are 1 and the layer is out(value(kv)),
@@ -34,31 +38,44 @@ class MultiHeadAttention(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, query: jnp.ndarray, key_value: jnp.ndarray,
-                 kv_index: Optional[jnp.ndarray] = None, *, train: bool) -> jnp.ndarray:
+    def __call__(self, query: jnp.ndarray, key_value, kv_index: Optional[jnp.ndarray] = None,
+                 *, train: bool) -> jnp.ndarray:
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         head_dim = self.hidden // self.heads
         dense = lambda name: nn.DenseGeneral((self.heads, head_dim), name=name)
-        v = dense("value")(key_value)                     # (M, Lk, h, d)
-        if kv_index is not None:
-            v = v[kv_index]                               # (N, Lk, h, d): gather, no mixing
-        n, lq, lk = query.shape[0], query.shape[1], key_value.shape[1]
+        sources = (tuple(key_value) if isinstance(key_value, (tuple, list))
+                   else ((key_value, kv_index),))
+        v = _per_node(dense("value"), sources)            # [(N, L_i, h, d)]: gathered, no mixing
+        n, lq, lk = query.shape[0], query.shape[1], sum(t.shape[1] for t, _ in sources)
         if lk == 1:
             # softmax over one key is 1 whatever the query: no query/key projections, which
             # would get exactly zero gradient (the official cross-attention's failure mode)
-            weights = jnp.ones((n, self.heads, lq, 1), v.dtype)
+            weights = jnp.ones((n, self.heads, lq, 1), v[0].dtype)
         else:
             q = dense("query")(query)                     # (N, Lq, h, d)
-            k = dense("key")(key_value)
-            if kv_index is not None:
-                k = k[kv_index]
-            logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+            k = _per_node(dense("key"), sources)
+            logits = jnp.concatenate([jnp.einsum("nqhd,nkhd->nhqk", q, k_i) for k_i in k], -1)
+            logits = logits / jnp.sqrt(head_dim).astype(q.dtype)
             weights = nn.softmax(logits, axis=-1)         # (N, h, Lq, Lk)
         self.sow("intermediates", "attention_weights", weights)
         weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+        out, start = 0.0, 0
+        for v_i in v:                                     # sum over the sources' keys
+            stop = start + v_i.shape[1]
+            out = out + jnp.einsum("nhqk,nkhd->nqhd", weights[..., start:stop], v_i)
+            start = stop
         return nn.DenseGeneral(self.hidden, axis=(-2, -1), name="out")(out)
+
+
+def _per_node(project: nn.Module, sources: tuple) -> list:
+    """[(N, L_i, h, d)]: ``project`` (one module, shared) on each source's M_i token sets, then
+    gathered per node by the source's index (none: already per node)."""
+    out = []
+    for tokens, index in sources:
+        p = project(tokens)                               # (M_i, L_i, h, d)
+        out.append(p if index is None else p[index])
+    return out
 
 
 class TransformerLayer(nn.Module):
@@ -75,6 +92,12 @@ class TransformerLayer(nn.Module):
     for the smaller shape). MSAGNet keeps only the node token of each layer, so the queries,
     the attention output, the residuals and the MLP run on 1 of the L tokens: about half the
     layer's matmul FLOPs at L = 3 (docs/performance.md).
+
+    ``context`` (optional): ``((rows (M_c, hidden), index (N,)), ...)``, one more key/value
+    token per entry for each node n, ``rows[index[n]]``, after the L tokens. The same as
+    appending the gathered rows to ``tokens``, but the LayerNorm and the K/V projections run
+    on the M_c distinct rows (a spot's region and global context are its tiles' features, and
+    many spots share a tile).
     """
 
     hidden: int
@@ -84,12 +107,15 @@ class TransformerLayer(nn.Module):
     outputs: Optional[int] = None
 
     @nn.compact
-    def __call__(self, tokens: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    def __call__(self, tokens: jnp.ndarray, *, train: bool, context: tuple = ()) -> jnp.ndarray:
         drop = nn.Dropout(self.dropout)
-        y = nn.LayerNorm(name="ln_attn")(tokens)
+        ln = nn.LayerNorm(name="ln_attn")
+        y = ln(tokens)
         n_out = tokens.shape[1] if self.outputs is None else self.outputs
+        # context tokens: LayerNorm and K/V projections on the M_c distinct rows, then gathered
+        sources = ((y, None),) + tuple((ln(rows)[:, None], index) for rows, index in context)
         y = MultiHeadAttention(self.hidden, self.heads, self.dropout, name="attn")(
-            y[:, :n_out], y, train=train)
+            y[:, :n_out], sources, train=train)
         x = tokens[:, :n_out] + drop(y, deterministic=not train)
         y = nn.LayerNorm(name="ln_mlp")(x)
         y = nn.Dense(self.mlp_ratio * self.hidden, name="mlp_in")(y)
