@@ -67,6 +67,7 @@ from asign_jax.graph.padding import budget_for, pad_sample  # noqa: E402
 from asign_jax.models import cli  # noqa: E402
 from asign_jax.models.asign import ASIGN  # noqa: E402
 from asign_jax.models.losses import asign_loss  # noqa: E402
+from asign_jax.training.sharding import compiler_options  # noqa: E402
 from bench_torch_model import (to_torch_sample, torch_forward, torch_loss,  # noqa: E402
                                torch_propagate)
 from bench_torch_report import roof_table, table  # noqa: E402
@@ -129,12 +130,14 @@ def build(spots: int, a) -> dict:
 
     tx = optax.sgd(1e-4, momentum=0.9)
 
-    # the params and optimiser state are donated: the update is written in place
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def jax_step(p, opt, key):
+    def step(p, opt, key):
         loss, g = jax.value_and_grad(loss_fn)(p, key, True)
         upd, opt = tx.update(g, opt, p)
         return optax.apply_updates(p, upd), opt, loss
+
+    # donated, so the update is written in place; the project's train step options
+    # (training.sharding.compiler_options)
+    jax_step = jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options())
 
     tp = jax.tree.map(lambda x: torch.tensor(np.asarray(x, np.float32)).to(dev, tdt)
                       .requires_grad_(True), params["params"])
@@ -148,7 +151,7 @@ def build(spots: int, a) -> dict:
 
     key = jax.random.key(1)
     state = [params, tx.init(params)]
-    mm_flops = roofline.matmul_flops(jax_step, state[0], state[1], key)
+    mm_flops = roofline.matmul_flops(step, state[0], state[1], key)
     compiled = jax_step.lower(state[0], state[1], key).compile()
     t0 = time.perf_counter()
     state[:] = jax_step(state[0], state[1], key)[:2]
@@ -189,7 +192,7 @@ def _cli_pair(spot, known, tg: dict, c, a, jdt, dev: str, tdt):
     s, r, w = spot.senders, spot.receivers, spot.edges["weight"]
     em, nm = edge_mask(spot), node_mask(spot)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def jax_cli(p, al, s, r, w, em, nm):
         def f(p, al):
             out, _ = cli.propagate(p, spot.nodes["label"], jnp.asarray(known), s, r, w, al, em,

@@ -96,7 +96,7 @@ def _jitted_train_step(model, loss_fn, loss_cfg, known_fraction, known_mode, mes
     step = functools.partial(train_step, model=model, loss_fn=loss_fn, loss_cfg=loss_cfg,
                              known_fraction=known_fraction, known_mode=known_mode)
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return jax.jit(step, donate_argnums=0, compiler_options=sharding.compiler_options())
     return sharding.shard_train_step(step, mesh)
 
 
@@ -112,7 +112,8 @@ def make_train_step(model, loss_fn: Callable, config, *, mesh=None) -> Callable:
 @functools.lru_cache(maxsize=None)
 def make_eval_fn(model) -> Callable:
     """Jitted ``(params, sample) -> output dict`` of ``eval_step`` (one per model configuration)."""
-    return jax.jit(functools.partial(eval_step, model=model))
+    return jax.jit(functools.partial(eval_step, model=model),
+                   compiler_options=sharding.compiler_options())
 
 
 def forget_compiled() -> None:
