@@ -15,7 +15,8 @@ this script builds one size's steps and times them (``build``, ``run_size``).
 Before timing, the eval-mode (no dropout) losses of the two models and the two CLI outputs are
 compared (``equal`` in the table). Timings are INTERLEAVED (JAX, PyTorch, JAX, ...) so that
 machine load hits both alike; each is the median of ``--steps`` after a warm-up (JAX's compile
-is reported separately). Each size runs in its own process (peak RSS per size, large sizes one
+is reported separately), and each timed step follows ``--warm`` untimed steps of the same
+framework (``interleaved``). Each size runs in its own process (peak RSS per size, large sizes one
 at a time). Device-agnostic: JAX's default device, PyTorch on CUDA when available.
 
 Beside the ratio it prints a roofline: the step's matmul FLOPs (the JAX jaxpr's, layers and
@@ -86,11 +87,18 @@ def make_sample(spots: int, a):
     return spot, region, glob, known
 
 
-def interleaved(fns: dict, steps: int) -> dict:
-    """Median seconds of each zero-argument function, called in turn ``steps`` times."""
+def interleaved(fns: dict, steps: int, warm: int = 1) -> dict:
+    """Median seconds of each zero-argument function, called in turn ``steps`` times.
+
+    Each timed call follows ``warm`` untimed calls of the same function: at 15k spots the
+    first JAX step after PyTorch steps ran 1.2-1.5x slower than the next one (same page-fault
+    count; cause not found; docs/performance.md), so a plain alternation timed a switch cost
+    rather than the step."""
     times = {k: [] for k in fns}
     for _ in range(steps):
         for k, f in fns.items():
+            for _ in range(warm):
+                f()
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
@@ -253,8 +261,8 @@ def run_size(spots: int, a) -> dict:
         compiled_row = {"torch_compile_s": round(comp_s, 1), "torch_compile_error": err}
         if t_comp is not None:
             steps["torchc_step"] = t_comp
-    med = interleaved(steps, a.steps)
-    med.update(interleaved({"jax_cli": b["j_cli"], "torch_cli": b["t_cli"]}, a.steps))
+    med = interleaved(steps, a.steps, a.warm)
+    med.update(interleaved({"jax_cli": b["j_cli"], "torch_cli": b["t_cli"]}, a.steps, a.warm))
     peak = roofline.machine_peak()
     cost = roofline.step_cost(b["compiled"])
     roof = {}
@@ -285,6 +293,7 @@ FLAGS = dict(
     tokens=(16, "Tokens T."), genes=(250, "Genes G."),
     hidden=(256, "model.asign.hidden."), heads=(4, "model.asign.heads."),
     steps=(5, "Timed steps (median) after a warm-up."),
+    warm=(1, "Untimed steps of the same framework before each timed one (interleaved)."),
     dtype=("float32", "Compute dtype.", ("float32", "bfloat16")),
     torch_compile=(0, "1: also time the torch.compile'd PyTorch step (inductor)."),
     one=(0, "(internal) run one size in this process and print its row."))

@@ -54,12 +54,26 @@ def test_bench_scale_trains_tiles_and_imputes_a_tiny_block(monkeypatch):
 def test_bench_torch_row_has_equal_losses_at_a_tiny_size():
     pytest.importorskip("torch", reason="torch is optional (pip install torch==2.13.0)")
     import bench_torch
-    a = _args(sections=2, din=16, tokens=2, genes=8, hidden=16, heads=2, steps=1,
+    a = _args(sections=2, din=16, tokens=2, genes=8, hidden=16, heads=2, steps=1, warm=1,
               dtype="float32")
     row = bench_torch.run_size(100, a)
     assert row["equal_loss"] and row["cli_equal"], row
     assert np.isclose(row["loss_jax"], row["loss_torch"], rtol=1e-3)
     assert row["jax_step_ms"] > 0 and row["torch_step_ms"] > 0
+
+
+def test_bench_torch_times_each_step_after_an_untimed_one_of_the_same_framework():
+    """The interleaving warms each framework up again after the other's steps (first step
+    after a framework switch is not timed)."""
+    import bench_torch
+    calls = []
+    med = bench_torch.interleaved({"j": lambda: calls.append("j"),
+                                   "t": lambda: calls.append("t")}, 2, warm=1)
+    assert calls == ["j", "j", "t", "t"] * 2 and set(med) == {"j", "t"}
+    calls.clear()
+    bench_torch.interleaved({"j": lambda: calls.append("j"), "t": lambda: calls.append("t")}, 2,
+                            warm=0)
+    assert calls == ["j", "t"] * 2
 
 
 def test_graph_choice_scores_validation_rows_only():
