@@ -7,15 +7,27 @@
 * fixtures: ``test_config`` (``configs/test.py``), ``her2st_root`` (the real data, or a skip
   with a clear message when ../shared is absent).
 
+XLA's persistent compilation cache is on for the test session (``JAX_COMPILATION_CACHE_DIR``,
+set here before jax is imported, so subprocesses and both xdist workers share it): many tests
+compile the same tiny models and steps, and a cache hit skips only XLA's compilation (tracing,
+and so every "compiles once" check, is unchanged). A directory the caller set is kept.
+
 Slow tests (whole pipelines, subprocesses) carry ``@pytest.mark.slow``: ``pytest -m "not
 slow"`` is the fast subset; ``.ci/run`` runs everything.
 """
 
+import getpass
 import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"asign-jax-tests-xla-cache-{getpass.getuser()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 ROOT = Path(__file__).resolve().parents[1]
 HER2ST = (ROOT / ".." / "shared" / "data" / "her2st").resolve()
