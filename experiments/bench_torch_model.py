@@ -238,9 +238,11 @@ def _torch_loss(out, tg, lc):
 def to_torch_sample(spot, region, glob, known, dev, dtype):
     def conv(g, extra=None):
         nm, em = np.asarray(node_mask(g)), np.asarray(edge_mask(g))
-        t = lambda a: torch.from_numpy(np.array(a)).to(dev)
-        d = {k: (t(v).to(dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else t(v))
-             for k, v in g.nodes.items()}
+        # bfloat16 arrays (ml_dtypes) are floats numpy does not call np.floating and torch
+        # cannot read: every float crosses as float32 and is cast on the torch side
+        is_float = lambda a: np.asarray(a).dtype.kind == "f" or np.asarray(a).dtype.name == "bfloat16"
+        t = lambda a: torch.from_numpy(np.asarray(a, np.float32) if is_float(a) else np.array(a)).to(dev)
+        d = {k: (t(v).to(dtype) if is_float(v) else t(v)) for k, v in g.nodes.items()}
         d["node_mask"], d["graph"] = t(nm), (
             t(g.senders.astype(np.int64)), t(g.receivers.astype(np.int64)),
             t(g.edges["weight"]).to(dtype), t(g.edges["type"].astype(np.int64)), t(em))

@@ -76,6 +76,26 @@ def test_bench_torch_times_each_step_after_an_untimed_one_of_the_same_framework(
     assert calls == ["j", "t"] * 2
 
 
+def test_bench_torch_sample_crosses_to_torch_in_bfloat16():
+    """``--dtype bfloat16``: the bfloat16 sample (ml_dtypes floats, which numpy does not call
+    np.floating and torch cannot read) reaches the PyTorch port as the same bfloat16 values."""
+    torch = pytest.importorskip("torch", reason="torch is optional (pip install torch==2.13.0)")
+    import jax
+    import ml_dtypes
+    import bench_torch
+    import bench_torch_model
+    spot, region, glob, known = bench_torch.make_sample(40, _args(sections=2, din=8, tokens=2,
+                                                                   genes=4))
+    bf = lambda g: jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16)
+                                if np.asarray(x).dtype.kind == "f" else x, g)
+    spot, region, glob = bf(spot), bf(region), bf(glob)
+    tg = bench_torch_model.to_torch_sample(spot, region, glob, known, "cpu", torch.bfloat16)
+    feat = tg["spot"]["feat"]
+    assert feat.dtype == torch.bfloat16 and tg["spot"]["graph"][2].dtype == torch.bfloat16
+    np.testing.assert_array_equal(feat.float().numpy(), np.asarray(spot.nodes["feat"], np.float32))
+    assert tg["spot"]["graph"][0].dtype == torch.int64
+
+
 def test_graph_choice_scores_validation_rows_only():
     """experiments/graph_choice.py's scorer: the parameter-free propagation and the references
     on the validation blocks (cut view), per section; poisoned test layers change nothing."""
