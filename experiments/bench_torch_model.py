@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
+import jax.numpy as jnp
 import numpy as np
 
 try:
@@ -55,8 +56,12 @@ def _ln(x, p):
 def _mha(p, query, sources, heads, drop, train):
     """``MultiHeadAttention`` over the keys of ``sources`` ((tokens (M_i, L_i, D), index or
     None), ...): each projected on its M_i sets, then gathered per node."""
-    per_node = lambda name: [_dg_in(kv, p[name]) if idx is None else _dg_in(kv, p[name])[idx]
-                             for kv, idx in sources]
+    def per_node(name):                       # as attention._per_node: project, then gather
+        out = []
+        for kv, idx in sources:
+            y = _dg_in(kv, p[name])
+            out.append(y if idx is None else y[idx])
+        return out
     v = per_node("value")
     n, lq = query.shape[:2]
     if sum(kv.shape[1] for kv, _ in sources) == 1:
@@ -238,10 +243,11 @@ def _torch_loss(out, tg, lc):
 def to_torch_sample(spot, region, glob, known, dev, dtype):
     def conv(g, extra=None):
         nm, em = np.asarray(node_mask(g)), np.asarray(edge_mask(g))
-        # bfloat16 arrays (ml_dtypes) are floats numpy does not call np.floating and torch
+        # bfloat16 arrays (ml_dtypes) are floats that np.floating does not include and torch
         # cannot read: every float crosses as float32 and is cast on the torch side
-        is_float = lambda a: np.asarray(a).dtype.kind == "f" or np.asarray(a).dtype.name == "bfloat16"
-        t = lambda a: torch.from_numpy(np.asarray(a, np.float32) if is_float(a) else np.array(a)).to(dev)
+        is_float = lambda a: jnp.issubdtype(np.asarray(a).dtype, jnp.floating)
+        t = lambda a: torch.from_numpy(np.asarray(a, np.float32) if is_float(a)
+                                       else np.array(a)).to(dev)
         d = {k: (t(v).to(dtype) if is_float(v) else t(v)) for k, v in g.nodes.items()}
         d["node_mask"], d["graph"] = t(nm), (
             t(g.senders.astype(np.int64)), t(g.receivers.astype(np.int64)),

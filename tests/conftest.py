@@ -16,7 +16,6 @@ Slow tests (whole pipelines, subprocesses) carry ``@pytest.mark.slow``: ``pytest
 slow"`` is the fast subset; ``.ci/run`` runs everything.
 """
 
-import getpass
 import importlib.util
 import os
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), f"asign-jax-tests-xla-cache-{getpass.getuser()}"))
+    tempfile.gettempdir(), f"asign-jax-tests-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 ROOT = Path(__file__).resolve().parents[1]
