@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
     f.histology_cell = 4         # working px per summed-area cell (windows snap to cells)
     f.histology_standardize = "section"  # section: z-score each descriptor over the section's
                                  # own rows of a scale (images only) | none: raw values
+    f.histology_context = ()     # window sides (px, full resolution) centred on every row:
+                                 # its descriptors there are appended (D = 64 * (1 + len)),
+                                 # e.g. (512, 1024): a spot is also described by its
+                                 # neighbourhood; () = the row's own window only
 
     # ---- registration --------------------------------------------------------------------
     c.registration = r = ml_collections.ConfigDict()
@@ -124,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
                                  # calibrated: candidates within cross_radius, IoU + calibrated sim
     g.cross_radius = 336.0       # px (registered frame), calibrated mode: candidate radius
     g.sim_weight = 1.0           # calibrated mode: weight = IoU + sim_weight * max(0, z-cosine)
+    g.similarity_dims = 0        # the edges' feature similarity reads the first this many
+                                 # feature columns (0 = all); 64 with features.histology_context:
+                                 # the row's own window, not the context blocks appended to it
     g.expand_min_sim = 0.0       # calibrated mode: > 0 adds the paper's similarity expansion,
                                  # other-layer nodes within cosine_radius whose z-cosine >= this
     g.cosine_all_max_nodes = 20000   # above this, cosine candidates are radius-limited
@@ -164,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
                                  # known_mean: at the known spots' mean (p_s enters by eq. 6 only)
     a.blend = "learned"          # eq. 6 alpha: learned (trained with the network, the paper) |
                                  # validation (per gene, least squares on the validation role)
+    a.blend_shrinkage = 1.0      # blend=validation: per-gene alphas shrunk toward the pooled
+                                 # one with this x the mean denominator as the prior's weight
+                                 # (models/cli.py fit_blend; large = one alpha for every gene)
     a.spot_offset = "none"       # none | known: p_s = mean label of the known spots + head(h)
     a.image_skip = False         # p_s += (feat - mean) W: a linear path from the spot's image
                                  # feature, W initialised at the training labels' ridge fit
@@ -233,6 +243,11 @@ def base_config() -> ml_collections.ConfigDict:
                                  # block and the rest of its section (reached across layers only)
     t.val_every = 50             # score the validation role every n steps (0 = only at the end)
     t.select = "last"            # checkpoint: last | pcc_gene | mse (best validation score)
+    t.val_blend_score = "in_sample"  # with model.asign.blend=validation, ASIGN's validation
+                                 # score is of the blend fit on the same spots (in_sample) | of
+                                 # each spot's blend fit on the other validation groups' spots
+                                 # (crossfit: global tiles, leave-one-group-out up to 6 folds);
+                                 # the kept alpha is fit on all of them either way
     t.known_layer = 0            # index of the known layer of a held-out sample; negative
                                  # counts from the last layer (-1 = last), as in Python
     t.rotate_known_layer = False # evaluate every layer as the known one
@@ -339,6 +354,7 @@ CHOICES = {
     "train.feature_norm": ("sample", "none"),
     "train.optimizer": ("sgd", "adam"),
     "train.select": ("last", "pcc_gene", "mse"),
+    "train.val_blend_score": ("in_sample", "crossfit"),
     "model.asign.skip_fit": ("all", "held_out"),
     "graph.cross_mode": ("paper", "calibrated"),
     "model.asign.blend": ("learned", "validation"),

@@ -84,6 +84,11 @@ IGNORED = frozenset({
 })
 """Fields that never invalidate a stage (a fold's composition is compared instead)."""
 
+ADDED = {"features.histology_context": [], "graph.similarity_dims": 0,
+         "train.val_blend_score": "in_sample", "model.asign.blend_shrinkage": 1.0}
+"""Fields added after run folders were written, with the value that means "as before": a
+field at that value is not recorded or compared, so an older run folder stays valid."""
+
 PATH_FIELDS = ("data.root", "features.weights", "features.embeddings")
 
 FORMATS = {"prepare": 2, "register": 1, "graph": 1, "fold": 1, "reports": 1}
@@ -107,6 +112,11 @@ def model_field(name: str, allf: dict) -> bool:
     return parts[1] == block_name(str(allf["model.name"]))
 
 
+def _plain(v):
+    """A config value as its manifest records it (a tuple as a list)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
 def stage_fields(stage: str, config, fold=None) -> dict:
     """{dotted field: value} of the config fields ``stage`` depends on (``DEPENDS``).
 
@@ -123,7 +133,8 @@ def stage_fields(stage: str, config, fold=None) -> dict:
     if stage == "prepare" and allf["data.format"] == "synthetic":
         prefixes += ("synthetic.", "seed")
     out = {k: v for k, v in allf.items() if k not in IGNORED and model_field(k, allf)
-           and any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)}
+           and any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes)
+           and not (k in ADDED and _plain(v) == ADDED[k])}
     out[f"format.{kind(stage)}"] = FORMATS[kind(stage)]
     for k in PATH_FIELDS:
         if out.get(k):

@@ -516,3 +516,17 @@ def test_region_and_global_k_intra_reach_their_graphs():
     s = build._scale_settings(c.graph, c.data)
     assert (s["spot"][0], s["region"][0], s["global"][0]) == (c.graph.k_intra, 3, 5)
     assert s["region"][2] == c.data.region_size / 2 and s["global"][2] == c.data.global_size / 2
+
+
+def test_similarity_dims_reads_the_first_feature_columns():
+    """graph.similarity_dims = k: the edges are those of the first k feature columns (the
+    row's own histology window when context blocks follow); more than D is one clear error."""
+    from asign_jax.errors import ConfigError
+    cfg = base_config().graph
+    feats = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(build._similarity_feats(feats, cfg), feats)
+    cfg.similarity_dims = 4
+    np.testing.assert_array_equal(build._similarity_feats(feats, cfg), feats[:, :4])
+    cfg.similarity_dims = 7
+    with pytest.raises(ConfigError, match="graph.similarity_dims=7"):
+        build._similarity_feats(feats, cfg)

@@ -214,3 +214,42 @@ def test_a_whole_slide_read_lazily_gives_the_array_features(tmp_path, monkeypatc
     assert levels == {1}
     for k in a2:
         np.testing.assert_array_equal(a2[k], b2[k], err_msg=k)
+
+
+def test_context_windows_append_the_neighbourhood_to_every_row():
+    """features.histology_context: a row's own descriptors are unchanged, and the appended
+    block of a side-S context is the descriptor of the S-wide window centred on the row (here:
+    a spot centred on a region tile with S = the tile's side reads that tile's descriptors)."""
+    ch, ce, _ = _nuclei_fields(seed=6)
+    img = _render(ch, ce)
+    d = histology_cells.HISTOLOGY_DIM
+    xy, ro, go = _windows()
+    xy = np.concatenate([xy, [[64.0, 64.0], [192.0, 192.0]]])    # region tiles 0 and 3's centres
+    for mode in ("none", "section"):
+        c0, c = _cfg(histology_standardize=mode), _cfg(histology_standardize=mode,
+                                                       histology_context=(128, 256))
+        a = make_extractor(c0.features).describe("s", img, xy, ro, go, c0.data)
+        b = make_extractor(c.features).describe("s", img, xy, ro, go, c.data)
+        assert make_extractor(c.features).dim == 3 * d
+        for level in ("spot", "region", "global"):
+            fb, tb = b[f"{level}_feats"], b[f"{level}_tokens"]
+            assert fb.shape[1] == 3 * d and tb.shape[2] == 3 * d
+            np.testing.assert_array_equal(fb[:, :d], a[f"{level}_feats"])
+            np.testing.assert_array_equal(tb[..., :d], a[f"{level}_tokens"])
+            # every token carries its row's context blocks
+            np.testing.assert_array_equal(tb[..., d:], np.broadcast_to(
+                fb[:, None, d:].astype(np.float16), tb[..., d:].shape))
+        if mode == "none":
+            np.testing.assert_allclose(b["spot_feats"][-2:, d:2 * d], a["region_feats"][[0, 3]],
+                                       rtol=1e-5, atol=1e-5)
+            # the global tile's 256-px context is the tile itself
+            np.testing.assert_allclose(b["global_feats"][:, 2 * d:], a["global_feats"],
+                                       rtol=1e-5, atol=1e-5)
+        else:    # each context block is z-scored over the section's rows, like the own one
+            np.testing.assert_allclose(b["spot_feats"][:, d:].mean(0), 0, atol=1e-3)
+
+
+def test_bad_context_is_a_config_error():
+    from asign_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="histology_context"):
+        make_extractor(_cfg(histology_context=(0,)).features)

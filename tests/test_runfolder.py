@@ -283,11 +283,23 @@ def test_stage_fields_decide_what_invalidates_what():
                     "train.known_layer", "train.folds"):
         assert ignored not in fold_f
     assert set(stage_fields("graph", config)) == {k for k in stages.validate.__globals__[
-        "fields"](config) if k.startswith("graph.")} | {"format.graph"}
+        "fields"](config) if k.startswith("graph.")} - set(runfolder.ADDED) | {"format.graph"}
     assert prep["format.prepare"] == runfolder.FORMATS["prepare"] and "format.fold" in fold_f
     real = config.copy_and_resolve_references()
     real.data.format, real.data.root = "her2st", ""
     assert stage_fields("prepare", real)["data.root"] is None          # "" = as prepared
+
+
+def test_a_field_added_later_keeps_older_run_folders_valid_at_its_old_meaning():
+    """runfolder.ADDED: a field at the value that means "as before" is not recorded (a run
+    folder written before the field existed stays valid); any other value is compared."""
+    config = load_test_config()
+    assert "features.histology_context" not in stage_fields("prepare", config)
+    assert "graph.similarity_dims" not in stage_fields("graph", config)
+    other = config.copy_and_resolve_references()
+    other.features.histology_context, other.graph.similarity_dims = (512, 1024), 64
+    assert list(stage_fields("prepare", other)["features.histology_context"]) == [512, 1024]
+    assert stage_fields("graph", other)["graph.similarity_dims"] == 64
 
 
 def test_a_fold_depends_on_its_own_model_block_only():

@@ -16,7 +16,7 @@ import pytest
 from asign_jax import atomic, pipeline
 from asign_jax.config import base_config
 from asign_jax.errors import ConfigError
-from asign_jax.evaluation import references
+from asign_jax.evaluation import references, scoring
 from asign_jax.graph import roles
 from asign_jax.models import factory
 from asign_jax.models.cli import fit_blend
@@ -198,8 +198,10 @@ def _train(cfg, model, gs, fold, path):
     return jax.device_get(st.params), params, record, [r for r in log if r.get("split") == "val"]
 
 
-def test_poisoned_test_labels_change_no_parameter_step_or_blend(graphs, model, tmp_path):
-    cfg = tiny_config()
+@pytest.mark.parametrize("blend_score", ["in_sample", "crossfit"])
+def test_poisoned_test_labels_change_no_parameter_step_or_blend(graphs, model, tmp_path,
+                                                                blend_score):
+    cfg = tiny_config(val_blend_score=blend_score)
     fold = folds.make_folds(cfg.train, {s: 3 for s in graphs})[0]
     assert fold.test_samples == ("A",) and fold.val_samples == ("C",)
     bad = {**graphs, "A": poison(graphs["A"], [1, 2])}          # A's test layers
@@ -335,3 +337,35 @@ def test_long_training_divergence_is_noticed(graphs, tmp_path, caplog):
     kept = best["validation"]["folds"][0]["selection"]
     assert kept["step"] == min(val, key=lambda r: r["val_mse"])["step"] < 60
     assert kept["metrics"]["val_mse"] < sel["metrics"]["val_mse"]
+
+
+def test_crossfit_blend_scores_each_group_with_a_blend_fit_elsewhere():
+    """train.val_blend_score='crossfit': each validation spot's blend comes from the other
+    groups' (global tiles') spots, and a network half of pure noise does not read as a gain."""
+    from types import SimpleNamespace
+    from asign_jax.evaluation.metrics import section_metrics
+    from asign_jax.models.cli import mix
+    rng = np.random.default_rng(0)
+    n, g = 60, 40
+    signal = rng.normal(size=(n, g))
+    truth = signal + rng.normal(size=(n, g))
+    prop = signal + 0.8 * rng.normal(size=(n, g))
+    noise = rng.normal(size=(n, g))                  # a network half that carries nothing
+    tiles = np.repeat(np.arange(6), 10)
+    make = lambda: SimpleNamespace(
+        preds={"asign_model": noise.astype(np.float32), "asign_propagation": prop.astype(
+            np.float32), "asign": np.zeros((n, g), np.float32)},
+        scored=np.ones(n, bool), truth=truth, spot={"global_idx": tiles, "layer": np.zeros(n)})
+    p = make()
+    scoring.crossfit_blend([p])
+    for t in range(6):
+        rows = tiles == t
+        a = fit_blend(noise[~rows], prop[~rows], truth[~rows])
+        np.testing.assert_allclose(p.preds["asign"][rows], mix(noise, prop, a)[rows], rtol=1e-5,
+                                   atol=1e-5)
+    score = lambda x: section_metrics(x, truth)[0]["pcc_gene"]
+    assert score(p.preds["asign"]) < score(prop)
+    one = make()
+    one.spot["global_idx"] = np.zeros(n, int)
+    with pytest.raises(ConfigError, match="val_blend_score"):
+        scoring.crossfit_blend([one])

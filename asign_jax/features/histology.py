@@ -28,6 +28,15 @@ cells, so a window costs O(1) whatever its size: the image is processed once per
 1 / ``features.histology_downsample`` of its resolution. Windows are snapped to the cell grid
 and clipped to the image (no reflect padding: statistics are over the pixels that exist).
 
+Context (``features.histology_context``, window sides in full-resolution px): every row (spot,
+region, global) also gets the descriptors of windows of those sides centred on its centre,
+appended after its own (D = ``HISTOLOGY_DIM`` * (1 + len)); each token of the row carries its
+own sub-window's descriptors and the row's context blocks. Context windows are clipped to the
+box the section is described over (its tiles' bounding box), so the row's own descriptors and
+the section's stain / nucleus statistics are those without context. A spot's neighbourhood (how much
+tumour, stroma, infiltrate is around it) is what a 224 px patch alone does not show, and the
+summed-area tables make these windows cost no more than the spot's.
+
 Per-section standardisation (``features.histology_standardize = "section"``): each descriptor
 is z-scored over the section's own rows of the same scale (spots over its spots, tiles over
 its tiles; tokens with their scale's statistics). Images only. ``"none"`` keeps raw values.
@@ -71,6 +80,10 @@ class HistologyExtractor:
         self.mode = str(features_cfg.histology_standardize)
         self.token_grid = int(features_cfg.token_grid)
         self.grids = dict(grids or {})
+        self.context = tuple(int(v) for v in (features_cfg.get("histology_context") or ()))
+        if any(v < 1 for v in self.context):
+            raise ConfigError(f"features.histology_context={self.context!r}: window sides "
+                              "must be >= 1 px")
         if self.downsample < 1 or self.cell < 1:
             raise ConfigError("features.histology_downsample and features.histology_cell "
                               "must be >= 1")
@@ -79,11 +92,17 @@ class HistologyExtractor:
                               f"{', '.join(STANDARDIZE)}")
         self.last_summary: dict = {}
 
+    @property
+    def dim(self) -> int:
+        """D: the descriptors of the row's window and of each context window."""
+        return HISTOLOGY_DIM * (1 + len(self.context))
+
     def cache_key(self, section_name, image, spot_xy, region_origin, global_origin,
                   data_cfg) -> str:
         desc = {
             "version": HISTOLOGY_VERSION, "encoder": "histology",
             "downsample": self.downsample, "cell": self.cell, "standardize": self.mode,
+            "context": list(self.context),
             "grids": [int(self.grids.get(k, self.token_grid))
                       for k in ("spot", "region", "global")],
             "sizes": [int(data_cfg.spot_size), int(data_cfg.region_size),
@@ -98,7 +117,7 @@ class HistologyExtractor:
                          region_origin: np.ndarray, global_origin: np.ndarray, data_cfg,
                          cache_dir=None, spot_ids=None) -> dict:
         """Same arguments and outputs as ``FeatureExtractor.section_features`` with
-        D = ``HISTOLOGY_DIM``; tokens are the descriptors of the token_grid² sub-windows."""
+        D = ``self.dim``; tokens are the descriptors of the token_grid² sub-windows."""
         del spot_ids
         spot_xy, region_origin, global_origin = section_inputs(section_name, image, spot_xy,
                                                                region_origin, global_origin)
@@ -128,7 +147,7 @@ class HistologyExtractor:
                 if len(spot_xy) else np.zeros((0, 4)),
                 "region": np.concatenate([region_origin, region_origin + rs], 1).astype(float),
                 "global": np.concatenate([global_origin, global_origin + gs], 1).astype(float)}
-        allb = np.concatenate(list(full.values()))
+        allb = np.concatenate(list(full.values()))   # context windows are clipped to this box
         hgt, wid = image.shape[:2]
         unit = self.downsample * self.cell
         x0 = int(max(0, np.floor(allb[:, 0].min() / unit) * unit)) if len(allb) else 0
@@ -161,6 +180,11 @@ class HistologyExtractor:
                 feats, toks = d[:n], d[n:].reshape(n, g * g, HISTOLOGY_DIM)
                 if self.mode == "section":
                     feats, toks = standardize(feats, toks)
+                ctx = self._context(cells, b, float(self.downsample))
+                if ctx is not None:
+                    feats = np.concatenate([feats, ctx], 1)
+                    toks = np.concatenate([toks, np.broadcast_to(
+                        ctx[:, None], (n, g * g, ctx.shape[1]))], 2)
                 out[f"{level}_feats"] = feats.astype(np.float32)
                 out[f"{level}_tokens"] = toks.astype(np.float16)
             bar.update(1)
@@ -169,3 +193,25 @@ class HistologyExtractor:
                 raise DataError(f"section {section_name!r}: non-finite {k} from the histology "
                                 "descriptors")
         return out
+
+    def _context(self, cells, boxes: np.ndarray, scale: float) -> Optional[np.ndarray]:
+        """(n, 64 * len(context)) descriptors of the windows of ``self.context`` sides centred
+        on the (n, 4) working-pixel ``boxes``; standardised like the rows' own; None if none."""
+        if not self.context:
+            return None
+        n = len(boxes)
+        sums, area = cells.box_sums(np.concatenate(self._context_boxes(boxes, self.downsample)))
+        d = descriptors_from_sums(sums, area, scale)
+        blocks = []
+        for k in range(len(self.context)):    # one box_sums call: the integral images once
+            dk = d[k * n:(k + 1) * n]
+            if self.mode == "section":
+                dk, _ = standardize(dk, dk[:, None])
+            blocks.append(dk)
+        return np.concatenate(blocks, 1)
+
+    def _context_boxes(self, boxes: np.ndarray, unit: float) -> list:
+        """The (n, 4) windows of each context side centred on ``boxes`` (sides / ``unit``)."""
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        return [np.concatenate([centre - side / unit / 2, centre + side / unit / 2], 1)
+                for side in self.context]

@@ -22,12 +22,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from asign_jax.config import check_choice
-from asign_jax.errors import DataError
+from asign_jax.errors import ConfigError, DataError
 from asign_jax.graph.contract import EDGE_CROSS, SCALES, SampleGraph
 from asign_jax.graph.cross import cross_layer_calibrated, cross_layer_topk
 from asign_jax.graph.edges import (ScaleEdges, assemble_edges, edge_statistics, intra_layer_knn,
                                    layer_offsets)
 from asign_jax.graph.iou import overlap_matrix
+
+def _similarity_feats(feats: np.ndarray, graph_cfg) -> np.ndarray:
+    """The (N, d) columns the edges' similarity reads (``graph.similarity_dims``; 0 = all)."""
+    d = int(graph_cfg.get("similarity_dims", 0) or 0)
+    if d > feats.shape[1]:
+        raise ConfigError(f"graph.similarity_dims={d}: the features have only "
+                          f"{feats.shape[1]} columns")
+    return feats[:, :d] if d else feats
+
 
 def build_edges(xy: np.ndarray, layer: np.ndarray, feats: np.ndarray, *, k_intra: int,
                 k_cross: int, radius: float, cross_layer: bool = True,
@@ -205,7 +214,8 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
     for scale in SCALES:
         n = len(layers[scale])
         k_in, k_cr, rad, cross_radius = settings[scale]
-        edges = build_edges(xy[scale], layers[scale], feats[scale], k_intra=int(k_in),
+        edges = build_edges(xy[scale], layers[scale], _similarity_feats(feats[scale], graph_cfg),
+                            k_intra=int(k_in),
                             k_cross=int(k_cr), radius=rad, cross_layer=bool(graph_cfg.cross_layer),
                             cosine_all_max_nodes=int(graph_cfg.cosine_all_max_nodes),
                             cosine_radius=float(graph_cfg.cosine_radius),

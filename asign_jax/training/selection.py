@@ -87,6 +87,8 @@ class Validator:
         # the eq.-6 blend exists only in ASIGN (a baseline's config may still say "validation")
         self.refit = str(config.model.asign.blend) == "validation" and "asign_model" in self.outputs
         self.select = str(config.train.select)
+        self.crossfit = scoring.crossfit_applies(config) and self.refit
+        self.shrinkage = float(config.model.asign.blend_shrinkage)
         self._references: Optional[dict] = None
 
     def references(self) -> dict:
@@ -120,11 +122,13 @@ class Validator:
         if self.refit:
             rows = [(p.preds["asign_model"][p.scored], p.preds["asign_propagation"][p.scored],
                      p.truth[p.scored]) for p in preds]
-            alpha = fit_blend(*(np.concatenate(r) for r in zip(*rows)))
+            alpha = fit_blend(*(np.concatenate(r) for r in zip(*rows)), shrinkage=self.shrinkage)
             params = with_blend(params, alpha)
             for p in preds:
                 p.preds["asign"] = mix(p.preds["asign_model"], p.preds["asign_propagation"],
                                        alpha).astype(np.float32)
+            if self.crossfit:
+                scoring.crossfit_blend(preds, shrinkage=self.shrinkage)
         else:
             alpha = (1 / (1 + np.exp(-np.asarray(params["cli"]["theta"], np.float64)))
                      if "cli" in params else np.ones(preds[0].truth.shape[1]))
