@@ -74,12 +74,10 @@ def get_config():
     c.model.asign.lr_multiplier = 0.04
     # stage 4 (docs/validation.md): 49 validation spots cannot score a blend of 250 per-gene
     # weights fit on themselves, so ASIGN's validation score is cross-fitted (leave one global
-    # tile out); read that way, the descriptors of four windows centred on each row (the own
-    # block alone keeps the 3D graph's similarity) and one pooled eq.-6 alpha scored 0.317
-    # validation pcc_gene, against 0.310 without context windows and 0.301 for stage 3's choice
+    # tile out); read that way, one pooled eq.-6 alpha scored 0.310 validation pcc_gene against
+    # 0.301 for per-gene alphas. No features.histology_context: windows wider than a spot cross
+    # the validation tiles' borders, so those blocks cannot validate them (docs/validation.md)
     c.train.val_blend_score = "crossfit"
-    c.features.histology_context = (512, 1024, 2048, 4096)
-    c.graph.similarity_dims = 64      # = histology_cells.HISTOLOGY_DIM, the row's own window
     c.model.asign.blend_shrinkage = 1000.0
     # the paper's baselines (--config.model.name=stnet|egn|...) at CPU sizes: 128 wide, 2 deep
     cpu_baselines(c, dim=128)
