@@ -138,7 +138,8 @@ def _footnotes(results: dict, rows: list, label, base_id: str, tuned: list) -> l
     lines += ["", f"Mean ± population std over {n_folds} fold(s). pcc_gene: per gene across "
               "spots; pcc_spot: per spot across genes (the paper's PCC). * = Welch's t-test "
               f"of the per-section values against {label(base_id)}, p < 0.05. Encoder 'cached': "
-              "the frozen cached ResNet-50 features / token grids every method reads on a CPU. "
+              "the frozen cached patch features / token grids (the config's features.encoder) "
+              "every method reads on a CPU. "
               "run (s): wall time of the row's run (training + scoring of every fold) when it "
               "was computed" + (", of every candidate of its sweep plus the test scoring, with "
                                 "--tune." if tuned else ".")]

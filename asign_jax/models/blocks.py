@@ -16,8 +16,8 @@ fold's labelled training spots: the same start as ST-Net's "bias = mean training
 (and the ASIGN heads' ``train.init_output_bias``) for every head of every method, so no
 head spends its first hundred steps walking a zero bias to the label level (about -5.5).
 
-Encoders (``config.model.backbone.mode``): "cached" (default) reads the frozen cached ResNet-50
-features of the spot patch (pooled (N, D) and its token grid (N, T, D)), the inputs ASIGN
+Encoders (``config.model.backbone.mode``): "cached" (default) reads the frozen cached features
+(``features.encoder``) of the spot patch (pooled (N, D) and its token grid (N, T, D)), the inputs ASIGN
 reads too; "train" runs the project's Flax ResNet-50 (``features/resnet.py``) on the spot
 patches inside the model and trains it end to end with the rest (eval-mode batch statistics,
 see ``SpotEncoder``).
@@ -160,8 +160,8 @@ def backbone_variables(weights: str, init_seed: int) -> dict:
 class SpotEncoder(nn.Module):
     """The spot image encoder of a baseline: (feat (N, D), tokens (N, T, D)).
 
-    backbone "cached": ``spot.nodes["feat"]`` (the frozen cached ResNet-50 feature of the spot
-    patch, z-scored per sample) and ``extra["spot_tokens"]`` (its pooled last-map grid, same
+    backbone "cached": ``spot.nodes["feat"]`` (the frozen cached feature of the spot patch,
+    ``features.encoder``, z-scored per sample) and ``extra["spot_tokens"]`` (its pooled last-map grid, same
     statistics); nothing is trained here.
     backbone "train": ``extra["patches"]`` (N, S, S, 3) uint8 go through ResNet-50 whose
     parameters are trainable model parameters (starting from ``backbone_variables``); batch
