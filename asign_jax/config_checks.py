@@ -36,7 +36,8 @@ POSITIVE = (
 NON_NEGATIVE = (
     "synthetic.max_rotation_deg", "synthetic.max_translation_px", "synthetic.max_scale",
     "synthetic.elastic_px", "features.init_seed", "graph.k_cross", "graph.region_k_cross",
-    "features.patch_size_level0", "graph.similarity_dims", "model.asign.blend_shrinkage", "graph.global_k_cross", "model.asign.gat_layers", "model.asign.cli_iterations",
+    "features.patch_size_level0", "graph.similarity_dims", "model.asign.blend_shrinkage",
+    "graph.global_k_cross", "model.asign.gat_layers", "model.asign.cli_iterations",
     "model.asign.loss.lambda_s", "model.asign.loss.lambda_r", "model.asign.loss.lambda_g", "model.asign.loss.lambda_1", "model.asign.loss.lambda_2",
     "model.asign.loss.gamma_1", "model.asign.loss.gamma_2", "train.weight_decay", "data.slide_um_per_px",
 )

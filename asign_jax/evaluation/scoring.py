@@ -187,8 +187,7 @@ def role_views(fold, graphs: Mapping, role: str) -> list[tuple]:
 def crossfit_applies(config) -> bool:
     """Whether ASIGN's validation score is cross-fitted (``train.val_blend_score``): only
     where the eq.-6 blend is fit on the validation role (``model.asign.blend=validation``)."""
-    mode = check_choice("train.val_blend_score", str(config.train.get("val_blend_score",
-                                                                        "in_sample")))
+    mode = check_choice("train.val_blend_score", str(config.train.val_blend_score))
     return mode == "crossfit" and str(config.model.asign.blend) == "validation"
 
 

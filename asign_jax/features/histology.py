@@ -80,7 +80,7 @@ class HistologyExtractor:
         self.mode = str(features_cfg.histology_standardize)
         self.token_grid = int(features_cfg.token_grid)
         self.grids = dict(grids or {})
-        self.context = tuple(int(v) for v in (features_cfg.get("histology_context") or ()))
+        self.context = tuple(int(v) for v in features_cfg.histology_context)
         if any(v < 1 for v in self.context):
             raise ConfigError(f"features.histology_context={self.context!r}: window sides "
                               "must be >= 1 px")
@@ -180,7 +180,7 @@ class HistologyExtractor:
                 feats, toks = d[:n], d[n:].reshape(n, g * g, HISTOLOGY_DIM)
                 if self.mode == "section":
                     feats, toks = standardize(feats, toks)
-                ctx = self._context(cells, b, float(self.downsample))
+                ctx = self._context(cells, b)
                 if ctx is not None:
                     feats = np.concatenate([feats, ctx], 1)
                     toks = np.concatenate([toks, np.broadcast_to(
@@ -194,24 +194,18 @@ class HistologyExtractor:
                                 "descriptors")
         return out
 
-    def _context(self, cells, boxes: np.ndarray, scale: float) -> Optional[np.ndarray]:
+    def _context(self, cells, boxes: np.ndarray) -> Optional[np.ndarray]:
         """(n, 64 * len(context)) descriptors of the windows of ``self.context`` sides centred
         on the (n, 4) working-pixel ``boxes``; standardised like the rows' own; None if none."""
         if not self.context:
             return None
         n = len(boxes)
-        sums, area = cells.box_sums(np.concatenate(self._context_boxes(boxes, self.downsample)))
-        d = descriptors_from_sums(sums, area, scale)
-        blocks = []
-        for k in range(len(self.context)):    # one box_sums call: the integral images once
-            dk = d[k * n:(k + 1) * n]
-            if self.mode == "section":
-                dk, _ = standardize(dk, dk[:, None])
-            blocks.append(dk)
-        return np.concatenate(blocks, 1)
-
-    def _context_boxes(self, boxes: np.ndarray, unit: float) -> list:
-        """The (n, 4) windows of each context side centred on ``boxes`` (sides / ``unit``)."""
         centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        return [np.concatenate([centre - side / unit / 2, centre + side / unit / 2], 1)
-                for side in self.context]
+        half = [side / self.downsample / 2 for side in self.context]
+        windows = np.concatenate([np.concatenate([centre - h, centre + h], 1) for h in half])
+        sums, area = cells.box_sums(windows)         # one call: the integral images once
+        d = descriptors_from_sums(sums, area, float(self.downsample))
+        blocks = [d[k * n:(k + 1) * n] for k in range(len(self.context))]
+        if self.mode == "section":
+            blocks = [standardize(b, b[:, None])[0] for b in blocks]
+        return np.concatenate(blocks, 1)

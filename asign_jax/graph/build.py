@@ -29,9 +29,10 @@ from asign_jax.graph.edges import (ScaleEdges, assemble_edges, edge_statistics, 
                                    layer_offsets)
 from asign_jax.graph.iou import overlap_matrix
 
+
 def _similarity_feats(feats: np.ndarray, graph_cfg) -> np.ndarray:
     """The (N, d) columns the edges' similarity reads (``graph.similarity_dims``; 0 = all)."""
-    d = int(graph_cfg.get("similarity_dims", 0) or 0)
+    d = int(graph_cfg.similarity_dims)
     if d > feats.shape[1]:
         raise ConfigError(f"graph.similarity_dims={d}: the features have only "
                           f"{feats.shape[1]} columns")
@@ -215,8 +216,8 @@ def build_sample_graph(prepared, registered, graph_cfg, data_cfg,
         n = len(layers[scale])
         k_in, k_cr, rad, cross_radius = settings[scale]
         edges = build_edges(xy[scale], layers[scale], _similarity_feats(feats[scale], graph_cfg),
-                            k_intra=int(k_in),
-                            k_cross=int(k_cr), radius=rad, cross_layer=bool(graph_cfg.cross_layer),
+                            k_intra=int(k_in), k_cross=int(k_cr), radius=rad,
+                            cross_layer=bool(graph_cfg.cross_layer),
                             cosine_all_max_nodes=int(graph_cfg.cosine_all_max_nodes),
                             cosine_radius=float(graph_cfg.cosine_radius),
                             cross_mode=str(graph_cfg.cross_mode),
