@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asign_jax import atomic, pipeline
+from asign_jax import atomic, pipeline, runfolder
 from asign_jax.config import set_field
 from asign_jax.errors import ConfigError, DataError, TrainingError
 from asign_jax.evaluation import references
@@ -38,10 +38,34 @@ def row_config(config, overrides: dict):
     return c
 
 
+HASHED_ADDED = frozenset(runfolder.ADDED) & {
+    "features.histology_context", "graph.similarity_dims", "train.val_blend_score",
+    "model.asign.blend_shrinkage"}
+"""``runfolder.ADDED`` fields that entered the row hash before it learned to skip them: they
+stay in it, so the rows computed since keep their folders. Every later ADDED field at its "as
+before" value is left out of the hash, so adding a config field does not retrain every row."""
+
+
+def row_hash_text(config) -> str:
+    """The text a row's folder is named by: the resolved config as sorted JSON, without the
+    ``runfolder.ADDED`` fields (other than ``HASHED_ADDED``) that hold their "as before" value."""
+    tree = json.loads(config.to_json(sort_keys=True))
+    for key, before in runfolder.ADDED.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name, {}) if isinstance(node, dict) else {}
+        if (key not in HASHED_ADDED and isinstance(node, dict) and leaf in node
+                and node[leaf] == before):
+            del node[leaf]
+    return json.dumps(tree, sort_keys=True)
+
+
 def row_dir(workdir: Path, config) -> Path:
-    """``rows/<model>-<hash of the whole resolved config>``: equal configs share a run."""
-    text = config.to_json(sort_keys=True)
-    return workdir / "rows" / f"{config.model.name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    """``rows/<model>-<hash of the resolved config>`` (``row_hash_text``): equal configs share
+    a run."""
+    digest = hashlib.sha256(row_hash_text(config).encode()).hexdigest()[:10]
+    return workdir / "rows" / f"{config.model.name}-{digest}"
 
 
 def run_row(config, workdir: Path, data_dir: Path, row_id: str) -> Path:

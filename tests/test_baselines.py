@@ -462,6 +462,33 @@ def test_a_diverged_row_is_reported_as_failed_and_not_retried(tmp_path, monkeypa
     assert f"Failed rows (training stopped; no number is reported): ST-Net: {msg}" in md
 
 
+def test_row_folder_ignores_a_field_added_at_its_as_before_value(monkeypatch):
+    """A config field added to ``runfolder.ADDED`` later does not rename (retrain) the rows
+    while it holds its "as before" value; another value, or any other field, does. The ADDED
+    fields that were hashed before keep being hashed (their rows keep their folders)."""
+    from asign_jax import runfolder
+
+    tables = _tables()
+    rows = sys.modules["paper_tables_rows"]
+    config = load_config("test")
+    before = tables.row_dir(Path("w"), config)
+    assert rows.row_hash_text(config) == config.to_json(sort_keys=True)
+    with config.unlocked():
+        config.train.new_knob = 0.0                     # a field a later commit adds
+    assert tables.row_dir(Path("w"), config) != before  # not declared: it is hashed
+    monkeypatch.setitem(runfolder.ADDED, "train.new_knob", 0.0)
+    assert tables.row_dir(Path("w"), config) == before
+    config.train.new_knob = 0.5
+    assert tables.row_dir(Path("w"), config) != before
+    config.train.new_knob = 0.0
+    config.train.steps += 1
+    assert tables.row_dir(Path("w"), config) != before
+    config.train.steps -= 1
+    field = "model.asign.blend_shrinkage"
+    assert field in rows.HASHED_ADDED and runfolder.ADDED[field] == 1.0
+    assert '"blend_shrinkage": 1.0' in rows.row_hash_text(config)
+
+
 # ---- --tune: every learned row tuned on validation under one budget ---------------------------
 
 def _tables():
