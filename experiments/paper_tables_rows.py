@@ -160,6 +160,7 @@ def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str], *,
                                       sweep_folder(workdir, config) / r, fields)
         else:
             run = run_row(cfg, workdir, data_dir, r)
+            sweep.release_compiled()
         runs[r] = (run, str(cfg.model.name))
     for r in row_ids:
         if ROWS[r][1] is None:

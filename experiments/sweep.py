@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import jax
+
 from asign_jax import atomic, entry, pipeline, stages
 from asign_jax.config import get_field, set_field
 from asign_jax.errors import ConfigError, TrainingError
@@ -184,6 +186,7 @@ def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: s
                 failed, agg = str(e), None
                 atomic.write_json(cand / "failed.json", {"error": failed,
                                                          "seconds": round(time.time() - t0, 1)})
+            release_compiled()
         row = {"index": i, "overrides": overrides, "folder": str(cand), "validation": agg,
                "key": list(score_of(agg, metric, guard_known_mean, method)),
                "seconds": round(time.time() - t0, 1)}
@@ -203,10 +206,22 @@ def run_sweep(base_config, grid: dict, workdir, *, mode: str = "grid", metric: s
     t0 = time.time()
     test = train(apply(base_config, best["overrides"]), Path(best["folder"]), score_test=True,
                  inputs=inputs, progress=progress, **kwargs)
+    release_compiled()
     record["test"] = test
     record["test_seconds"] = round(time.time() - t0, 1)
     atomic.write_json(workdir / "sweep.json", record)
     return record
+
+
+def release_compiled() -> None:
+    """Drops jax's in-memory compilation caches between two runs of one process.
+
+    Jitted functions with static model / config arguments keep every executable they compiled,
+    so a sweep or a table of many runs in one process grows by thousands of memory maps a run;
+    at Linux's default ``vm.max_map_count`` (65530) LLVM stopped with "Cannot allocate memory"
+    after about 35 ASIGN runs. Each run compiles for its own config anyway.
+    """
+    jax.clear_caches()
 
 
 def summary(record: dict) -> str:

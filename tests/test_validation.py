@@ -249,9 +249,11 @@ def test_known_layer_blocks_poison(graphs, model, tmp_path, edges):
     assert record["step"] in (3, 6, 9, 12)
 
 
-def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
+def test_sweep_choice_ignores_test_labels(graphs, tmp_path, monkeypatch):
     import sweep
 
+    released = []      # jax's compile caches dropped after every run (sweep.release_compiled)
+    monkeypatch.setattr(sweep.jax, "clear_caches", lambda: released.append(1))
     cfg = tiny_config(steps=6, checkpoint_every=6)
     genes = [f"g{i}" for i in range(G)]
     grid = {"train.select": ["last", "mse"]}
@@ -265,6 +267,7 @@ def test_sweep_choice_ignores_test_labels(graphs, tmp_path):
     assert strip(rec["clean"]) == strip(rec["dirty"]) and len(rec["clean"]["candidates"]) == 2
     assert rec["clean"]["candidates"][0]["validation"] != rec["clean"]["candidates"][1]["validation"]
     assert rec["clean"]["chosen"] == rec["dirty"]["chosen"]
+    assert len(released) == 2 * (2 + 1)        # 2 sweeps x (2 candidates + the test scoring)
     # only the chosen candidate was scored on test, once, after the choice was written
     chosen = Path(rec["clean"]["candidates"][rec["clean"]["chosen"]["index"]]["folder"])
     others = [Path(c["folder"]) for c in rec["clean"]["candidates"] if Path(c["folder"]) != chosen]
