@@ -89,6 +89,8 @@ def run_row(config, workdir: Path, data_dir: Path, row_id: str) -> Path:
         atomic.write_json(d / "failed.json", {"row": row_id, "error": str(e),
                                                "seconds": round(time.time() - t0, 1)})
         return d
+    finally:
+        sweep.release_compiled()       # one process trains every row (sweep.release_compiled)
     if agg is None:
         raise RuntimeError(f"row {row_id}: training stopped early")
     atomic.write_json(meta, {"row": row_id, "config": json.loads(config.to_json()),
@@ -160,7 +162,6 @@ def compute_rows(config, workdir: Path, data_dir: Path, row_ids: list[str], *,
                                       sweep_folder(workdir, config) / r, fields)
         else:
             run = run_row(cfg, workdir, data_dir, r)
-            sweep.release_compiled()
         runs[r] = (run, str(cfg.model.name))
     for r in row_ids:
         if ROWS[r][1] is None:
